@@ -1,0 +1,381 @@
+"""The only module that talks to llama.cpp (through llama-cpp-python's C bindings).
+
+A `Model` is one GGUF file with one context and one sequence (seq 0). It keeps
+`tokens`, the exact list of tokens its KV cache holds at positions 0..n-1,
+and every change to the cache goes through `eval` (append) and `truncate`
+(cut back), so the list and the cache never disagree. Callers that want the
+cache to hold some token list call `sync`, which keeps the common prefix and
+evaluates only the rest: the draft model between rounds and the chat between
+turns both rely on that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import SpecError
+
+GGUF_MAGIC = b"GGUF"
+
+_llama = None  # the llama_cpp module, imported on first use (it loads a shared library)
+
+
+def _lib():
+    global _llama
+    if _llama is None:
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+        if not os.environ.get("SPEC_VERBOSE"):
+            _silence_logs(llama_cpp)
+        _llama = llama_cpp
+    return _llama
+
+
+_log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
+
+
+def _silence_logs(llama_cpp) -> None:
+    global _log_callback
+
+    @llama_cpp.llama_log_callback
+    def _quiet(level, text, user_data):  # noqa: ARG001
+        return None
+
+    _log_callback = _quiet
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 1
+    # On big machines half the logical cores are usually hyper-threads that slow llama.cpp down.
+    return n if n <= 4 else max(4, n // 2)
+
+
+def check_gguf(path: Path) -> None:
+    """Fail with a readable message before llama.cpp sees a file it cannot load."""
+    if not path.exists():
+        raise SpecError(f"model file not found: {path}")
+    if path.is_dir():
+        raise SpecError(f"model path is a directory, not a GGUF file: {path}")
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise SpecError(f"cannot read model file {path}: {e.strerror}") from None
+    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+        raise SpecError(f"not a GGUF model file: {path} (expected a .gguf file from llama.cpp's converters)")
+    (version,) = struct.unpack("<I", head[4:8])
+    if version not in (2, 3):
+        raise SpecError(f"unsupported GGUF version {version} in {path}")
+
+
+@dataclass
+class VocabInfo:
+    kind: int
+    n_vocab: int
+    bos: int
+    eos: int
+    add_bos: bool
+
+
+class Model:
+    """One GGUF model with its own llama.cpp context."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_batch: int = 512,
+        n_seq_max: int = 1,
+        label: str = "model",
+    ):
+        L = _lib()
+        self.path = Path(path)
+        self.label = label
+        check_gguf(self.path)
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self._model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise SpecError(f"llama.cpp could not load {label} model {self.path} (corrupt file or unsupported architecture)")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(self._model))
+
+        threads = n_threads or default_threads()
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        # Keep the whole sliding-window cache: cutting back (rollback, chat edits) needs
+        # positions that a trimmed SWA cache would already have dropped.
+        cparams.swa_full = True
+        self._ctx = L.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            L.llama_model_free(self._model)
+            self._model = None
+            raise SpecError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}; try a smaller --ctx")
+        self.n_ctx = int(L.llama_n_ctx(self._ctx))
+        self.n_batch = int(L.llama_n_batch(self._ctx))
+        self.n_threads = threads
+        self._mem = L.llama_get_memory(self._ctx)
+        self._batch = L.llama_batch_init(self.n_batch, 0, n_seq_max)
+        self.tokens: list[int] = []
+        self.decode_seconds = 0.0  # time spent inside llama_decode
+        self.decode_calls = 0
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # --- vocabulary -------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        L = _lib()
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        L = _lib()
+        n = L.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            return buf.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> bytes:
+        return _lib().llama_vocab_get_text(self._vocab, token) or b""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(_lib().llama_vocab_is_eog(self._vocab, token))
+
+    def vocab_info(self) -> VocabInfo:
+        L = _lib()
+        return VocabInfo(
+            kind=int(L.llama_vocab_type(self._vocab)),
+            n_vocab=self.n_vocab,
+            bos=int(L.llama_vocab_bos(self._vocab)),
+            eos=int(L.llama_vocab_eos(self._vocab)),
+            add_bos=bool(L.llama_vocab_get_add_bos(self._vocab)),
+        )
+
+    def meta(self, key: str) -> str | None:
+        L = _lib()
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            n = L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        return self.meta("tokenizer.chat_template")
+
+    # --- the KV cache -----------------------------------------------------
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def eval(self, tokens: Sequence[int], logits: str = "last") -> np.ndarray | None:
+        """Append `tokens` to the cache. logits: "all", "last" or "none".
+
+        Returns the requested logits rows as an array of shape (rows, n_vocab).
+        It is a view into llama.cpp's buffer, valid until the next eval: read it
+        (argmax, shape) before evaluating anything else on this model.
+        Only rows with their flag set pay for the output layer, which is most of
+        the cost of a row when the vocabulary is big.
+        """
+        L = _lib()
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("eval needs at least one token")
+        if self.n_past + n > self.n_ctx:
+            raise ContextFull(self.n_past + n, self.n_ctx)
+        done = 0
+        out = None
+        while done < n:
+            chunk = tokens[done : done + self.n_batch]
+            last_chunk = done + len(chunk) == n
+            b = self._batch
+            b.n_tokens = len(chunk)
+            base = self.n_past
+            for i, t in enumerate(chunk):
+                b.token[i] = t
+                b.pos[i] = base + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
+            if logits == "all" and n > self.n_batch:
+                raise ValueError("logits for every row need the tokens in one batch")
+            t0 = time.perf_counter()
+            rc = L.llama_decode(self._ctx, b)
+            self.decode_seconds += time.perf_counter() - t0
+            self.decode_calls += 1
+            if rc != 0:
+                # The cache may hold part of the batch now; drop whatever is past what we track.
+                self._seq_rm(self.n_past)
+                raise SpecError(f"llama_decode failed with code {rc} on {self.label} model {self.path.name}")
+            self.tokens.extend(int(t) for t in chunk)
+            done += len(chunk)
+        if logits == "none":
+            return None
+        rows = n if logits == "all" else 1
+        ptr = L.llama_get_logits(self._ctx)
+        out = np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab))
+        return out
+
+    def _seq_rm(self, p0: int) -> bool:
+        return bool(_lib().llama_memory_seq_rm(self._mem, 0, p0, -1))
+
+    def truncate(self, n: int) -> None:
+        """Forget every cached position >= n (rejected drafts, edited history)."""
+        if n >= self.n_past:
+            return
+        if not self._seq_rm(n):
+            # Recurrent and hybrid models cannot drop a suffix of their state.
+            raise SpecError(
+                f"{self.label} model {self.path.name} cannot roll back its cache "
+                "(recurrent or hybrid architecture); speculative decoding needs a transformer model"
+            )
+        del self.tokens[n:]
+
+    def reset(self) -> None:
+        _lib().llama_memory_clear(self._mem, True)
+        self.tokens.clear()
+
+    def sync(self, tokens: Sequence[int], logits: bool = True) -> np.ndarray | None:
+        """Make the cache hold exactly `tokens`, evaluating only what is not already there.
+
+        With logits=True the last token is (re)evaluated so that its logits row is
+        returned; the cached prefix before it is reused.
+        """
+        common = 0
+        limit = min(len(tokens), self.n_past)
+        cached = self.tokens
+        while common < limit and cached[common] == tokens[common]:
+            common += 1
+        if logits and common == len(tokens):
+            common -= 1
+        self.truncate(common)
+        rest = tokens[common:]
+        if not rest:
+            return None
+        out = self.eval(rest, logits="last" if logits else "none")
+        return out[0] if out is not None else None
+
+    def close(self) -> None:
+        L = _llama
+        if L is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            L.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ContextFull(SpecError):
+    def __init__(self, needed: int, n_ctx: int):
+        super().__init__(f"context full: {needed} tokens needed, the context holds {n_ctx}; use a larger --ctx")
+        self.needed = needed
+        self.n_ctx = n_ctx
+
+
+# --- vocabulary compatibility -----------------------------------------------
+
+VOCAB_SIZE_MARGIN = 128  # llama.cpp's speculative example allows the same margin
+VOCAB_CHECK_FROM = 5  # the first ids are control tokens that fine-tunes often rename
+
+
+def check_compatible(target: Model, draft: Model) -> None:
+    """Refuse a target/draft pair whose token ids do not mean the same text."""
+    a, b = target.vocab_info(), draft.vocab_info()
+    names = f"target {target.path.name} and draft {draft.path.name}"
+    if a.kind != b.kind:
+        raise SpecError(f"{names} use different tokenizer types ({a.kind} vs {b.kind}); pick a draft from the same model family")
+    if abs(a.n_vocab - b.n_vocab) > VOCAB_SIZE_MARGIN:
+        raise SpecError(
+            f"{names} have different vocabularies ({a.n_vocab} vs {b.n_vocab} tokens); pick a draft from the same model family"
+        )
+    if a.bos != b.bos or a.eos != b.eos or a.add_bos != b.add_bos:
+        raise SpecError(f"{names} disagree on special tokens (BOS/EOS); pick a draft from the same model family")
+    n = min(a.n_vocab, b.n_vocab)
+    for t in range(VOCAB_CHECK_FROM, n):
+        if target.token_text(t) != draft.token_text(t):
+            raise SpecError(
+                f"{names} map token {t} to different text "
+                f"({target.token_text(t)!r} vs {draft.token_text(t)!r}); pick a draft from the same model family"
+            )
+
+
+# --- deriving a draft by requantizing ----------------------------------------
+
+QUANT_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+
+
+def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:
+    """Write `src` requantized to `quant` at `dst` (atomically: a partial file never stays)."""
+    L = _lib()
+    if quant not in QUANT_TYPES:
+        raise SpecError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    check_gguf(src)
+    params = L.llama_model_quantize_default_params()
+    params.ftype = getattr(L, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    params.allow_requantize = True
+    params.nthread = n_threads or default_threads()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    try:
+        rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise SpecError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

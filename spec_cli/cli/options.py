@@ -1,0 +1,29 @@
+"""Options shared by run, chat and bench, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from ..session import ModelChoice
+
+Target = Annotated[Optional[str], typer.Option("--target", "-t", help="Target model: a .gguf path, a name from models.toml, or owner/repo:file.gguf.")]
+Draft = Annotated[Optional[str], typer.Option("--draft", "-d", help="Draft model, same forms as --target; it must share the target's vocabulary.")]
+Preset = Annotated[Optional[str], typer.Option("--preset", "-p", help="A target/draft pair from models.toml (see `spec models`).")]
+NoSpec = Annotated[bool, typer.Option("--no-spec", help="The target alone, through the same loop and settings: the baseline.")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
+DraftLen = Annotated[int, typer.Option("--draft-len", "-k", help="Tokens drafted per round (gamma).")]
+Temp = Annotated[float, typer.Option("--temp", help="Sampling temperature; 0 is greedy.")]
+TopK = Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0 = all).")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
+Ctx = Annotated[int, typer.Option("--ctx", help="Context size in tokens, for both models.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores up to 4, else half).")]
+Ngl = Annotated[int, typer.Option("--ngl", help="Target layers to offload to the GPU (-1 = all).")]
+NglDraft = Annotated[int, typer.Option("--ngl-draft", help="Draft layers to offload to the GPU (-1 = all).")]
+Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
+
+
+def model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft) -> ModelChoice:
+    return ModelChoice(target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft)

@@ -1,0 +1,92 @@
+"""`spec run`: generate a continuation of one prompt, with or without speculation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from typing import Annotated
+
+from .. import ui
+from ..decode import Engine, GenerateOptions
+from ..drafters import ModelDrafter
+from ..errors import SpecError
+from ..sampling import SamplingParams
+from ..session import load_pair
+from . import app
+from .options import (
+    Ctx, Draft, DraftLen, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Seed, Stop, Target, Temp, Threads, TopK, TopP,
+    model_choice,
+)
+
+
+def read_prompt(prompt: Optional[str]) -> str:
+    if prompt is None or prompt == "-":
+        if prompt is None and sys.stdin.isatty():
+            raise SpecError('no prompt given; pass it as an argument (spec run "text") or pipe it in')
+        text = sys.stdin.read()
+    else:
+        text = prompt
+    if not text.strip():
+        raise SpecError("the prompt is empty")
+    return text
+
+
+@app.command("run")
+def run_cmd(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' or a pipe reads it from stdin.")] = None,
+    target: Target = None,
+    draft: Draft = None,
+    preset: Preset = None,
+    max_tokens: MaxTokens = 128,
+    draft_len: DraftLen = 4,
+    temp: Temp = 0.0,
+    top_k: TopK = 40,
+    top_p: TopP = 1.0,
+    seed: Seed = None,
+    ctx: Ctx = 4096,
+    threads: Threads = None,
+    ngl: Ngl = 0,
+    ngl_draft: NglDraft = 0,
+    stop: Stop = None,
+    no_spec: NoSpec = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
+) -> None:
+    """Continue PROMPT with the target model, drafting with the draft model."""
+    opts = GenerateOptions(
+        max_tokens=max_tokens,
+        draft_len=draft_len,
+        sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
+        seed=seed,
+        stop=tuple(stop or ()),
+    )
+    opts.check()
+    text = read_prompt(prompt)
+    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft)
+    with ui.status("loading models"):
+        pair = load_pair(choice, "default", notify=ui.info)
+    try:
+        engine = Engine(pair.target, ModelDrafter(pair.draft) if pair.draft is not None else None)
+        prompt_tokens = pair.target.tokenize(text)
+        try:
+            result = engine.generate(prompt_tokens, opts, on_text=None if as_json else ui.write_text)
+        except KeyboardInterrupt:
+            ui.write_text("\n")
+            raise
+        if as_json:
+            payload = {
+                "prompt": text,
+                "text": result.text,
+                "tokens": result.tokens,
+                "target": str(pair.target_path),
+                "draft": str(pair.draft_path) if pair.draft_path else None,
+                "stats": result.stats.to_dict(),
+            }
+            ui.write_text(json.dumps(payload) + "\n")
+        else:
+            ui.write_text("\n")
+            ui.print_summary(result.stats)
+    finally:
+        pair.close()

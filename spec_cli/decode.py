@@ -1,0 +1,162 @@
+"""The speculative loop: draft, verify in one target pass, accept, roll back.
+
+Invariant between rounds: `context` is prompt + output so far, and the target's
+KV cache holds context[:-1]. The last token is always fed again as the first
+row of the next verification batch, because its logits are needed to judge the
+first draft. After a round that accepts a drafts, the cache is cut back to
+len(context) + a, dropping the rejected drafts, and the target's own token
+becomes the new last token. With no drafts the same loop is plain decoding,
+which is what --no-spec runs, so both modes share one code path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backend import Model
+from .drafters.base import Drafter, Proposal
+from .errors import SpecError
+from .sampling import SamplingParams, shape
+from .stats import Stats
+from .textstream import TextStream
+from .verify import accept_greedy, accept_sampled
+
+
+@dataclass
+class GenerateOptions:
+    max_tokens: int = 128
+    draft_len: int = 4
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    seed: int | None = None
+    stop: Sequence[str] = ()
+
+    def check(self) -> None:
+        if self.max_tokens < 1:
+            raise SpecError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.draft_len < 0 or self.draft_len > 64:
+            raise SpecError(f"--draft-len must be between 0 and 64, got {self.draft_len}")
+        try:
+            self.sampling.check()
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    stats: Stats
+
+
+class Engine:
+    def __init__(self, target: Model, drafter: Drafter | None = None):
+        self.target = target
+        self.drafter = drafter
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        opts: GenerateOptions,
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generation:
+        opts.check()
+        target = self.target
+        if not prompt:
+            raise SpecError("the prompt is empty")
+        if len(prompt) >= target.n_ctx:
+            raise SpecError(
+                f"the prompt is {len(prompt)} tokens but the context holds {target.n_ctx}; "
+                "use a larger --ctx or a shorter prompt"
+            )
+        seed = opts.seed if opts.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        rng = np.random.default_rng(seed)
+        params = opts.sampling
+        use_drafts = self.drafter is not None and opts.draft_len > 0
+        stats = Stats(
+            drafter=self.drafter.name if use_drafts else "none",
+            draft_len=opts.draft_len if use_drafts else 0,
+            prompt_tokens=len(prompt),
+            seed=seed,
+        )
+        stream = TextStream(opts.stop)
+        out_tokens: list[int] = []
+        context = list(prompt)
+
+        t0 = time.perf_counter()
+        reused = _common_prefix(target.tokens, context[:-1])
+        target.sync(context[:-1], logits=False)
+        stats.prompt_tokens_evaluated = len(context) - 1 - reused
+        stats.t_prefill = time.perf_counter() - t0
+
+        t_start = time.perf_counter()
+        target_t0 = target.decode_seconds
+        done = False
+        while not done:
+            if should_stop is not None and should_stop():
+                stats.stop_reason = "interrupted"
+                break
+            room = target.n_ctx - len(context)  # drafts that still fit beside the last token
+            if room < 0:
+                stats.stop_reason = "context"
+                stats.notes.append(f"stopped: the context of {target.n_ctx} tokens is full")
+                break
+            g = min(opts.draft_len, room, opts.max_tokens - len(out_tokens) - 1) if use_drafts else 0
+            prop = Proposal()
+            if g > 0:
+                td = time.perf_counter()
+                prop = self.drafter.propose(context, g, params, rng)
+                stats.t_draft += time.perf_counter() - td
+            drafts = prop.tokens[:g]
+
+            rows = target.eval([context[-1], *drafts], logits="all")
+            if params.greedy:
+                n_acc, extra = accept_greedy(drafts, rows.argmax(axis=1))
+            else:
+                p = [shape(row, params) for row in rows]
+                n_acc, extra = accept_sampled(drafts, prop.q_dists()[: len(drafts)], p, rng)
+            # Drop the rejected drafts from the target cache; keep last token + accepted ones.
+            target.truncate(len(context) + n_acc)
+            stats.record_round(len(drafts), n_acc)
+
+            for tok in (*drafts[:n_acc], extra):
+                if target.is_eog(tok):
+                    stats.stop_reason = "eos"
+                    done = True
+                    break
+                context.append(tok)
+                out_tokens.append(tok)
+                piece = stream.feed(target.piece(tok))
+                if piece and on_text is not None:
+                    on_text(piece)
+                if stream.stopped:
+                    stats.stop_reason = "stop"
+                    done = True
+                    break
+                if len(out_tokens) >= opts.max_tokens:
+                    stats.stop_reason = "max_tokens"
+                    done = True
+                    break
+            if done and len(target.tokens) > len(context) - 1:
+                # A stop inside the accepted run: keep the invariant cache == context[:-1].
+                target.truncate(len(context) - 1)
+
+        tail = stream.flush()
+        if tail and on_text is not None:
+            on_text(tail)
+        stats.t_total = time.perf_counter() - t_start
+        stats.t_target = target.decode_seconds - target_t0
+        stats.generated = len(out_tokens)
+        return Generation(text=stream.released, tokens=out_tokens, stats=stats)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

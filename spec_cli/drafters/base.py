@@ -1,0 +1,38 @@
+"""The drafter protocol: propose(context, n) -> up to n tokens, with their draft probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..sampling import Dist, SamplingParams
+
+
+@dataclass
+class Proposal:
+    tokens: list[int] = field(default_factory=list)
+    # q[i] is the distribution tokens[i] was drawn from. None means the drafter is
+    # deterministic (greedy draft, n-gram lookup): each q[i] is a point mass on tokens[i],
+    # which the acceptance rule handles without loss.
+    q: list[Dist] | None = None
+    # why drafting stopped before n tokens, for the stats ("confidence", "no-match", ...)
+    stopped: str | None = None
+
+    def q_dists(self) -> list[Dist]:
+        return self.q if self.q is not None else [Dist.point(t) for t in self.tokens]
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(
+        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
+    ) -> Proposal:
+        """Propose up to n tokens that continue `context` (prompt and output so far)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget any state carried between calls (KV cache, statistics)."""
+        ...

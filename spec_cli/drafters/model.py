@@ -1,0 +1,68 @@
+"""A small model with the target's vocabulary as the drafter."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..backend import Model
+from ..sampling import Dist, SamplingParams, shape
+
+
+def top_probability(logits: np.ndarray) -> float:
+    """Softmax probability of the argmax token, without building the distribution."""
+    z = logits.astype(np.float32, copy=False)
+    m = z.max()
+    return float(1.0 / np.exp(z - m).sum())
+
+
+class ModelDrafter:
+    """Drafts autoregressively from its own KV cache.
+
+    The draft cache is kept across rounds: `Model.sync` keeps the prefix the new
+    context shares with what is cached (the accepted drafts) and evaluates only
+    the rest, usually the target's correction token, never the whole context.
+    """
+
+    name = "model"
+
+    def __init__(self, model: Model, min_confidence: float = 0.0):
+        self.model = model
+        # Stop drafting when the draft's probability for its own next token is lower
+        # than this (0 = never stop early).
+        self.min_confidence = min_confidence
+
+    def propose(
+        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
+    ) -> "Proposal":
+        from .base import Proposal
+
+        prop = Proposal(q=None if params.greedy else [])
+        if n <= 0:
+            return prop
+        room = self.model.n_ctx - len(context)
+        n = min(n, room + 1)
+        if n <= 0:
+            return prop
+        logits = self.model.sync(context)
+        for i in range(n):
+            if params.greedy:
+                token = int(np.argmax(logits))
+                if self.min_confidence > 0 and top_probability(logits) < self.min_confidence and i > 0:
+                    prop.stopped = "confidence"
+                    break
+            else:
+                dist: Dist = shape(logits, params)
+                token = dist.sample(rng)
+                if self.min_confidence > 0 and i > 0 and dist.prob(token) < self.min_confidence:
+                    prop.stopped = "confidence"
+                    break
+                prop.q.append(dist)
+            prop.tokens.append(token)
+            if i + 1 < n:
+                logits = self.model.eval([token])[0]
+        return prop
+
+    def reset(self) -> None:
+        self.model.reset()

@@ -1,0 +1,121 @@
+"""Logits to probability distributions, and seeded sampling. numpy only.
+
+Target and draft logits go through the same `shape` so that p and q are
+comparable in the acceptance rule. A distribution is kept sparse (token ids
+plus probabilities, ids ascending) because top-k usually leaves a few dozen
+tokens out of a vocabulary that can hold 262,144.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_k: int = 40  # 0 keeps the whole vocabulary
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def check(self) -> None:
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top-k must be >= 0 (0 = no limit), got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+class Dist:
+    """A probability distribution over token ids: `ids` ascending, `probs` summing to 1."""
+
+    __slots__ = ("ids", "probs", "_cdf")
+
+    def __init__(self, ids: np.ndarray, probs: np.ndarray):
+        self.ids = ids
+        self.probs = probs
+        self._cdf: np.ndarray | None = None
+
+    @classmethod
+    def point(cls, token: int) -> "Dist":
+        return cls(np.array([token], dtype=np.int64), np.array([1.0]))
+
+    def prob(self, token: int) -> float:
+        i = int(np.searchsorted(self.ids, token))
+        if i < len(self.ids) and self.ids[i] == token:
+            return float(self.probs[i])
+        return 0.0
+
+    def probs_at(self, tokens: np.ndarray) -> np.ndarray:
+        """Probabilities of many tokens at once (0 outside the support)."""
+        idx = np.searchsorted(self.ids, tokens)
+        idx_clipped = np.minimum(idx, len(self.ids) - 1)
+        hit = self.ids[idx_clipped] == tokens
+        return np.where(hit, self.probs[idx_clipped], 0.0)
+
+    def sample(self, rng: np.random.Generator) -> int:
+        if self._cdf is None:
+            self._cdf = np.cumsum(self.probs)
+        u = rng.random() * self._cdf[-1]
+        i = int(np.searchsorted(self._cdf, u, side="right"))
+        return int(self.ids[min(i, len(self.ids) - 1)])
+
+    def argmax(self) -> int:
+        return int(self.ids[int(np.argmax(self.probs))])
+
+    def dense(self, n_vocab: int) -> np.ndarray:
+        out = np.zeros(n_vocab)
+        out[self.ids] = self.probs
+        return out
+
+
+def shape(logits: np.ndarray, params: SamplingParams) -> Dist:
+    """Temperature, then top-k, then top-p, as llama.cpp orders them.
+
+    top-k is applied with argpartition before any exponential, so a big
+    vocabulary costs one O(n) pass, not a softmax over every token.
+    """
+    if params.greedy:
+        return Dist.point(int(np.argmax(logits)))
+    n = logits.shape[-1]
+    if 0 < params.top_k < n:
+        ids = np.argpartition(logits, n - params.top_k)[n - params.top_k:]
+        ids.sort()
+        z = logits[ids].astype(np.float64)
+    else:
+        ids = np.arange(n)
+        z = logits.astype(np.float64)
+    z = z / params.temperature
+    z -= z.max()
+    probs = np.exp(z)
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cum = np.cumsum(probs[order])
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        keep = int(np.searchsorted(cum, params.top_p, side="left")) + 1
+        kept = np.sort(order[:keep])
+        ids, probs = ids[kept], probs[kept]
+        probs = probs / probs.sum()
+    return Dist(ids.astype(np.int64, copy=False), probs)
+
+
+def residual(p: Dist, q: Dist) -> Dist:
+    """normalize(max(p - q, 0)): where to sample after a draft token is rejected.
+
+    Its support lies inside p's, so it is computed on p's ids. If p <= q
+    everywhere (p == q) a rejection has probability zero; p itself is returned
+    so a caller never divides by zero.
+    """
+    diff = np.maximum(p.probs - q.probs_at(p.ids), 0.0)
+    total = diff.sum()
+    if total <= 1e-12:
+        return p
+    keep = diff > 0
+    return Dist(p.ids[keep], diff[keep] / total)

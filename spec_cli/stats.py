@@ -1,0 +1,64 @@
+"""Counters for one generation: acceptance, passes, and where the time went."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Stats:
+    drafter: str = "none"
+    draft_len: int = 0
+    prompt_tokens: int = 0
+    prompt_tokens_evaluated: int = 0  # prompt tokens not already in the target cache
+    generated: int = 0
+    target_passes: int = 0  # llama_decode calls that verify (or, without drafts, generate)
+    drafted: int = 0
+    accepted: int = 0
+    # accept_hist[k]: rounds in which exactly k drafted tokens were accepted
+    accept_hist: list[int] = field(default_factory=list)
+    rounds_without_draft: int = 0
+    t_prefill: float = 0.0
+    t_target: float = 0.0  # inside the target's llama_decode, verification rounds
+    t_draft: float = 0.0  # inside the drafter (its llama_decode and its Python)
+    t_total: float = 0.0  # prefill excluded
+    stop_reason: str = ""
+    seed: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def record_round(self, drafted: int, accepted: int) -> None:
+        self.target_passes += 1
+        if drafted == 0:
+            self.rounds_without_draft += 1
+            return
+        self.drafted += drafted
+        self.accepted += accepted
+        if len(self.accept_hist) <= accepted:
+            self.accept_hist.extend([0] * (accepted + 1 - len(self.accept_hist)))
+        self.accept_hist[accepted] += 1
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.generated / self.target_passes if self.target_passes else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated / self.t_total if self.t_total > 0 else 0.0
+
+    @property
+    def t_other(self) -> float:
+        return max(0.0, self.t_total - self.t_target - self.t_draft)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            acceptance_rate=self.acceptance_rate,
+            tokens_per_pass=self.tokens_per_pass,
+            tokens_per_second=self.tokens_per_second,
+            t_other=self.t_other,
+        )
+        return d
