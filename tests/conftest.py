@@ -1,0 +1,83 @@
+"""Shared fixtures. Real-model fixtures use the embedded models that the test extra installs.
+
+Each test session gets its own spec cache and config directory, so nothing from
+the user's machine leaks in and derived drafts are made fresh (a few seconds).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_spec_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spec")
+    old = {k: os.environ.get(k) for k in ("SPEC_CACHE", "SPEC_HOME", "HF_HUB_OFFLINE")}
+    os.environ["SPEC_CACHE"] = str(root / "cache")
+    os.environ["SPEC_HOME"] = str(root / "home")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _resolve(name):
+    from spec_cli.presets import resolve
+
+    return resolve(name)
+
+
+@pytest.fixture(scope="session")
+def gemma_path():
+    return _resolve("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma_q2k_path(gemma_path):
+    return _resolve("gemma-3-270m-q2k")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    return _resolve("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_q2k_path(smollm2_path):
+    return _resolve("smollm2-135m-instruct-q2k")
+
+
+@pytest.fixture(scope="session")
+def target_model(gemma_path):
+    from spec_cli.backend import Model
+
+    m = Model(gemma_path, n_ctx=2048, label="target")
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def draft_model(gemma_q2k_path):
+    from spec_cli.backend import Model
+
+    m = Model(gemma_q2k_path, n_ctx=2048, label="draft")
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def target(target_model):
+    """The session's target model with an empty cache."""
+    target_model.reset()
+    return target_model
+
+
+@pytest.fixture
+def draft(draft_model):
+    draft_model.reset()
+    return draft_model
