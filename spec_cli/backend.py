@@ -269,6 +269,10 @@ class Model:
             )
         del self.tokens[n:]
 
+    def cache_pos_max(self) -> int:
+        """The highest position llama.cpp's cache holds for seq 0 (-1 when empty)."""
+        return int(_lib().llama_memory_seq_pos_max(self._mem, 0))
+
     def reset(self) -> None:
         _lib().llama_memory_clear(self._mem, True)
         self.tokens.clear()
@@ -336,22 +340,22 @@ VOCAB_CHECK_FROM = 5  # the first ids are control tokens that fine-tunes often r
 def check_compatible(target: Model, draft: Model) -> None:
     """Refuse a target/draft pair whose token ids do not mean the same text."""
     a, b = target.vocab_info(), draft.vocab_info()
-    names = f"target {target.path.name} and draft {draft.path.name}"
-    if a.kind != b.kind:
-        raise SpecError(f"{names} use different tokenizer types ({a.kind} vs {b.kind}); pick a draft from the same model family")
-    if abs(a.n_vocab - b.n_vocab) > VOCAB_SIZE_MARGIN:
-        raise SpecError(
-            f"{names} have different vocabularies ({a.n_vocab} vs {b.n_vocab} tokens); pick a draft from the same model family"
+
+    def refuse(reason: str) -> SpecError:
+        return SpecError(
+            f"incompatible vocabularies: target {target.path.name} and draft {draft.path.name} {reason}; "
+            "pick a draft from the same model family"
         )
+
+    if a.kind != b.kind:
+        raise refuse(f"use different tokenizer types ({a.kind} vs {b.kind})")
+    if abs(a.n_vocab - b.n_vocab) > VOCAB_SIZE_MARGIN:
+        raise refuse(f"have {a.n_vocab} and {b.n_vocab} tokens")
     if a.bos != b.bos or a.eos != b.eos or a.add_bos != b.add_bos:
-        raise SpecError(f"{names} disagree on special tokens (BOS/EOS); pick a draft from the same model family")
-    n = min(a.n_vocab, b.n_vocab)
-    for t in range(VOCAB_CHECK_FROM, n):
+        raise refuse("disagree on special tokens (BOS/EOS)")
+    for t in range(VOCAB_CHECK_FROM, min(a.n_vocab, b.n_vocab)):
         if target.token_text(t) != draft.token_text(t):
-            raise SpecError(
-                f"{names} map token {t} to different text "
-                f"({target.token_text(t)!r} vs {draft.token_text(t)!r}); pick a draft from the same model family"
-            )
+            raise refuse(f"map token {t} to different text ({target.token_text(t)!r} vs {draft.token_text(t)!r})")
 
 
 # --- deriving a draft by requantizing ----------------------------------------

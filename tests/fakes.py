@@ -1,0 +1,94 @@
+"""A scripted stand-in for backend.Model: the loop's unit tests run on it without llama.cpp.
+
+The "language model" is a function from the token history to a logits vector.
+The fake keeps `tokens` like the real Model and checks every position it is
+asked to evaluate, so a loop that forgot to roll back its cache would be caught.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from spec_cli.backend import ContextFull
+
+
+class FakeModel:
+    def __init__(self, logits_fn: Callable[[Sequence[int]], np.ndarray], n_vocab: int, n_ctx: int = 512, eog: int | None = None):
+        self.logits_fn = logits_fn
+        self.n_vocab = n_vocab
+        self.n_ctx = n_ctx
+        self.eog = eog
+        self.tokens: list[int] = []
+        self.decode_seconds = 0.0
+        self.decode_calls = 0
+        self.batches: list[list[int]] = []  # every eval call, for assertions
+        self.starts: list[int] = []  # the cache position each eval call started at
+        self.label = "fake"
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def eval(self, tokens, logits="last"):
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise ContextFull(self.n_past + len(tokens), self.n_ctx)
+        rows = []
+        self.starts.append(self.n_past)
+        for t in tokens:
+            self.tokens.append(int(t))
+            rows.append(self.logits_fn(self.tokens))
+        self.decode_calls += 1
+        self.batches.append(list(tokens))
+        if logits == "none":
+            return None
+        if logits == "last":
+            return np.array(rows[-1:], dtype=np.float32)
+        return np.array(rows, dtype=np.float32)
+
+    def truncate(self, n):
+        del self.tokens[n:]
+
+    def reset(self):
+        self.tokens.clear()
+
+    def sync(self, tokens, logits=True):
+        common = 0
+        while common < min(len(tokens), len(self.tokens)) and self.tokens[common] == tokens[common]:
+            common += 1
+        if logits and common == len(tokens):
+            common -= 1
+        self.truncate(common)
+        rest = list(tokens[common:])
+        if not rest:
+            return None
+        out = self.eval(rest, "last" if logits else "none")
+        return out[0] if out is not None else None
+
+    def is_eog(self, token):
+        return token == self.eog
+
+    def piece(self, token):
+        return f"<{token}>".encode()
+
+
+def table_lm(table: dict[int, int], n_vocab: int, default: int = 0, sharp: float = 10.0):
+    """A model whose next token depends only on the last one: table[last] (else `default`)."""
+
+    def fn(history):
+        out = np.zeros(n_vocab, dtype=np.float32)
+        out[table.get(history[-1], default)] = sharp
+        return out
+
+    return fn
+
+
+def soft_lm(n_vocab: int, seed: int, temperature: float = 1.0):
+    """A model with a full, history-dependent distribution (for sampling tests)."""
+
+    def fn(history):
+        rng = np.random.default_rng(hash((seed, history[-1], len(history) % 3)) % (2**32))
+        return (rng.normal(size=n_vocab) * 2.0 / temperature).astype(np.float32)
+
+    return fn

@@ -1,0 +1,140 @@
+"""The command line, in process (typer's CliRunner) and as a real `spec` subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from spec_cli.cli import app
+
+runner = CliRunner()
+
+
+def spec(*args, input=None, env=None):
+    """Run the installed entry point the way a user does."""
+    full_env = dict(os.environ, SPEC_WIDTH="200", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "spec_cli", *args], input=input, capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0, proc
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:"), err
+    for f in fragments:
+        assert f in lines[0], (f, err)
+
+
+# --- in process -----------------------------------------------------------------
+
+
+def test_run_json_default_pair(gemma_q2k_path):
+    res = runner.invoke(app, ["run", "--json", "-n", "12", "--ctx", "256", "The capital of France is"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert payload["text"] and len(payload["tokens"]) == payload["stats"]["generated"] <= 12
+    st = payload["stats"]
+    for key in ("tokens_per_second", "acceptance_rate", "tokens_per_pass", "drafted", "accepted", "t_target", "t_draft", "t_other", "accept_hist"):
+        assert key in st
+    assert st["drafter"] == "model" and st["drafted"] > 0
+
+
+def test_run_no_spec_matches_spec_text(gemma_q2k_path):
+    a = runner.invoke(app, ["run", "--json", "-n", "10", "--ctx", "256", "--no-spec", "Water boils at"])
+    b = runner.invoke(app, ["run", "--json", "-n", "10", "--ctx", "256", "-k", "3", "Water boils at"])
+    pa, pb = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (a, b))
+    assert pa["stats"]["drafter"] == "none" and pa["draft"] is None
+    assert pa["stats"]["drafted"] == 0 and pb["stats"]["drafted"] > 0
+    # short greedy runs on this pair agree token for token (the near-tie rule is tested elsewhere)
+    assert pa["tokens"][:5] == pb["tokens"][:5]
+
+
+def test_run_streams_text_and_prints_summary(gemma_q2k_path):
+    res = runner.invoke(app, ["run", "-n", "8", "--ctx", "256", "Hello"])
+    assert res.exit_code == 0
+    assert res.stdout.strip()  # the continuation
+    assert "tok/s" in res.stderr and "accept" in res.stderr
+
+
+def test_prompt_from_stdin(gemma_q2k_path):
+    res = runner.invoke(app, ["run", "--json", "-n", "4", "--ctx", "256", "-"], input="Roses are red,")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["prompt"] == "Roses are red,"
+
+
+# --- real subprocess: bad input ends in one line, non-zero, no traceback ----------
+
+
+def test_missing_model_file(tmp_path):
+    proc = spec("run", "--target", str(tmp_path / "nope.gguf"), "--no-spec", "hi")
+    assert_one_line_error(proc, "not found", "nope.gguf")
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("this is not a model\n")
+    proc = spec("run", "--target", str(bad), "--no-spec", "hi")
+    assert_one_line_error(proc, "not a GGUF")
+    assert bad.read_text() == "this is not a model\n"  # nothing the user had is touched
+
+
+def test_incompatible_vocabularies(gemma_path, smollm2_path):
+    proc = spec("run", "--target", str(gemma_path), "--draft", str(smollm2_path), "hi")
+    assert_one_line_error(proc, "vocabular", gemma_path.name, smollm2_path.name)
+
+
+def test_prompt_longer_than_context(gemma_q2k_path):
+    proc = spec("run", "--ctx", "32", "-n", "4", "word " * 100)
+    assert_one_line_error(proc, "context", "--ctx")
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--max-tokens", "0"], "--max-tokens"),
+        (["--draft-len", "-2"], "--draft-len"),
+        (["--temp", "-1"], "temperature"),
+        (["--top-p", "1.5"], "top-p"),
+        (["--top-k", "-3"], "top-k"),
+        (["--ctx", "4"], "--ctx"),
+        (["--threads", "0"], "--threads"),
+        (["--max-tokens", "lots"], "lots"),
+        (["--bogus-option"], "bogus"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--target", "no-such-model"], "unknown model"),
+    ],
+)
+def test_nonsense_options(args, fragment):
+    proc = spec("run", *args, "hello")
+    assert_one_line_error(proc, fragment)
+
+
+def test_empty_prompt():
+    proc = spec("run", "-", input="   \n")
+    assert_one_line_error(proc, "empty")
+
+
+def test_offline_hf_reference_without_cache():
+    proc = spec("run", "--target", "someone/some-repo:model.gguf", "--no-spec", "hi", env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(proc, "HF_HUB_OFFLINE")
+
+
+def test_real_subprocess_generates(gemma_q2k_path):
+    proc = spec("run", "-n", "6", "--ctx", "256", "--json", "The sky is")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stats"]["generated"] >= 1
+
+
+def test_models_lists_presets():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    assert "default" in res.stdout and "gemma-3-270m" in res.stdout and "chat" in res.stdout

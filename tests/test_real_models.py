@@ -1,0 +1,131 @@
+"""The engine on real GGUF models through llama.cpp (the embedded Gemma 3 270M pair)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spec_cli.backend import Model, check_compatible
+from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.drafters import ModelDrafter
+from spec_cli.errors import SpecError
+from spec_cli.sampling import SamplingParams, shape
+from tests.neartie import assert_same_or_near_tie
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Here is a list of fruits:\n1. Apple\n2.",
+]
+
+
+@pytest.fixture(scope="module")
+def baselines(target_model):
+    out = {}
+    for p in PROMPTS:
+        target_model.reset()
+        toks = target_model.tokenize(p)
+        out[p] = (toks, Engine(target_model).generate(toks, GenerateOptions(max_tokens=32, draft_len=0)).tokens)
+    return out
+
+
+@pytest.mark.parametrize("draft_len", [1, 4, 8])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_speculative_equals_target_only(target, draft, baselines, prompt, draft_len):
+    toks, reference = baselines[prompt]
+    res = Engine(target, ModelDrafter(draft)).generate(toks, GenerateOptions(max_tokens=32, draft_len=draft_len))
+    s = res.stats
+    assert s.drafted > 0
+    assert_same_or_near_tie(target, toks, reference, res.tokens)
+
+
+def test_pair_acceptance_is_neither_zero_nor_one(target, draft, baselines):
+    toks, _ = baselines[PROMPTS[0]]
+    s = Engine(target, ModelDrafter(draft)).generate(toks, GenerateOptions(max_tokens=48, draft_len=4)).stats
+    assert 0.0 < s.acceptance_rate < 1.0
+    assert s.tokens_per_pass > 1.0
+
+
+def test_rollback_forgets_rejected_tokens(target):
+    """After truncation the target continues exactly as if the rejected tokens were never evaluated."""
+    prompt = target.tokenize("My favourite colour is")
+    intruder = target.tokenize(" green. I repeat: my favourite colour is", add_bos=False)
+    target.sync(prompt, logits=False)
+    target.eval(intruder, logits="all")  # drafts that will all be rejected
+    assert target.cache_pos_max() == len(prompt) + len(intruder) - 1
+    target.truncate(len(prompt) - 1)
+    assert target.cache_pos_max() == len(prompt) - 2
+    after_rollback = target.eval([prompt[-1]], logits="last")[0].copy()
+
+    target.reset()
+    target.sync(prompt[:-1], logits=False)
+    fresh = target.eval([prompt[-1]], logits="last")[0].copy()
+    assert int(after_rollback.argmax()) == int(fresh.argmax())
+    np.testing.assert_allclose(after_rollback, fresh, atol=1e-3)
+
+    # and the intruder really would have changed the prediction (so the check has teeth)
+    target.reset()
+    with_intruder = target.sync(prompt + intruder)
+    assert float(np.abs(with_intruder - fresh).max()) > 1.0
+
+
+def test_draft_cache_is_not_refilled_each_round(target, draft, baselines):
+    toks, _ = baselines[PROMPTS[1]]
+    before = draft.decode_calls
+    res = Engine(target, ModelDrafter(draft)).generate(toks, GenerateOptions(max_tokens=40, draft_len=4))
+    rounds = res.stats.target_passes
+    # the prompt once, then at most draft_len single-token steps plus one catch-up batch per round
+    assert draft.decode_calls - before <= 1 + rounds * 5
+    # and the draft cache ends holding the context it drafted from, not a second copy of it
+    assert len(draft.tokens) <= len(toks) + res.stats.generated + 4
+
+
+def test_first_sampled_token_keeps_target_distribution(target, draft):
+    """Chi-square: the first token under speculation follows the target's shaped distribution."""
+    params = SamplingParams(temperature=1.0, top_k=8)
+    prompt = target.tokenize("The capital of France is")
+    p = shape(target.sync(prompt).copy(), params)
+    q = shape(draft.sync(prompt).copy(), params)
+    ids = np.union1d(p.ids, q.ids)
+    tv_pq = 0.5 * np.abs(p.probs_at(ids) - q.probs_at(ids)).sum()
+    assert tv_pq > 0.2, "draft and target too alike for this test to tell them apart"
+
+    runs = 500
+    engine = Engine(target, ModelDrafter(draft))
+    firsts = []
+    for seed in range(runs):
+        res = engine.generate(prompt, GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params))
+        firsts.append(res.tokens[0])
+    firsts = np.array(firsts)
+    assert not np.isin(firsts, p.ids, invert=True).any(), "emitted a token outside the target's top-k"
+    obs = np.array([(firsts == t).sum() for t in p.ids], dtype=float)
+    exp = p.probs * runs
+    big = exp >= 5
+    chi2 = ((obs[big] - exp[big]) ** 2 / exp[big]).sum() + (obs[~big].sum() - exp[~big].sum()) ** 2 / max(exp[~big].sum(), 1e-9)
+    dof = int(big.sum()) + (1 if (~big).any() else 0) - 1
+    # 99.9% quantile of chi-square with <= 8 degrees of freedom is < 26.2
+    assert chi2 < 26.2, (chi2, dof, obs, exp)
+    # the draft's own distribution would fail the same test (the check has power)
+    exp_q = q.probs_at(p.ids) * runs
+    chi2_q = ((obs - exp_q) ** 2 / np.maximum(exp_q, 1.0)).sum()
+    assert chi2_q > chi2
+
+
+def test_same_seed_same_sampled_text(target, draft):
+    prompt = target.tokenize("Once upon a time")
+    opts = GenerateOptions(max_tokens=24, draft_len=3, seed=42, sampling=SamplingParams(temperature=0.9, top_k=40, top_p=0.95))
+    a = Engine(target, ModelDrafter(draft)).generate(prompt, opts).tokens
+    target.reset()
+    draft.reset()
+    b = Engine(target, ModelDrafter(draft)).generate(prompt, opts).tokens
+    assert a == b
+
+
+def test_incompatible_vocabularies_are_refused(gemma_path, smollm2_path):
+    with Model(gemma_path, n_ctx=64, label="target") as t, Model(smollm2_path, n_ctx=64, label="draft") as d:
+        with pytest.raises(SpecError, match="vocabular"):
+            check_compatible(t, d)
+
+
+def test_compatible_pair_is_accepted(target, draft):
+    check_compatible(target, draft)
