@@ -137,6 +137,7 @@ class Model:
         self.n_ctx = int(L.llama_n_ctx(self._ctx))
         self.n_batch = int(L.llama_n_batch(self._ctx))
         self.n_threads = threads
+        self.n_gpu_layers = n_gpu_layers
         self._mem = L.llama_get_memory(self._ctx)
         self._batch = L.llama_batch_init(self.n_batch, 0, n_seq_max)
         self.tokens: list[int] = []

@@ -22,6 +22,7 @@ from .drafters.base import Drafter, Proposal
 from .errors import SpecError
 from .sampling import SamplingParams, shape
 from .stats import Stats
+from .strategy import FixedStrategy, RoundOutcome
 from .textstream import TextStream
 from .verify import accept_greedy, accept_sampled
 
@@ -53,9 +54,17 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, target: Model, drafter: Drafter | None = None):
+    """Generation with the target, speculating through a strategy (or a drafter at a fixed draft length).
+
+    Engine(target) or a draft length of 0 is plain decoding; Engine(target, drafter)
+    drafts opts.draft_len tokens every round; Engine(target, strategy=...) lets the
+    strategy choose the drafter and the length round by round.
+    """
+
+    def __init__(self, target: Model, drafter: Drafter | None = None, strategy=None):
         self.target = target
         self.drafter = drafter
+        self.strategy = strategy
 
     def generate(
         self,
@@ -76,10 +85,12 @@ class Engine:
         seed = opts.seed if opts.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         rng = np.random.default_rng(seed)
         params = opts.sampling
-        use_drafts = self.drafter is not None and opts.draft_len > 0
+        strategy = self.strategy
+        if strategy is None and self.drafter is not None and opts.draft_len > 0:
+            strategy = FixedStrategy(self.drafter, opts.draft_len)
         stats = Stats(
-            drafter=self.drafter.name if use_drafts else "none",
-            draft_len=opts.draft_len if use_drafts else 0,
+            drafter=strategy.name if strategy is not None else "none",
+            draft_len=getattr(strategy, "draft_len", 0) if strategy is not None else 0,
             prompt_tokens=len(prompt),
             seed=seed,
         )
@@ -105,15 +116,18 @@ class Engine:
                 stats.stop_reason = "context"
                 stats.notes.append(f"stopped: the context of {target.n_ctx} tokens is full")
                 break
-            g = min(opts.draft_len, room, opts.max_tokens - len(out_tokens) - 1) if use_drafts else 0
-            prop = Proposal()
-            if g > 0:
+            cap = min(room, opts.max_tokens - len(out_tokens) - 1)
+            prop, t_draft = Proposal(), 0.0
+            if strategy is not None and cap > 0:
                 td = time.perf_counter()
-                prop = self.drafter.propose(context, g, params, rng)
-                stats.t_draft += time.perf_counter() - td
-            drafts = prop.tokens[:g]
+                prop = strategy.propose(context, cap, params, rng)
+                t_draft = time.perf_counter() - td
+                stats.t_draft += t_draft
+            drafts = prop.tokens[: max(cap, 0)]
 
+            t_pass = target.decode_seconds
             rows = target.eval([context[-1], *drafts], logits="all")
+            t_pass = target.decode_seconds - t_pass
             if params.greedy:
                 n_acc, extra = accept_greedy(drafts, rows.argmax(axis=1))
             else:
@@ -122,6 +136,9 @@ class Engine:
             # Drop the rejected drafts from the target cache; keep last token + accepted ones.
             target.truncate(len(context) + n_acc)
             stats.record_round(len(drafts), n_acc)
+            if strategy is not None:
+                target_next = drafts[0] if n_acc > 0 else extra
+                strategy.observe(prop, RoundOutcome(len(drafts), n_acc, target_next, len(drafts) + 1, t_pass, t_draft))
 
             for tok in (*drafts[:n_acc], extra):
                 if target.is_eog(tok):
@@ -151,6 +168,8 @@ class Engine:
         stats.t_total = time.perf_counter() - t_start
         stats.t_target = target.decode_seconds - target_t0
         stats.generated = len(out_tokens)
+        if strategy is not None:
+            stats.notes.extend(strategy.describe())
         return Generation(text=stream.released, tokens=out_tokens, stats=stats)
 
 

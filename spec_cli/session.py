@@ -9,6 +9,8 @@ from .backend import Model, check_compatible
 from .errors import SpecError
 from .presets import Notify, load_catalog, pair, resolve
 
+DRAFTERS = ("auto", "model", "ngram")
+
 
 @dataclass
 class ModelChoice:
@@ -20,6 +22,7 @@ class ModelChoice:
     threads: int | None = None
     ngl: int = 0
     ngl_draft: int = 0
+    drafter: str = "auto"  # auto | model | ngram
 
     def check(self) -> None:
         if self.ctx < 16:
@@ -28,6 +31,8 @@ class ModelChoice:
             raise SpecError(f"--threads must be at least 1, got {self.threads}")
         if self.ngl < -1 or self.ngl_draft < -1:
             raise SpecError("--ngl and --ngl-draft take a layer count, or -1 for all layers")
+        if self.drafter not in DRAFTERS:
+            raise SpecError(f"--drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
 
 
 def resolve_refs(choice: ModelChoice, default_preset: str) -> tuple[str, str | None]:
@@ -47,8 +52,10 @@ def resolve_refs(choice: ModelChoice, default_preset: str) -> tuple[str, str | N
             if p["target"] == target and p.get("draft"):
                 draft = p["draft"]
                 break
-    if choice.no_spec:
-        return target, None
+    if choice.no_spec or choice.drafter == "ngram":
+        return target, None  # the n-gram drafter needs no draft model
+    if draft is None and choice.drafter == "auto" and choice.target is not None:
+        return target, None  # auto without a draft model: n-gram lookup only
     if draft is None:
         raise SpecError(f"no draft model for target {target!r}; pass --draft MODEL, or --no-spec for the target alone")
     return target, draft
@@ -86,3 +93,49 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
                 draft.close()
             raise
     return LoadedPair(target, draft, target_path, draft_path)
+
+
+def parse_draft_len(text: str | int | None) -> int | None:
+    """--draft-len: a number of tokens, or "auto" (None) for the adaptive controller."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        n = int(str(text))
+    except ValueError:
+        raise SpecError(f"--draft-len takes a number of tokens or 'auto', got {text!r}") from None
+    if not 0 <= n <= 64:
+        raise SpecError(f"--draft-len must be between 0 and 64, or 'auto', got {n}")
+    return n
+
+
+AUTO_MAX_DRAFT = 8
+
+
+def build_strategy(pair: LoadedPair, choice: ModelChoice, draft_len: int | None, notify: Notify = lambda s: None):
+    """The speculation strategy for these models and options; None means the target alone."""
+    import numpy as np
+
+    from .adaptive import AdaptiveDraftLength
+    from .calibrate import cached_costs
+    from .drafters import ModelDrafter
+    from .drafters.combined import CombinedDrafter
+    from .drafters.ngram import NgramDrafter
+    from .strategy import AdaptiveStrategy, FixedStrategy
+
+    if choice.no_spec or draft_len == 0:
+        return None
+    model = ModelDrafter(pair.draft) if pair.draft is not None else None
+    ngram = NgramDrafter(max_ngram=4, min_ngram=2)
+    if choice.drafter == "model" and model is None:
+        raise SpecError("--drafter model needs a draft model; pass --draft MODEL")
+    if draft_len is not None:
+        chosen = {"model": model, "ngram": ngram, "auto": CombinedDrafter(ngram, model) if model else ngram}[choice.drafter]
+        return FixedStrategy(chosen, draft_len)
+    costs = cached_costs(pair.target, pair.draft if choice.drafter != "ngram" else None, AUTO_MAX_DRAFT + 1, notify)
+    cost = np.array(costs.target_ms) / 1000.0
+    sources = []
+    if choice.drafter in ("auto", "ngram"):
+        sources.append((ngram, AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT), True))
+    if choice.drafter in ("auto", "model") and model is not None:
+        sources.append((model, AdaptiveDraftLength(cost, costs.draft_ms / 1000.0, AUTO_MAX_DRAFT), False))
+    return AdaptiveStrategy(sources)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .stats import Stats
@@ -19,7 +20,7 @@ out = Console(highlight=False)
 def error(message: str) -> None:
     """One line, no traceback: what is wrong and what to do."""
     first = " ".join(str(message).split())
-    err.print(f"[bold red]error:[/] {first}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(first)}", markup=True, soft_wrap=True)
 
 
 def info(message: str) -> None:
@@ -33,6 +34,11 @@ def status(message: str):
             yield
     else:
         yield
+
+
+def note(message: str) -> None:
+    """Text for the user on stderr, taken literally (file names and user text may hold brackets)."""
+    err.print(message, style="dim" if err.is_terminal else None, markup=False, highlight=False, soft_wrap=True)
 
 
 def write_text(piece: str) -> None:
@@ -52,7 +58,10 @@ def print_summary(s: Stats) -> None:
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
-    mode = f"speculative, drafter {s.drafter}, draft length {s.draft_len}" if s.drafter != "none" else "target only (no speculation)"
+    if s.drafter == "none":
+        mode = "target only (no speculation)"
+    else:
+        mode = f"speculative, drafter {s.drafter}, " + (f"draft length {s.draft_len}" if s.draft_len else "draft length chosen each round")
     t.add_row("mode", mode)
     t.add_row("generated", f"{s.generated} tokens in {s.t_total:.2f} s = {s.tokens_per_second:.1f} tok/s (stop: {s.stop_reason})")
     t.add_row("prompt", f"{s.prompt_tokens} tokens, {s.prompt_tokens_evaluated} evaluated in {s.t_prefill:.2f} s")
@@ -75,3 +84,48 @@ def print_summary(s: Stats) -> None:
         t.add_row("note", note)
     err.print()
     err.print(t)
+
+
+# --- generic helpers for long-running commands (spec bench) -------------------
+
+
+@contextlib.contextmanager
+def progress_bar():
+    """A progress bar on stderr; yields step(total, label), to be called once per step.
+
+    Nothing is drawn when stderr is not a terminal (pipes, CI logs, tests).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+        done = [-1]  # steps finished: a step is done when the next one starts
+
+        def step(total: int, label: str) -> None:
+            done[0] += 1
+            bar.update(task, total=total, completed=done[0], description=escape(label))
+
+        yield step
+
+
+def table(title: str, columns: list[str], rows: list[list[str]], *, right_from: int = 1, to_stdout: bool = True) -> None:
+    """A plain Rich table; columns from index `right_from` on are right-aligned (numbers)."""
+    t = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="right" if i >= right_from else "left")
+    for r in rows:
+        t.add_row(*r)
+    (out if to_stdout else err).print(t)
+
+
+def line(text: str, style: str | None = None) -> None:
+    """One line of a report on stdout."""
+    out.print(text, style=style, markup=False, soft_wrap=True)

@@ -38,7 +38,7 @@ def assert_one_line_error(proc, *fragments):
 
 
 def test_run_json_default_pair(gemma_q2k_path):
-    res = runner.invoke(app, ["run", "--json", "-n", "12", "--ctx", "256", "The capital of France is"])
+    res = runner.invoke(app, ["run", "--json", "-n", "12", "--ctx", "256", "--drafter", "model", "-k", "4", "The capital of France is"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     assert payload["text"] and len(payload["tokens"]) == payload["stats"]["generated"] <= 12
@@ -110,6 +110,8 @@ def test_prompt_longer_than_context(gemma_q2k_path):
         (["--max-tokens", "lots"], "lots"),
         (["--bogus-option"], "bogus"),
         (["--preset", "nope"], "unknown preset"),
+        (["--drafter", "magic"], "--drafter"),
+        (["--draft-len", "lots"], "--draft-len"),
         (["--target", "no-such-model"], "unknown model"),
     ],
 )
@@ -138,3 +140,20 @@ def test_models_lists_presets():
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0
     assert "default" in res.stdout and "gemma-3-270m" in res.stdout and "chat" in res.stdout
+
+
+def test_ngram_drafter_needs_no_draft_model(gemma_path):
+    prompt = "Copy exactly: alpha beta gamma delta epsilon zeta eta theta.\nCopy: alpha beta gamma"
+    res = runner.invoke(app, ["run", "--json", "-n", "12", "--ctx", "256", "--drafter", "ngram", "-k", "4", prompt])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert payload["draft"] is None
+    assert payload["stats"]["drafter"] == "ngram" and payload["stats"]["drafted"] > 0
+
+
+def test_auto_reports_its_decisions(gemma_q2k_path):
+    res = runner.invoke(app, ["run", "--json", "-n", "16", "--ctx", "256", "The capital of France is"])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout.strip().splitlines()[-1])["stats"]
+    assert st["drafter"] == "auto(ngram+model)"
+    assert any("rounds by drafter" in n for n in st["notes"])

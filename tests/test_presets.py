@@ -63,7 +63,9 @@ def test_target_alone_takes_its_pairs_draft():
     assert resolve_refs(ModelChoice(), "chat") == ("smollm2-135m-instruct", "smollm2-135m-instruct-q2k")
     assert resolve_refs(ModelChoice(no_spec=True), "default") == ("gemma-3-270m", None)
     with pytest.raises(SpecError, match="no draft"):
-        resolve_refs(ModelChoice(target="/some/where.gguf"), "default")
+        resolve_refs(ModelChoice(target="/some/where.gguf", drafter="model"), "default")
+    # auto with no draft model falls back to the n-gram lookup alone
+    assert resolve_refs(ModelChoice(target="/some/where.gguf"), "default") == ("/some/where.gguf", None)
 
 
 def test_derived_draft_is_written_once_and_atomically(gemma_q2k_path):

@@ -13,7 +13,8 @@ Draft = Annotated[Optional[str], typer.Option("--draft", "-d", help="Draft model
 Preset = Annotated[Optional[str], typer.Option("--preset", "-p", help="A target/draft pair from models.toml (see `spec models`).")]
 NoSpec = Annotated[bool, typer.Option("--no-spec", help="The target alone, through the same loop and settings: the baseline.")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
-DraftLen = Annotated[int, typer.Option("--draft-len", "-k", help="Tokens drafted per round (gamma).")]
+DraftLen = Annotated[str, typer.Option("--draft-len", "-k", help="Tokens drafted per round (gamma), or 'auto' to choose each round from the measured costs and acceptance.")]
+Drafter = Annotated[str, typer.Option("--drafter", help="auto (n-gram lookup, then the draft model), model, or ngram (no draft model needed).")]
 Temp = Annotated[float, typer.Option("--temp", help="Sampling temperature; 0 is greedy.")]
 TopK = Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0 = all).")]
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).")]
@@ -25,5 +26,8 @@ NglDraft = Annotated[int, typer.Option("--ngl-draft", help="Draft layers to offl
 Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
 
 
-def model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft) -> ModelChoice:
-    return ModelChoice(target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft)
+def model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter="auto") -> ModelChoice:
+    return ModelChoice(
+        target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft,
+        drafter=drafter,
+    )

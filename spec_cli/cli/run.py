@@ -11,13 +11,12 @@ from typing import Annotated
 
 from .. import ui
 from ..decode import Engine, GenerateOptions
-from ..drafters import ModelDrafter
 from ..errors import SpecError
 from ..sampling import SamplingParams
-from ..session import load_pair
+from ..session import build_strategy, load_pair, parse_draft_len
 from . import app
 from .options import (
-    Ctx, Draft, DraftLen, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Seed, Stop, Target, Temp, Threads, TopK, TopP,
+    Ctx, Draft, Drafter, DraftLen, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Seed, Stop, Target, Temp, Threads, TopK, TopP,
     model_choice,
 )
 
@@ -41,7 +40,8 @@ def run_cmd(
     draft: Draft = None,
     preset: Preset = None,
     max_tokens: MaxTokens = 128,
-    draft_len: DraftLen = 4,
+    draft_len: DraftLen = "auto",
+    drafter: Drafter = "auto",
     temp: Temp = 0.0,
     top_k: TopK = 40,
     top_p: TopP = 1.0,
@@ -55,20 +55,24 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
 ) -> None:
     """Continue PROMPT with the target model, drafting with the draft model."""
+    fixed_len = parse_draft_len(draft_len)
     opts = GenerateOptions(
         max_tokens=max_tokens,
-        draft_len=draft_len,
+        draft_len=fixed_len or 0,
         sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
         seed=seed,
         stop=tuple(stop or ()),
     )
     opts.check()
     text = read_prompt(prompt)
-    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft)
+    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter)
+    choice.check()
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
     try:
-        engine = Engine(pair.target, ModelDrafter(pair.draft) if pair.draft is not None else None)
+        with ui.status("preparing"):
+            strategy = build_strategy(pair, choice, fixed_len, notify=ui.info)
+        engine = Engine(pair.target, strategy=strategy)
         prompt_tokens = pair.target.tokenize(text)
         try:
             result = engine.generate(prompt_tokens, opts, on_text=None if as_json else ui.write_text)

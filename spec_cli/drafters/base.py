@@ -19,6 +19,8 @@ class Proposal:
     q: list[Dist] | None = None
     # why drafting stopped before n tokens, for the stats ("confidence", "no-match", ...)
     stopped: str | None = None
+    # which drafter made it (set by the strategy; a combined drafter has several)
+    source: str | None = None
 
     def q_dists(self) -> list[Dist]:
         return self.q if self.q is not None else [Dist.point(t) for t in self.tokens]

@@ -1,0 +1,215 @@
+"""Choose the draft length each round so that speculation never costs more than it earns.
+
+Model (Leviathan et al. 2023, section 3): each drafted token is accepted with
+probability a, independently, and drafting stops at the first rejection. A round
+that drafts g tokens then yields on average
+
+    E(g) = 1 + a + ... + a^g = (1 - a^(g+1)) / (1 - a)
+
+tokens (the accepted drafts plus the target's own token) and takes
+g * draft_step + cost(g + 1) seconds, where cost(K) is one target pass over K
+tokens. g = 0 is plain decoding: one token per cost(1). The controller picks the
+g with the most tokens per second, and g = 0 unless some g > 0 beats it by
+`min_gain`. On a GPU cost(K) is nearly flat and long drafts win; on the CPU in
+NOTES.md cost(2) is already 1.9 x cost(1) and a weak drafter loses.
+
+While speculation is off nothing is drafted, so the acceptance estimate gets no
+evidence. Every so often the controller asks for a probe draft (after
+`probe_every` rounds off; twice as long after each probe that lowered the
+estimate, up to `probe_max` rounds), and speculation comes back only when fresh
+evidence says it pays. Old evidence fades round by round, so after a long pause
+a probe is judged against the prior rather than against stale history. A loop
+whose drafter is nearly free (n-gram) can also feed `update` with shadow
+evidence: the draft it would have made, compared with the token the target then
+produced.
+
+Simulated on the CPU curve of NOTES.md with i.i.d. acceptance: when drafts never
+pay, the probes cost 1.5 % against plain decoding over 1,000 rounds (3 % over
+100); when they do, the result is within 1-2 % of the best fixed draft length
+over 1,000 rounds, except near the break-even rate, where either choice is
+about as fast.
+
+numpy only; no model.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def expected_tokens(a: float, g_max: int) -> np.ndarray:
+    """E(g) for g = 0..g_max: tokens one round yields with g drafts at acceptance rate a."""
+    return np.cumsum(float(a) ** np.arange(g_max + 1))
+
+
+def predicted_speedups(
+    a: float,
+    cost: Sequence[float],
+    draft_step: float = 0.0,
+    g_max: int | None = None,
+    round_overhead: float = 0.0,
+) -> np.ndarray:
+    """Tokens per second with g drafts relative to plain decoding, for g = 0..g_max.
+
+    cost[K - 1] is the time of one target pass over K tokens; g_max is capped at
+    len(cost) - 1. round_overhead is time every round pays whatever g is
+    (sampling, Python), in the same unit as cost.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    g_top = len(cost) - 1 if g_max is None else min(g_max, len(cost) - 1)
+    g = np.arange(g_top + 1)
+    rate = expected_tokens(a, g_top) / (g * draft_step + cost[: g_top + 1] + round_overhead)
+    return rate / rate[0]
+
+
+def cost_curve(points: Mapping[int, float], k_max: int = 16) -> np.ndarray:
+    """A cost curve for K = 1..k_max from measurements at some K (linear in between,
+    flat beyond the last one measured). Index K - 1 holds cost(K)."""
+    if 1 not in points:
+        raise ValueError("the cost curve needs a measurement at K = 1 (plain decoding)")
+    ks = np.array(sorted(points), dtype=np.float64)
+    vs = np.array([points[int(k)] for k in ks], dtype=np.float64)
+    return np.interp(np.arange(1, k_max + 1), ks, vs)
+
+
+class AdaptiveDraftLength:
+    """Picks g each round from the cost curve and an acceptance estimate it keeps up to date.
+
+    Use, once per round:
+        g = ctl.choose()              # 0 = plain decoding this round; ctl.reason says why
+        ... draft up to g tokens, verify ...
+        ctl.update(drafted, accepted) # call every round, also when drafted == 0
+
+    The acceptance estimate: a round that drafted g and accepted n < g saw n
+    acceptances and one rejection; n == g saw g acceptances and no rejection
+    (the rest was never tested). a = acceptances / (acceptances + rejections) is
+    the maximum-likelihood rate under the model above; dividing accepted by
+    drafted instead would count untested positions as rejections. Both counts are
+    multiplied by `decay` every round, and `prior_weight` pseudo-observations at
+    rate `prior` keep the estimate defined when evidence is thin or stale.
+    """
+
+    def __init__(
+        self,
+        cost: Sequence[float],
+        draft_step: float = 0.0,
+        g_max: int = 8,
+        *,
+        prior: float = 0.5,
+        prior_weight: float = 1.0,
+        decay: float = 0.95,
+        min_gain: float = 1.05,
+        probe_every: int = 8,
+        probe_max: int = 64,
+        round_overhead: float = 0.0,
+        cost_weight: float = 0.2,
+    ):
+        self.cost = np.array(cost, dtype=np.float64)
+        if self.cost.ndim != 1 or len(self.cost) < 1 or not np.all(self.cost > 0):
+            raise ValueError("cost must list the positive time of one target pass for K = 1, 2, ...")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.draft_step = float(draft_step)
+        self.g_max = max(0, min(g_max, len(self.cost) - 1))
+        self.prior, self.prior_weight = float(prior), float(prior_weight)
+        self.decay = decay
+        self.min_gain = min_gain
+        self.probe_every, self.probe_max = probe_every, max(probe_max, probe_every)
+        self.round_overhead = round_overhead
+        self.cost_weight = cost_weight
+        self._acc = 0.0  # decayed count of accepted drafts
+        self._rej = 0.0  # decayed count of rejections
+        # Once off, only fresh evidence (a probe, or shadow drafts fed to update) turns
+        # speculation back on; the estimate fading towards the prior does not.
+        self._on = True
+        self._fresh = False
+        self._interval = probe_every
+        self._since = probe_every  # rounds off since the last probe; starts due, to get evidence early
+        self._last = "off"  # what the last choose() decided
+        self.reason = ""
+        self.predicted = 1.0  # predicted speedup of the last choice over plain decoding
+        self.counts = {"on": 0, "off": 0, "probe": 0}  # rounds by decision, for the stats
+
+    @property
+    def acceptance(self) -> float:
+        w = self._acc + self._rej + self.prior_weight
+        return (self._acc + self.prior_weight * self.prior) / w if w > 0 else self.prior
+
+    def speedups(self) -> np.ndarray:
+        """Predicted speedup for g = 0..g_max at the current estimate."""
+        return predicted_speedups(
+            self.acceptance, self.cost, self.draft_step, self.g_max, self.round_overhead
+        )
+
+    def _best(self) -> tuple[int, float]:
+        s = self.speedups()
+        if self.g_max == 0:
+            return 0, 1.0
+        g = int(np.argmax(s[1:])) + 1
+        return g, float(s[g])
+
+    def choose(self) -> int:
+        """The draft length for this round; 0 means plain decoding. Sets reason and predicted."""
+        self._acc *= self.decay
+        self._rej *= self.decay
+        a = self.acceptance
+        g, best = self._best()
+        pays = g > 0 and best >= self.min_gain
+        fresh, self._fresh = self._fresh, False
+        if pays and (self._on or fresh):
+            self._on, self._last, self._since = True, "on", 0
+            self.reason, self.predicted = f"g={g}: predicted {best:.2f}x (a={a:.2f})", best
+            self.counts["on"] += 1
+            return g
+        self._on = False
+        self._since += 1
+        if g > 0 and self.probe_every > 0 and self._since >= self._interval:
+            self._last = "probe"
+            self.reason, self.predicted = f"probe g={g}: predicted {best:.2f}x (a={a:.2f})", best
+            self.counts["probe"] += 1
+            return g
+        self._last = "off"
+        if g == 0:
+            self.reason = "off: no room to draft"
+        else:
+            self.reason = f"off: predicted {best:.2f}x at best (g={g}, a={a:.2f})"
+        self.predicted = 1.0
+        self.counts["off"] += 1
+        return 0
+
+    def update(self, drafted: int, accepted: int) -> None:
+        """Evidence from this round, or from a shadow draft that was never verified.
+
+        Call it once per round after verification, also when nothing was drafted
+        (a probe that found no n-gram match stays due for the next round).
+        """
+        if not 0 <= accepted <= drafted:
+            raise ValueError(f"accepted {accepted} of {drafted} drafted")
+        last, self._last = self._last, "off"
+        if drafted == 0:
+            return
+        before = self.acceptance
+        self._acc += accepted
+        self._rej += accepted < drafted
+        self._fresh = True
+        if last == "probe":
+            # A probe that lowered the estimate doubles the wait for the next one, so a
+            # drafter that stays bad costs at most one probe per probe_max rounds; an
+            # inconclusive one (as many acceptances as the estimate expected) does not.
+            self._since = 0
+            if self.acceptance < before:
+                self._interval = min(2 * self._interval, self.probe_max)
+        elif last == "on" and self._best()[1] >= self.min_gain:
+            self._interval = self.probe_every  # speculation confirmed: probe eagerly next time
+
+    def observe_pass(self, k: int, seconds: float) -> None:
+        """Fold a measured target pass over k tokens into the cost curve (same unit as cost)."""
+        if 1 <= k <= len(self.cost) and seconds > 0:
+            self.cost[k - 1] += self.cost_weight * (seconds - self.cost[k - 1])
+
+    def observe_draft(self, n: int, seconds: float) -> None:
+        """Fold a measured drafting time for n tokens into draft_step."""
+        if n > 0 and seconds >= 0:
+            self.draft_step += self.cost_weight * (seconds / n - self.draft_step)

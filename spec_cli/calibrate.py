@@ -1,0 +1,100 @@
+"""What one target pass of K tokens and one draft step cost on this machine.
+
+Speculation pays only when verifying K tokens costs much less than K single
+steps, which depends on the machine, the models and the thread count, so it is
+measured, not assumed. `spec bench` measures it as part of its report; `spec run`
+measures it once per (machine, model files, settings) and keeps it in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backend import Model
+from .presets import cache_dir
+
+COST_SAMPLES = 5
+CALIBRATION_TEXT = "The quick brown fox jumps over the lazy dog while the five boxing wizards jump quickly. " * 3
+
+
+@dataclass
+class CostCurve:
+    target_ms: list[float]  # target_ms[k - 1]: one target llama_decode of k tokens, logits on every row
+    draft_ms: float  # one draft step: a one-token llama_decode plus the argmax the drafter takes (nan: no draft)
+
+
+def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max_k: int, samples: int = COST_SAMPLES) -> CostCurve:
+    """Time one target llama_decode of k = 1..max_k tokens after `prompt`, and one draft step.
+
+    The verification pass asks for logits on every row, so the curve does too. The k
+    values are interleaved within each sample so that drift spreads over all of them.
+    Both caches are left empty.
+    """
+    filler = [int(t) for t in prompt[1:]] or [int(prompt[0])]
+    filler = (filler * (max_k // len(filler) + 1))[:max_k]
+    target.reset()
+    target.sync(prompt, logits=False)
+    base = target.n_past
+    times: list[list[float]] = [[] for _ in range(max_k)]
+    for _ in range(samples):
+        for k in range(1, max_k + 1):
+            before = target.decode_seconds
+            target.eval(filler[:k], logits="all")
+            times[k - 1].append(target.decode_seconds - before)
+            target.truncate(base)
+    target.reset()
+    target_ms = [1000.0 * float(np.median(t)) for t in times]
+
+    draft_ms = float("nan")
+    if draft is not None:
+        draft.reset()
+        draft.sync(prompt, logits=False)
+        base = draft.n_past
+        steps = []
+        for i in range(samples * 4):
+            t0 = time.perf_counter()
+            row = draft.eval([filler[i % len(filler)]], logits="last")[0]
+            int(np.argmax(row))
+            steps.append(time.perf_counter() - t0)
+            draft.truncate(base)
+        draft.reset()
+        draft_ms = 1000.0 * float(np.median(steps))
+    return CostCurve(target_ms=target_ms, draft_ms=draft_ms)
+
+
+def _identity(model: Model | None) -> str | None:
+    if model is None:
+        return None
+    st = model.path.stat()
+    return f"{model.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|t{model.n_threads}|ngl{model.n_gpu_layers}"
+
+
+def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callable[[str], None] = lambda s: None) -> CostCurve:
+    """The cost curve for this pair and machine, measured once and then read from the cache."""
+    key = "|".join(str(x) for x in (platform.node(), os.cpu_count(), _identity(target), _identity(draft), max_k))
+    path = cache_dir() / "calibration.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key in table:
+        return CostCurve(**table[key])
+    notify("measuring this machine's cost curve once (a few seconds); it is cached for later runs")
+    prompt = target.tokenize(CALIBRATION_TEXT)
+    curve = measure_costs(target, draft, prompt, max_k)
+    table[key] = asdict(curve)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only means measuring again next time
+    return curve

@@ -1,0 +1,127 @@
+"""Prompt-lookup drafting: continue the context the way it continued last time.
+
+If the last k tokens of the context also occur earlier, the tokens that followed
+that earlier occurrence are a free guess at what comes next (Saxena 2023,
+"prompt lookup decoding"; llama.cpp's lookup examples). It pays on text that
+quotes or edits its prompt, on code, and on outputs that repeat themselves.
+
+The lookup is a pure numpy function so it can be tested without a model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..sampling import SamplingParams
+from .base import Proposal
+
+
+def longest_match(ctx: np.ndarray, max_ngram: int = 4, min_ngram: int = 1) -> tuple[int, int]:
+    """Find the longest suffix of `ctx` (up to max_ngram tokens) that occurred earlier.
+
+    Returns (c, k): the suffix of length k also ends at position c - 1, so
+    ctx[c] is the token that followed it there; among occurrences of the
+    longest suffix, the most recent one (largest c) wins. Occurrences may
+    overlap the suffix itself (in "x x x" the 2-gram "x x" occurs at 0..1).
+    (-1, 0) when no suffix of at least min_ngram tokens occurred before.
+
+    Cost: one vectorised comparison over the context, then each longer n-gram
+    only filters the surviving candidates, so a call stays O(len(ctx)).
+    """
+    n = len(ctx)
+    min_ngram = max(min_ngram, 1)
+    if n < 2 or max_ngram < min_ngram:
+        return -1, 0
+    last = n - 1
+    # ends: positions e < last where an occurrence of the current k-gram ends
+    ends = np.flatnonzero(ctx[:last] == ctx[last])
+    best = (-1, 0)
+    for k in range(1, min(max_ngram, n - 1) + 1):
+        if k > 1:
+            ends = ends[ends >= k - 1]
+            ends = ends[ctx[ends - (k - 1)] == ctx[last - (k - 1)]]
+        if ends.size == 0:
+            break
+        if k >= min_ngram:
+            best = (int(ends[-1]) + 1, k)
+    return best
+
+
+def ngram_lookup(ctx: np.ndarray, n_draft: int, max_ngram: int = 4, min_ngram: int = 1) -> np.ndarray:
+    """The n_draft tokens that followed the most recent earlier occurrence of the
+    longest matching suffix; an empty array when nothing matched.
+
+    When the continuation runs into the end of the context (the match is less than
+    n_draft tokens back), the guess keeps repeating with the period d = len(ctx) - c:
+    the prediction for position len(ctx) + i is the token at c + i, which for
+    i >= d is itself the prediction i - d. So "a b a b" with a 2-gram match
+    drafts "a b a b ..." instead of stopping short.
+    """
+    if n_draft <= 0:
+        return np.empty(0, dtype=ctx.dtype)
+    c, k = longest_match(ctx, max_ngram, min_ngram)
+    if k == 0:
+        return np.empty(0, dtype=ctx.dtype)
+    return continuation(ctx, c, n_draft)
+
+
+def continuation(ctx: np.ndarray, c: int, n: int) -> np.ndarray:
+    """The n tokens predicted to follow ctx when ctx[c:] repeats what followed before."""
+    return ctx[c + np.arange(n) % (len(ctx) - c)]
+
+
+class NgramDrafter:
+    """Deterministic drafter over the prompt and the output so far (q = point masses).
+
+    The context arrives as a Python list each round; converting 4,000 tokens to an
+    array costs several times more than the lookup itself, so the array is kept
+    between calls and only the tokens appended since the last call are converted.
+    """
+
+    name = "ngram"
+    # Tokens compared to decide that the new context extends the cached one.
+    # A stale cache could only cost acceptance, never correctness (the target
+    # verifies every draft), so a short check is enough.
+    _CHECK = 16
+
+    def __init__(self, max_ngram: int = 4, min_ngram: int = 1):
+        if min_ngram < 1 or max_ngram < min_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}..{max_ngram}")
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+        # length of the n-gram behind the last proposal (0 = no match), for the stats
+        self.last_ngram = 0
+        self._buf = np.empty(0, dtype=np.int64)
+        self._n = 0  # tokens of _buf that mirror the last context seen
+
+    def propose(
+        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
+    ) -> Proposal:
+        self.last_ngram = 0
+        if n <= 0:
+            return Proposal()
+        ctx = self._array(context)
+        c, k = longest_match(ctx, self.max_ngram, self.min_ngram)
+        if k == 0:
+            return Proposal(stopped="no-match")
+        self.last_ngram = k
+        return Proposal(tokens=continuation(ctx, c, n).tolist())
+
+    def reset(self) -> None:
+        self.last_ngram = 0
+        self._n = 0
+
+    def _array(self, context: Sequence[int]) -> np.ndarray:
+        n, m = len(context), self._n
+        lo = max(0, m - self._CHECK)
+        if not (0 < m <= n and list(context[lo:m]) == self._buf[lo:m].tolist()):
+            m = 0  # not an extension of what we saw: convert everything
+        if n > len(self._buf):
+            grown = np.empty(max(n, 2 * len(self._buf), 1024), dtype=np.int64)
+            grown[:m] = self._buf[:m]
+            self._buf = grown
+        self._buf[m:n] = np.fromiter(context[m:n], dtype=np.int64, count=n - m)
+        self._n = n
+        return self._buf[:n]

@@ -1,0 +1,143 @@
+"""How to speculate each round: which drafter, how many tokens, or not at all.
+
+The loop asks a strategy for a proposal (`propose`) and tells it what the target
+did with it (`observe`). A FixedStrategy always drafts the same length with one
+drafter (`--draft-len N`). An AdaptiveStrategy (`--draft-len auto`) keeps, for
+each drafter it may use, an AdaptiveDraftLength controller fed with the
+measured cost curve and that drafter's acceptance history, and drafts only when
+the prediction says it beats plain decoding.
+
+In `auto`, the n-gram lookup comes first: it costs microseconds, so it is
+consulted every round, and when it has a match that its controller trusts, the
+draft model is not run at all. When the lookup's controller has switched it off,
+its guess still costs nothing to check against the token the target produced,
+so it keeps collecting evidence ("shadow" rounds) and comes back when its guesses
+start landing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .adaptive import AdaptiveDraftLength
+from .drafters.base import Drafter, Proposal
+from .sampling import SamplingParams
+
+
+@dataclass
+class RoundOutcome:
+    drafted: int
+    accepted: int
+    target_next: int  # the token the target put right after the context (accepted draft or its own)
+    pass_tokens: int  # rows in the verification batch
+    pass_seconds: float
+    draft_seconds: float
+
+
+class FixedStrategy:
+    """One drafter, the same draft length every round."""
+
+    def __init__(self, drafter: Drafter, draft_len: int):
+        self.drafter = drafter
+        self.draft_len = draft_len
+        self.name = drafter.name
+        self.rounds: Counter = Counter()
+
+    def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
+        g = min(self.draft_len, cap)
+        if g <= 0:
+            return Proposal()
+        prop = self.drafter.propose(context, g, params, rng)
+        prop.source = getattr(self.drafter, "last_source", None) or self.drafter.name
+        return prop
+
+    def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
+        self.rounds[prop.source if prop.tokens else "none"] += 1
+
+    def describe(self) -> list[str]:
+        return [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}"]
+
+
+@dataclass
+class _Source:
+    drafter: Drafter
+    ctl: AdaptiveDraftLength
+    free: bool  # drafting costs (next to) nothing: its guesses can be checked in every round
+    shadow: list[int] = field(default_factory=list)
+
+
+class AdaptiveStrategy:
+    """Drafters in order of preference, each with its own draft-length controller."""
+
+    def __init__(self, sources: Sequence[tuple[Drafter, AdaptiveDraftLength, bool]]):
+        self.sources = [_Source(d, c, free) for d, c, free in sources]
+        self.name = "auto(" + "+".join(s.drafter.name for s in self.sources) + ")"
+        self.rounds: Counter = Counter()
+        self.lengths: Counter = Counter()
+        self._consulted: list[_Source] = []
+        self._used: _Source | None = None
+
+    def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
+        self._consulted, self._used = [], None
+        for src in self.sources:
+            src.shadow = []
+        if cap <= 0:
+            return Proposal()
+        for src in self.sources:
+            if src.free:
+                guess = src.drafter.propose(context, cap, params, rng)
+                if not guess.tokens:
+                    continue  # no match: nothing to decide, nothing to learn
+                self._consulted.append(src)
+                g = min(src.ctl.choose(), cap)
+                if g > 0:
+                    guess.tokens = guess.tokens[:g]
+                    guess.q = guess.q[:g] if guess.q is not None else None
+                    return self._use(src, guess)
+                src.shadow = guess.tokens[:1]
+                continue
+            self._consulted.append(src)
+            g = min(src.ctl.choose(), cap)
+            if g > 0:
+                return self._use(src, src.drafter.propose(context, g, params, rng))
+        return Proposal()
+
+    def _use(self, src: _Source, prop: Proposal) -> Proposal:
+        self._used = src
+        prop.source = src.drafter.name
+        return prop
+
+    def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
+        self.rounds[prop.source if prop.tokens else "none"] += 1
+        self.lengths[len(prop.tokens)] += 1
+        for src in self.sources:
+            src.ctl.observe_pass(outcome.pass_tokens, outcome.pass_seconds)
+        for src in self._consulted:
+            if src is self._used:
+                src.ctl.update(outcome.drafted, outcome.accepted)
+                if not src.free and outcome.drafted:
+                    src.ctl.observe_draft(outcome.drafted, outcome.draft_seconds)
+            else:
+                src.ctl.update(0, 0)
+                if src.shadow:
+                    # The guess nobody verified, checked against what the target produced:
+                    # the same evidence a one-token draft would have given, at no cost.
+                    src.ctl.update(1, int(src.shadow[0] == outcome.target_next))
+
+    def describe(self) -> list[str]:
+        lines = [f"rounds by drafter: {_fmt(self.rounds)}; draft lengths used: {_fmt(self.lengths)}"]
+        for src in self.sources:
+            c = src.ctl
+            lines.append(
+                f"{src.drafter.name}: acceptance estimate {c.acceptance:.2f}, decisions {_fmt(c.counts)}; last: {c.reason or '-'}"
+            )
+        return lines
+
+
+def _fmt(counter) -> str:
+    items = sorted(counter.items(), key=lambda kv: str(kv[0]))
+    return ", ".join(f"{k}: {v}" for k, v in items) or "-"

@@ -1,0 +1,219 @@
+"""The draft-length controller on scripted acceptance sequences and cost curves. No model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spec_cli.adaptive import AdaptiveDraftLength, cost_curve, expected_tokens, predicted_speedups
+
+FLAT = [1.0] * 16
+# NOTES.md, Gemma-270M Q4_K_M through the bindings on 2 CPU cores, relative to K = 1
+CPU = cost_curve({1: 1, 2: 1.89, 3: 2.03, 4: 2.27, 5: 3.91, 8: 3.96, 16: 5.97})
+
+
+def test_expected_tokens_hand_values():
+    # 1 + a + a^2 + ... ; (1 - a^(g+1)) / (1 - a)
+    assert expected_tokens(0.5, 3) == pytest.approx([1, 1.5, 1.75, 1.875])
+    assert expected_tokens(0.8, 2)[2] == pytest.approx((1 - 0.8**3) / (1 - 0.8))
+    assert expected_tokens(1.0, 4) == pytest.approx([1, 2, 3, 4, 5])
+    assert expected_tokens(0.0, 2) == pytest.approx([1, 1, 1])
+
+
+def test_cost_curve_interpolates_and_holds_flat():
+    c = cost_curve({1: 1.0, 3: 2.0, 5: 4.0}, k_max=7)
+    assert c == pytest.approx([1.0, 1.5, 2.0, 3.0, 4.0, 4.0, 4.0])
+    assert CPU[5] == pytest.approx(3.91 + (3.96 - 3.91) / 3)  # K = 6
+    with pytest.raises(ValueError):
+        cost_curve({2: 1.0})
+
+
+def test_speedups_hand_computed_cpu_curve():
+    # a = 0.9 on the CPU curve: the step after K = 4 makes g = 3 the best.
+    s = predicted_speedups(0.9, CPU, g_max=8)
+    assert s[0] == 1.0
+    assert s[1] == pytest.approx(1.9 / 1.89)
+    assert s[3] == pytest.approx((1 + 0.9 + 0.81 + 0.729) / 2.27)  # 1.515
+    assert s[4] == pytest.approx(4.0951 / 3.91)
+    assert int(np.argmax(s)) == 3
+
+
+def test_speedups_hand_computed_with_draft_cost():
+    # flat pass cost 1 s, drafting 0.2 s a token, a = 0.8:
+    # g=1 1.8/1.2 = 1.5, g=2 2.44/1.4, g=3 2.952/1.6, g=4 3.3616/1.8 = 1.8676, g=5 3.68928/2.0
+    s = predicted_speedups(0.8, FLAT, draft_step=0.2, g_max=6)
+    assert s[1:6] == pytest.approx([1.5, 2.44 / 1.4, 2.952 / 1.6, 3.3616 / 1.8, 3.68928 / 2.0])
+    assert int(np.argmax(s)) == 4
+    ctl = AdaptiveDraftLength(FLAT, draft_step=0.2, g_max=6, prior=0.8, prior_weight=1.0)
+    assert ctl.choose() == 4
+    assert ctl.reason == "g=4: predicted 1.87x (a=0.80)"
+
+
+def test_acceptance_estimate_counts_only_tested_positions():
+    ctl = AdaptiveDraftLength(FLAT, prior_weight=0.0, decay=1.0)
+    ctl.update(4, 2)  # 2 accepted, then a rejection; positions 4 and 5 never tested
+    ctl.update(4, 4)  # 4 accepted, no rejection
+    ctl.update(0, 0)  # nothing drafted: no evidence
+    assert ctl.acceptance == pytest.approx(6 / 7)
+    with pytest.raises(ValueError):
+        ctl.update(2, 3)
+
+
+def test_flat_curve_high_acceptance_drafts_long():
+    ctl = AdaptiveDraftLength(FLAT, g_max=8)
+    for _ in range(30):
+        g = ctl.choose()
+        ctl.update(g, g)
+    assert ctl.choose() == 8
+    assert ctl.reason.startswith("g=8: predicted")
+
+
+def test_flat_curve_pays_even_at_low_acceptance():
+    # If verifying more tokens is free, any acceptance above zero earns something.
+    ctl = AdaptiveDraftLength(FLAT, g_max=4, prior=0.3, prior_weight=10.0, probe_every=0)
+    assert ctl.choose() > 0
+
+
+def test_steep_curve_low_acceptance_falls_back_to_plain():
+    ctl = AdaptiveDraftLength(CPU, g_max=8, probe_every=0)
+    for _ in range(10):  # scripted: 1 of 4 drafts accepted, then none
+        ctl.update(4, 1)
+        ctl.update(4, 0)
+    assert ctl.acceptance < 0.4
+    assert ctl.choose() == 0
+    assert ctl.reason.startswith("off: predicted 0.")
+    assert ctl.predicted == 1.0
+
+
+def test_steep_curve_turns_off_after_an_optimistic_start():
+    ctl = AdaptiveDraftLength(CPU, g_max=8, prior=0.9)
+    gs = run_script(ctl, 0.3, 200, np.random.default_rng(1))
+    assert gs[0] == 3  # the prior says speculate until the evidence says otherwise
+    assert sum(g > 0 for g in gs[50:]) <= 4  # then plain decoding, apart from rare probes
+    assert ctl.counts["on"] < 20 and ctl.counts["off"] > 150
+
+
+def test_steep_curve_needs_high_acceptance():
+    # a = 0.6 pays on a flat curve but not on the CPU one:
+    # g=1 1.6/1.89 = 0.847, g=2 1.96/2.03 = 0.966, g=3 2.176/2.27 = 0.959
+    cpu = AdaptiveDraftLength(CPU, prior=0.6, prior_weight=1.0, probe_every=0)
+    flat = AdaptiveDraftLength(FLAT, prior=0.6, prior_weight=1.0, probe_every=0)
+    assert cpu.choose() == 0 and flat.choose() > 0
+    assert cpu.speedups()[1:4] == pytest.approx([1.6 / 1.89, 1.96 / 2.03, 2.176 / 2.27])
+    assert cpu.reason == "off: predicted 0.97x at best (g=2, a=0.60)"
+
+
+def test_min_gain_keeps_marginal_speculation_off():
+    # a = 0.9, g = 1 only, CPU curve: 1.9 / 1.89 = 1.005x predicted
+    ctl = AdaptiveDraftLength(CPU, g_max=1, prior=0.9, prior_weight=1.0, probe_every=0)
+    assert ctl.choose() == 0
+    ctl = AdaptiveDraftLength(CPU, g_max=1, prior=0.9, prior_weight=1.0, probe_every=0, min_gain=1.0)
+    assert ctl.choose() == 1
+
+
+def run_script(ctl, accept_prob, rounds, rng):
+    """Drive the controller like the loop does; each draft is accepted with accept_prob."""
+    gs = []
+    for _ in range(rounds):
+        g = ctl.choose()
+        n = 0
+        while n < g and rng.random() < accept_prob:
+            n += 1
+        ctl.update(g, n)
+        gs.append(g)
+    return gs
+
+
+def test_off_then_back_on_when_acceptance_recovers():
+    rng = np.random.default_rng(0)
+    ctl = AdaptiveDraftLength(CPU, g_max=8)
+    good = run_script(ctl, 0.85, 50, rng)
+    assert sum(g >= 3 for g in good[-30:]) >= 24  # predicted 1.40x at g = 3
+    bad = run_script(ctl, 0.0, 300, rng)
+    assert bad[-1] == 0 and ctl.reason.startswith("off")
+    probes = sum(g > 0 for g in bad[20:])
+    # backing off: probes after 8, 16, 32, 64, 64, ... rounds off, not one every 8
+    assert 2 <= probes <= 6
+    recovered = run_script(ctl, 0.85, 300, rng)
+    assert any(g > 0 for g in recovered[:65])  # a probe within the longest interval
+    assert sum(g >= 3 for g in recovered[-100:]) >= 80
+
+
+def test_all_accepted_probe_turns_speculation_on_at_once():
+    ctl = AdaptiveDraftLength(CPU, g_max=8)
+    run_script(ctl, 0.0, 200, np.random.default_rng(0))
+    for _ in range(65):  # the longest interval between probes
+        g = ctl.choose()
+        ctl.update(g, g)  # every draft accepted from now on
+        if g:
+            break
+    assert g > 0 and ctl.reason.startswith("probe")
+    assert ctl.choose() >= 3 and ctl.reason.startswith("g=")
+
+
+def test_probe_that_drafted_nothing_is_retried():
+    # An n-gram probe with no match costs nothing and teaches nothing: try again next round.
+    ctl = AdaptiveDraftLength(CPU, prior=0.2, probe_every=4)
+    assert ctl.choose() > 0 and ctl.reason.startswith("probe")
+    ctl.update(0, 0)
+    assert ctl.choose() > 0
+    ctl.update(1, 0)
+    assert [ctl.choose() for _ in range(7)] == [0] * 7  # interval doubled to 8
+    assert ctl.choose() > 0
+
+
+def test_inconclusive_probe_keeps_the_interval():
+    ctl = AdaptiveDraftLength(CPU, probe_every=4)  # prior 0.5: off on this curve
+    assert ctl.choose() == 2 and ctl.reason.startswith("probe")
+    ctl.update(2, 1)  # one of two: the estimate stays at 0.5
+    assert [ctl.choose() for _ in range(4)] == [0, 0, 0, 2]
+    ctl.update(2, 0)  # the estimate drops: wait twice as long
+    assert [ctl.choose() > 0 for _ in range(8)] == [False] * 7 + [True]
+
+
+def test_fading_to_an_optimistic_prior_does_not_turn_speculation_on():
+    ctl = AdaptiveDraftLength(CPU, prior=0.9, probe_every=0)
+    assert ctl.choose() > 0
+    for _ in range(5):
+        ctl.update(3, 0)
+    assert ctl.choose() == 0
+    for _ in range(200):  # no evidence: the estimate drifts back to 0.9
+        assert ctl.choose() == 0
+    assert ctl.acceptance > 0.85
+    ctl.update(3, 3)  # fresh evidence that agrees
+    assert ctl.choose() >= 3
+
+
+def test_shadow_evidence_turns_speculation_back_on_without_probes():
+    ctl = AdaptiveDraftLength(CPU, probe_every=0)
+    for _ in range(10):
+        ctl.update(1, 0)
+    assert ctl.choose() == 0
+    rounds = 0
+    while ctl.choose() == 0:
+        ctl.update(1, 1)  # the draft it would have made matched what the target produced
+        rounds += 1
+        assert rounds < 30
+    assert ctl.counts["probe"] == 0
+
+
+def test_observed_costs_change_the_choice():
+    # Told that 8 tokens cost as much as 1, it drafts long; measuring otherwise, it shortens.
+    ctl = AdaptiveDraftLength([1.0] * 4 + [4.0] * 12, g_max=8, prior=0.9, prior_weight=1.0,
+                              cost_weight=1.0, probe_every=0)
+    ctl.cost[8] = 1.0
+    assert ctl.choose() == 8
+    ctl.observe_pass(9, 4.0)
+    assert ctl.choose() == 3
+    ctl.observe_draft(3, 3.0)  # 1 per drafted token: no longer worth it
+    assert ctl.choose() == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        AdaptiveDraftLength([])
+    with pytest.raises(ValueError):
+        AdaptiveDraftLength([1.0, 0.0])
+    with pytest.raises(ValueError):
+        AdaptiveDraftLength(FLAT, decay=0.0)
+    assert AdaptiveDraftLength([1.0, 1.5], g_max=8).g_max == 1
