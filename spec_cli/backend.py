@@ -129,6 +129,11 @@ class Model:
         # Keep the whole sliding-window cache: cutting back (rollback, chat edits) needs
         # positions that a trimmed SWA cache would already have dropped.
         cparams.swa_full = True
+        if n_seq_max > 1:
+            # Extra sequences hold the branches of a token tree, all sharing the context in
+            # seq 0. A unified cache lets them share its cells (seq_cp only tags cells) and
+            # gives every sequence the whole n_ctx; a split cache would divide n_ctx by n_seq_max.
+            cparams.kv_unified = True
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             L.llama_model_free(self._model)
@@ -140,6 +145,9 @@ class Model:
         self.n_gpu_layers = n_gpu_layers
         self._mem = L.llama_get_memory(self._ctx)
         self._batch = L.llama_batch_init(self.n_batch, 0, n_seq_max)
+        self.n_seq_max = n_seq_max
+        self._branches = 0  # sequences 1.._branches hold the branches of the last eval_tree
+        self._tree: tuple[list[int], list[int], list[list[int]]] | None = None
         self.tokens: list[int] = []
         self.decode_seconds = 0.0  # time spent inside llama_decode
         self.decode_calls = 0
@@ -220,6 +228,7 @@ class Model:
         n = len(tokens)
         if n == 0:
             raise ValueError("eval needs at least one token")
+        self._drop_branches()
         if self.n_past + n > self.n_ctx:
             raise ContextFull(self.n_past + n, self.n_ctx)
         done = 0
@@ -255,11 +264,103 @@ class Model:
         out = np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab))
         return out
 
+    def eval_tree(self, root: int, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Append `root` to seq 0 and evaluate it with a tree of drafts below it, in one llama_decode.
+
+        The tree is flat (see tokentree): node i is tokens[i] under parents[i], -1 for
+        the root. Returns logits for every row, shape (1 + len(tokens), n_vocab): row 0
+        after the root, row i + 1 after node i as seen along its own branch. Like
+        `eval`, the array is a view valid until the next evaluation.
+
+        Branch (leaf) k gets sequence id k + 1, a copy of seq 0; in a unified cache
+        the copy only tags the context's cells with the new id. The root row belongs to
+        seq 0 and every branch, a node to the branches of all leaves below it. llama.cpp
+        masks attention by a row's first sequence id and by position (context length +
+        depth), so a row sees the context, the root and its own ancestors, and no
+        sibling. Seq 0 (and `tokens`) gains only the root; the branches stay in their
+        own sequences until `keep_branch` picks one, or any other cache operation drops them.
+        """
+        from .tokentree import check_tree, depths, leaf_sets
+
+        L = _lib()
+        self._drop_branches()
+        check_tree(tokens, parents)
+        n = len(tokens) + 1
+        sets = leaf_sets(parents)
+        n_branches = max((k + 1 for s in sets for k in s), default=0)
+        if n_branches + 1 > self.n_seq_max:
+            raise ValueError(f"a tree with {n_branches} branches needs n_seq_max >= {n_branches + 1}, this model has {self.n_seq_max}")
+        if n > self.n_batch:
+            raise ValueError(f"a tree of {n} rows does not fit one batch of {self.n_batch}")
+        if self.n_past + n > self.n_ctx:
+            raise ContextFull(self.n_past + n, self.n_ctx)
+        base = self.n_past
+        for seq in range(1, n_branches + 1):
+            L.llama_memory_seq_cp(self._mem, 0, seq, -1, -1)
+        self._branches = n_branches
+        d = depths(parents)
+        b = self._batch
+        b.n_tokens = n
+        b.token[0] = root
+        b.pos[0] = base
+        b.n_seq_id[0] = n_branches + 1
+        for seq in range(n_branches + 1):
+            b.seq_id[0][seq] = seq
+        b.logits[0] = True
+        for i, t in enumerate(tokens):
+            b.token[i + 1] = t
+            b.pos[i + 1] = base + int(d[i])
+            b.n_seq_id[i + 1] = len(sets[i])
+            for j, k in enumerate(sets[i]):
+                b.seq_id[i + 1][j] = k + 1
+            b.logits[i + 1] = True
+        t0 = time.perf_counter()
+        rc = L.llama_decode(self._ctx, b)
+        self.decode_seconds += time.perf_counter() - t0
+        self.decode_calls += 1
+        if rc != 0:
+            self._drop_branches()
+            self._seq_rm(base)
+            raise SpecError(f"llama_decode failed with code {rc} on {self.label} model {self.path.name} (token tree)")
+        self.tokens.append(int(root))
+        self._tree = ([int(t) for t in tokens], list(parents), sets)
+        return np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(n, self.n_vocab))
+
+    def keep_branch(self, path: Sequence[int]) -> None:
+        """After `eval_tree`: extend seq 0 along `path` (node indices from the root down) and drop the branches.
+
+        The accepted nodes are already in the cache, tagged with the ids of the
+        branches through them; copying one of those ids' cells in the accepted
+        positions to seq 0 adds the tag 0 to them, and keeping only seq 0 frees
+        every other cell. Nothing is evaluated again.
+        """
+        from .tokentree import is_path
+
+        if self._tree is None:
+            raise RuntimeError("keep_branch needs an eval_tree first")
+        tokens, parents, sets = self._tree
+        if not is_path(parents, path):
+            self._drop_branches()
+            raise ValueError(f"{list(path)} is not a path from the root of the last tree")
+        if path:
+            seq = sets[path[-1]][0] + 1
+            _lib().llama_memory_seq_cp(self._mem, seq, 0, self.n_past, self.n_past + len(path))
+            self.tokens.extend(tokens[i] for i in path)
+        self._drop_branches()
+
+    def _drop_branches(self) -> None:
+        if self._branches:
+            # One pass over the cells: untag every sequence but 0, free cells left with none.
+            _lib().llama_memory_seq_keep(self._mem, 0)
+        self._branches = 0
+        self._tree = None
+
     def _seq_rm(self, p0: int) -> bool:
         return bool(_lib().llama_memory_seq_rm(self._mem, 0, p0, -1))
 
     def truncate(self, n: int) -> None:
         """Forget every cached position >= n (rejected drafts, edited history)."""
+        self._drop_branches()
         if n >= self.n_past:
             return
         if not self._seq_rm(n):
@@ -270,12 +371,14 @@ class Model:
             )
         del self.tokens[n:]
 
-    def cache_pos_max(self) -> int:
-        """The highest position llama.cpp's cache holds for seq 0 (-1 when empty)."""
-        return int(_lib().llama_memory_seq_pos_max(self._mem, 0))
+    def cache_pos_max(self, seq: int = 0) -> int:
+        """The highest position llama.cpp's cache holds for sequence `seq` (-1 when empty)."""
+        return int(_lib().llama_memory_seq_pos_max(self._mem, seq))
 
     def reset(self) -> None:
         _lib().llama_memory_clear(self._mem, True)
+        self._branches = 0
+        self._tree = None
         self.tokens.clear()
 
     def sync(self, tokens: Sequence[int], logits: bool = True) -> np.ndarray | None:

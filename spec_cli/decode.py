@@ -7,6 +7,10 @@ first draft. After a round that accepts a drafts, the cache is cut back to
 len(context) + a, dropping the rejected drafts, and the target's own token
 becomes the new last token. With no drafts the same loop is plain decoding,
 which is what --no-spec runs, so both modes share one code path.
+
+A proposal may also be a token tree (greedy only): the target evaluates all its
+branches in the same single pass (Model.eval_tree), the longest accepted branch
+is kept (Model.keep_branch) and the same invariant holds afterwards.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .sampling import SamplingParams, shape
 from .stats import Stats
 from .strategy import FixedStrategy, RoundOutcome
 from .textstream import TextStream
+from .tokentree import accept_tree_greedy, prune
 from .verify import accept_greedy, accept_sampled
 
 
@@ -123,24 +128,43 @@ class Engine:
                 prop = strategy.propose(context, cap, params, rng)
                 t_draft = time.perf_counter() - td
                 stats.t_draft += t_draft
-            drafts = prop.tokens[: max(cap, 0)]
+            path = None  # the accepted nodes, when the proposal is a token tree
+            tree = prop.parents is not None and bool(prop.tokens)
+            if tree:
+                if not params.greedy:
+                    raise SpecError("token trees are verified greedily only; draft a chain when sampling")
+                # A tree takes one cache cell per node, so its size is bounded by the room left.
+                drafts, parents = prune(prop.tokens, prop.parents, max(cap, 0), max(room, 0))
+            else:
+                drafts = prop.tokens[: max(cap, 0)]
 
             t_pass = target.decode_seconds
-            rows = target.eval([context[-1], *drafts], logits="all")
-            t_pass = target.decode_seconds - t_pass
-            if params.greedy:
-                n_acc, extra = accept_greedy(drafts, rows.argmax(axis=1))
+            if tree and drafts:
+                rows = target.eval_tree(context[-1], drafts, parents)
+                path, extra = accept_tree_greedy(drafts, parents, rows.argmax(axis=1))
+                # Seq 0 continues along the accepted branch; the other branches are dropped.
+                target.keep_branch(path)
+                accepted = [drafts[i] for i in path]
             else:
-                p = [shape(row, params) for row in rows]
-                n_acc, extra = accept_sampled(drafts, prop.q_dists()[: len(drafts)], p, rng)
-            # Drop the rejected drafts from the target cache; keep last token + accepted ones.
-            target.truncate(len(context) + n_acc)
+                rows = target.eval([context[-1], *drafts], logits="all")
+                if params.greedy:
+                    n_acc, extra = accept_greedy(drafts, rows.argmax(axis=1))
+                else:
+                    p = [shape(row, params) for row in rows]
+                    n_acc, extra = accept_sampled(drafts, prop.q_dists()[: len(drafts)], p, rng)
+                # Drop the rejected drafts from the target cache; keep last token + accepted ones.
+                target.truncate(len(context) + n_acc)
+                accepted = drafts[:n_acc]
+            t_pass = target.decode_seconds - t_pass
+            n_acc = len(accepted)
             stats.record_round(len(drafts), n_acc)
             if strategy is not None:
-                target_next = drafts[0] if n_acc > 0 else extra
-                strategy.observe(prop, RoundOutcome(len(drafts), n_acc, target_next, len(drafts) + 1, t_pass, t_draft))
+                target_next = accepted[0] if n_acc > 0 else extra
+                strategy.observe(
+                    prop, RoundOutcome(len(drafts), n_acc, target_next, len(drafts) + 1, t_pass, t_draft, path)
+                )
 
-            for tok in (*drafts[:n_acc], extra):
+            for tok in (*accepted, extra):
                 if target.is_eog(tok):
                     stats.stop_reason = "eos"
                     done = True

@@ -191,12 +191,7 @@ def hf_download(repo: str, filename: str) -> Path:
         raise SpecError("huggingface_hub is not installed; run: pip install huggingface-hub") from None
     try:
         return Path(hf_hub_download(repo, filename))
-    except GatedRepoError:
-        raise SpecError(f"{repo} is gated on Hugging Face; accept its licence there and log in with `hf auth login`") from None
-    except RepositoryNotFoundError:
-        raise SpecError(f"Hugging Face repository {repo} not found (or private)") from None
-    except EntryNotFoundError:
-        raise SpecError(f"{filename} not found in Hugging Face repository {repo}") from None
+    # LocalEntryNotFoundError subclasses EntryNotFoundError in recent huggingface_hub: first.
     except LocalEntryNotFoundError:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             raise SpecError(
@@ -204,5 +199,11 @@ def hf_download(repo: str, filename: str) -> Path:
                 "unset HF_HUB_OFFLINE to download it, or pass a local .gguf path"
             ) from None
         raise SpecError(f"could not download {repo}:{filename}: Hugging Face is unreachable and no cached copy exists") from None
+    except GatedRepoError:
+        raise SpecError(f"{repo} is gated on Hugging Face; accept its licence there and log in with `hf auth login`") from None
+    except RepositoryNotFoundError:
+        raise SpecError(f"Hugging Face repository {repo} not found (or private)") from None
+    except EntryNotFoundError:
+        raise SpecError(f"{filename} not found in Hugging Face repository {repo}") from None
     except OSError as e:
         raise SpecError(f"could not download {repo}:{filename}: {e}") from None

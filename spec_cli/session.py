@@ -9,7 +9,12 @@ from .backend import Model, check_compatible
 from .errors import SpecError
 from .presets import Notify, load_catalog, pair, resolve
 
-DRAFTERS = ("auto", "model", "ngram")
+DRAFTERS = ("auto", "model", "ngram", "tree")
+
+# --drafter tree: the target verifies up to this many branches at once, each in its own
+# llama.cpp sequence beside seq 0; and the tree's depth when --draft-len is auto.
+TREE_BRANCHES = 4
+TREE_DEPTH = 4
 
 
 @dataclass
@@ -22,7 +27,7 @@ class ModelChoice:
     threads: int | None = None
     ngl: int = 0
     ngl_draft: int = 0
-    drafter: str = "auto"  # auto | model | ngram
+    drafter: str = "auto"  # auto | model | ngram | tree
 
     def check(self) -> None:
         if self.ctx < 16:
@@ -79,11 +84,13 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
     target_ref, draft_ref = resolve_refs(choice, default_preset)
     target_path = resolve(target_ref, notify)
     draft_path = resolve(draft_ref, notify) if draft_ref else None
-    notify(f"loading target {target_path.name}")
-    target = Model(target_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=choice.ngl, label="target")
+    # Only a token tree needs the target to hold several sequences.
+    n_seq = TREE_BRANCHES + 1 if choice.drafter == "tree" else 1
+    target = Model(
+        target_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=choice.ngl, n_seq_max=n_seq, label="target"
+    )
     draft = None
     if draft_path is not None:
-        notify(f"loading draft {draft_path.name}")
         try:
             draft = Model(draft_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=choice.ngl_draft, label="draft")
             check_compatible(target, draft)
@@ -111,7 +118,9 @@ def parse_draft_len(text: str | int | None) -> int | None:
 AUTO_MAX_DRAFT = 8
 
 
-def build_strategy(pair: LoadedPair, choice: ModelChoice, draft_len: int | None, notify: Notify = lambda s: None):
+def build_strategy(
+    pair: LoadedPair, choice: ModelChoice, draft_len: int | None, notify: Notify = lambda s: None, draft_min_p: float = 0.0
+):
     """The speculation strategy for these models and options; None means the target alone."""
     import numpy as np
 
@@ -120,14 +129,26 @@ def build_strategy(pair: LoadedPair, choice: ModelChoice, draft_len: int | None,
     from .drafters import ModelDrafter
     from .drafters.combined import CombinedDrafter
     from .drafters.ngram import NgramDrafter
+    from .drafters.tree import TreeDrafter
     from .strategy import AdaptiveStrategy, FixedStrategy
 
     if choice.no_spec or draft_len == 0:
         return None
-    model = ModelDrafter(pair.draft) if pair.draft is not None else None
+    if not 0.0 <= draft_min_p < 1.0:
+        raise SpecError(f"--draft-min-p must be in [0, 1), got {draft_min_p}")
+    model = ModelDrafter(pair.draft, min_confidence=draft_min_p) if pair.draft is not None else None
     ngram = NgramDrafter(max_ngram=4, min_ngram=2)
-    if choice.drafter == "model" and model is None:
-        raise SpecError("--drafter model needs a draft model; pass --draft MODEL")
+    if choice.drafter in ("model", "tree") and model is None:
+        raise SpecError(f"--drafter {choice.drafter} needs a draft model; pass --draft MODEL")
+    if choice.drafter == "tree":
+        if pair.target.n_seq_max < TREE_BRANCHES + 1:
+            raise SpecError("--drafter tree needs a target loaded with several sequences (load_pair does that for 'tree')")
+        tree = TreeDrafter(pair.draft, max_branches=TREE_BRANCHES)
+        if draft_len is None:
+            # The adaptive controller sizes chains from a chain's cost curve; trees keep a fixed depth.
+            notify(f"--drafter tree: tree depth {TREE_DEPTH} (--draft-len auto does not size trees)")
+            draft_len = TREE_DEPTH
+        return FixedStrategy(tree, draft_len)
     if draft_len is not None:
         chosen = {"model": model, "ngram": ngram, "auto": CombinedDrafter(ngram, model) if model else ngram}[choice.drafter]
         return FixedStrategy(chosen, draft_len)
@@ -135,7 +156,8 @@ def build_strategy(pair: LoadedPair, choice: ModelChoice, draft_len: int | None,
     cost = np.array(costs.target_ms) / 1000.0
     sources = []
     if choice.drafter in ("auto", "ngram"):
-        sources.append((ngram, AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT), True))
+        # Its guesses are checked for free in every round (shadow evidence), so it needs no probes.
+        sources.append((ngram, AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT, probe_every=0), True))
     if choice.drafter in ("auto", "model") and model is not None:
         sources.append((model, AdaptiveDraftLength(cost, costs.draft_ms / 1000.0, AUTO_MAX_DRAFT), False))
     return AdaptiveStrategy(sources)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .adaptive import AdaptiveDraftLength
+from .adaptive import AdaptiveDraftLength, predicted_speedups
 from .drafters.base import Drafter, Proposal
 from .sampling import SamplingParams
 
@@ -36,6 +36,7 @@ class RoundOutcome:
     pass_tokens: int  # rows in the verification batch
     pass_seconds: float
     draft_seconds: float
+    path: list[int] | None = None  # for a token tree: the accepted nodes, from the root down
 
 
 class FixedStrategy:
@@ -57,9 +58,14 @@ class FixedStrategy:
 
     def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
         self.rounds[prop.source if prop.tokens else "none"] += 1
+        if hasattr(self.drafter, "observe"):
+            self.drafter.observe(prop, outcome)
 
     def describe(self) -> list[str]:
-        return [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}"]
+        lines = [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}"]
+        if hasattr(self.drafter, "describe"):
+            lines.extend(self.drafter.describe())
+        return lines
 
 
 @dataclass
@@ -74,8 +80,20 @@ class AdaptiveStrategy:
     """Drafters in order of preference, each with its own draft-length controller."""
 
     def __init__(self, sources: Sequence[tuple[Drafter, AdaptiveDraftLength, bool]]):
-        self.sources = [_Source(d, c, free) for d, c, free in sources]
-        self.name = "auto(" + "+".join(s.drafter.name for s in self.sources) + ")"
+        self.sources = []
+        self.disabled: list[str] = []
+        for d, c, free in sources:
+            # A drafter that loses even if every draft were accepted can never pay on this
+            # machine: leave it out instead of probing it now and then.
+            best = float(predicted_speedups(1.0, c.cost, c.draft_step, c.g_max)[1:].max(initial=0.0))
+            if not free and best < c.min_gain:
+                self.disabled.append(
+                    f"{d.name} drafter off: even with every draft accepted it is predicted at {best:.2f}x "
+                    "of plain decoding on this machine (draft step too slow next to the target pass)"
+                )
+                continue
+            self.sources.append(_Source(d, c, free))
+        self.name = "auto(" + "+".join(s.drafter.name for s in self.sources) + ")" if self.sources else "auto(none)"
         self.rounds: Counter = Counter()
         self.lengths: Counter = Counter()
         self._consulted: list[_Source] = []
@@ -130,6 +148,7 @@ class AdaptiveStrategy:
 
     def describe(self) -> list[str]:
         lines = [f"rounds by drafter: {_fmt(self.rounds)}; draft lengths used: {_fmt(self.lengths)}"]
+        lines.extend(self.disabled)
         for src in self.sources:
             c = src.ctl
             lines.append(

@@ -23,6 +23,8 @@ class FakeModel:
         self.tokens: list[int] = []
         self.decode_seconds = 0.0
         self.decode_calls = 0
+        self.n_seq_max = 8  # branches a token tree may have, plus one
+        self._tree = None
         self.batches: list[list[int]] = []  # every eval call, for assertions
         self.starts: list[int] = []  # the cache position each eval call started at
         self.label = "fake"
@@ -46,6 +48,33 @@ class FakeModel:
         if logits == "last":
             return np.array(rows[-1:], dtype=np.float32)
         return np.array(rows, dtype=np.float32)
+
+    def eval_tree(self, root, tokens, parents):
+        """Like Model.eval_tree: row 0 after root, row i + 1 after node i along its own branch."""
+        from spec_cli.tokentree import check_tree, leaves, path_to
+
+        check_tree(tokens, parents)
+        if len(leaves(parents)) + 1 > self.n_seq_max:
+            raise ValueError(f"too many branches for n_seq_max {self.n_seq_max}")
+        if self.n_past + 1 + len(tokens) > self.n_ctx:
+            raise ContextFull(self.n_past + 1 + len(tokens), self.n_ctx)
+        self.starts.append(self.n_past)
+        self.batches.append([int(root), *map(int, tokens)])
+        self.decode_calls += 1
+        self.tokens.append(int(root))
+        rows = [self.logits_fn(self.tokens)]
+        for i in range(len(tokens)):
+            rows.append(self.logits_fn(self.tokens + [int(tokens[j]) for j in path_to(parents, i)]))
+        self._tree = (list(tokens), list(parents))
+        return np.array(rows, dtype=np.float32)
+
+    def keep_branch(self, path):
+        from spec_cli.tokentree import is_path
+
+        tokens, parents = self._tree
+        self._tree = None
+        assert is_path(parents, path), path
+        self.tokens.extend(int(tokens[i]) for i in path)
 
     def truncate(self, n):
         del self.tokens[n:]

@@ -93,7 +93,8 @@ def test_incompatible_vocabularies(gemma_path, smollm2_path):
 
 
 def test_prompt_longer_than_context(gemma_q2k_path):
-    proc = spec("run", "--ctx", "32", "-n", "4", "word " * 100)
+    # llama.cpp rounds a context up to a multiple of 256 tokens, so the prompt must exceed that
+    proc = spec("run", "--ctx", "32", "-n", "4", "word " * 400)
     assert_one_line_error(proc, "context", "--ctx")
 
 
@@ -107,7 +108,7 @@ def test_prompt_longer_than_context(gemma_q2k_path):
         (["--top-k", "-3"], "top-k"),
         (["--ctx", "4"], "--ctx"),
         (["--threads", "0"], "--threads"),
-        (["--max-tokens", "lots"], "lots"),
+        (["--max-tokens", "lots"], "--max-tokens"),
         (["--bogus-option"], "bogus"),
         (["--preset", "nope"], "unknown preset"),
         (["--drafter", "magic"], "--drafter"),
@@ -155,5 +156,7 @@ def test_auto_reports_its_decisions(gemma_q2k_path):
     res = runner.invoke(app, ["run", "--json", "-n", "16", "--ctx", "256", "The capital of France is"])
     assert res.exit_code == 0, res.output
     st = json.loads(res.stdout.strip().splitlines()[-1])["stats"]
-    assert st["drafter"] == "auto(ngram+model)"
+    # the n-gram lookup is always there; the draft model may be left out where it cannot pay
+    assert st["drafter"].startswith("auto(ngram")
     assert any("rounds by drafter" in n for n in st["notes"])
+    assert "model" in st["drafter"] or any("model drafter off" in n for n in st["notes"])

@@ -35,7 +35,8 @@ def test_ngram_takes_over_on_repetitive_text():
 
 def test_bad_draft_on_steep_curve_falls_back_to_plain_decoding():
     wrong = FakeModel(table_lm({i: 20 for i in range(V)}, V), V)  # never agrees with the target
-    ctl = AdaptiveDraftLength(CPU_CURVE, 0.016, g_max=8)
+    # cheap enough to pay if it were right (so it is kept and probed), but it never is
+    ctl = AdaptiveDraftLength(CPU_CURVE, 0.002, g_max=8)
     res, strat = run(AdaptiveStrategy([(ModelDrafter(wrong), ctl, False)]), n=80)
     assert strat.rounds["none"] > 0.8 * sum(strat.rounds.values())
     assert ctl.counts["off"] > ctl.counts["probe"] > 0
@@ -56,3 +57,18 @@ def test_fixed_strategy_reports_rounds():
     res, strat = run(FixedStrategy(ModelDrafter(d), 3), n=20)
     assert strat.rounds["model"] == res.stats.target_passes - strat.rounds["none"]
     assert "fixed draft length 3" in strat.describe()[0]
+
+
+def test_a_drafter_that_cannot_pay_is_left_out():
+    slow = FakeModel(table_lm(CYCLE, V), V)
+    # a draft step as slow as a target pass, on the CPU curve: loses even at 100 % acceptance
+    ctl = AdaptiveDraftLength(CPU_CURVE, 0.016, g_max=8)
+    strat = AdaptiveStrategy([(NgramDrafter(4, 2), AdaptiveDraftLength(CPU_CURVE, 0.0, g_max=8, probe_every=0), True),
+                              (ModelDrafter(slow), ctl, False)])
+    assert [s.drafter.name for s in strat.sources] == ["ngram"]
+    assert any("model drafter off" in line for line in strat.describe())
+    res, _ = run(strat, n=30)
+    assert not slow.batches  # the draft model never ran
+    # the same drafter on a flat (GPU-like) curve is kept
+    kept = AdaptiveStrategy([(ModelDrafter(slow), AdaptiveDraftLength(FLAT_CURVE, 0.004, g_max=8), False)])
+    assert [s.drafter.name for s in kept.sources] == ["model"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from ..errors import SpecError
@@ -19,6 +18,8 @@ app = typer.Typer(
 
 from . import models as _models  # noqa: E402,F401  (registers commands)
 from . import run as _run  # noqa: E402,F401
+from . import bench as _bench  # noqa: E402,F401
+from . import chat as _chat  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,19 +31,16 @@ def main(argv: list[str] | None = None) -> None:
     except SpecError as e:
         ui.error(str(e))
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         ui.error("interrupted")
         sys.exit(130)
-    except KeyboardInterrupt:
-        ui.error("interrupted")
-        sys.exit(130)
-    except click.ClickException as e:
+    except typer.TyperException as e:  # usage errors: unknown option, a value of the wrong type, ...
         ctx = getattr(e, "ctx", None)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else " (see `spec --help`)"
         ui.error(e.format_message() + where)
-        sys.exit(e.exit_code)
+        sys.exit(getattr(e, "exit_code", 2))
     except MemoryError:
         ui.error("out of memory loading or running the models; try a smaller --ctx or smaller models")
         sys.exit(1)

@@ -16,7 +16,7 @@ from ..sampling import SamplingParams
 from ..session import build_strategy, load_pair, parse_draft_len
 from . import app
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Seed, Stop, Target, Temp, Threads, TopK, TopP,
+    Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Seed, Stop, Target, Temp, Threads, TopK, TopP,
     model_choice,
 )
 
@@ -42,6 +42,7 @@ def run_cmd(
     max_tokens: MaxTokens = 128,
     draft_len: DraftLen = "auto",
     drafter: Drafter = "auto",
+    draft_min_p: DraftMinP = 0.0,
     temp: Temp = 0.0,
     top_k: TopK = 40,
     top_p: TopP = 1.0,
@@ -71,7 +72,7 @@ def run_cmd(
         pair = load_pair(choice, "default", notify=ui.info)
     try:
         with ui.status("preparing"):
-            strategy = build_strategy(pair, choice, fixed_len, notify=ui.info)
+            strategy = build_strategy(pair, choice, fixed_len, notify=ui.info, draft_min_p=draft_min_p)
         engine = Engine(pair.target, strategy=strategy)
         prompt_tokens = pair.target.tokenize(text)
         try:

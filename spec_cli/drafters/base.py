@@ -21,6 +21,9 @@ class Proposal:
     stopped: str | None = None
     # which drafter made it (set by the strategy; a combined drafter has several)
     source: str | None = None
+    # None for a chain. For a token tree (see tokentree): parents[i] is the node that
+    # tokens[i] follows, -1 for the root (the context's last token). Greedy only.
+    parents: list[int] | None = None
 
     def q_dists(self) -> list[Dist]:
         return self.q if self.q is not None else [Dist.point(t) for t in self.tokens]

@@ -1,0 +1,715 @@
+"""`spec bench`: is speculative decoding faster here, with this pair, and at which draft length?
+
+One run measures, interleaved so that machine drift hits every configuration alike:
+target-only decoding and speculative decoding for a sweep of draft lengths, all through
+the same Engine loop, plus (optionally) llama.cpp's reference binaries and
+llama-cpp-python's prompt-lookup decoding on the same prompts. Before each generation
+both models' caches are cleared and the prompt is evaluated off the clock, so no run
+profits from a cache that an earlier run left behind.
+
+It also measures the machine's cost curve (one target llama_decode of k tokens, one
+draft step; calibrate.py), one sample after every prompt's block of runs so that the
+curve sees the same machine as the runs, and from it and the measured acceptance
+predicts the speedup of each draft length (speedup.py) to print beside the measured one.
+
+No rich, no typer here: the CLI renders what `run_bench` returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import importlib.metadata
+import importlib.resources
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import reference as ref_mod
+from . import speedup
+from .calibrate import CostCurve, measure_costs
+from .decode import Engine, GenerateOptions
+from .drafters import ModelDrafter
+from .errors import SpecError
+from .sampling import SamplingParams
+from .session import LoadedPair
+
+SCHEMA = "spec-bench/1"
+SUITE_RESOURCE = ("data", "bench_prompts.jsonl")
+DEFAULT_DRAFT_LENS = (1, 2, 3, 4, 6, 8)
+# The bundled suite alternates its five kinds of text, so its first five prompts hold one of
+# each; with the default sweep that keeps `spec bench` to a few minutes on a 2-core laptop.
+SUITE_DEFAULT_LIMIT = 5
+COST_CURVE_MAX_K = 16
+WARMUP_TOKENS = 8
+# Where greedy outputs part, the target's best two logits must be this close for the
+# difference to count as a near-tie flipped by batched arithmetic rather than a bug.
+# Ties that flipped on this machine had gaps around 0.15.
+TIE_TOLERANCE = 0.3
+
+SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
+TARGET, SPECULATIVE, LOOKUP = "target", "speculative", "lookup"
+
+
+# --- prompts ------------------------------------------------------------------
+
+
+@dataclass
+class BenchPrompt:
+    id: str
+    category: str
+    text: str
+
+
+@dataclass
+class Suite:
+    name: str
+    version: int | str | None
+    prompts: list[BenchPrompt]
+
+
+def _parse_jsonl(lines: Sequence[str], source: str) -> Suite:
+    name, version, prompts = source, None, []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{source}, line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise SpecError(f"{source}, line {n}: expected a JSON object with a \"prompt\" field")
+        if "prompt" not in obj:
+            if "version" in obj:  # a header line: {"suite": ..., "version": ...}
+                name, version = str(obj.get("suite", name)), obj["version"]
+                continue
+            raise SpecError(f"{source}, line {n}: no \"prompt\" field")
+        text = obj["prompt"]
+        if not isinstance(text, str) or not text.strip():
+            raise SpecError(f"{source}, line {n}: \"prompt\" must be a non-empty string")
+        prompts.append(BenchPrompt(str(obj.get("id", f"p{len(prompts) + 1}")), str(obj.get("category", "user")), text))
+    return Suite(name, version, prompts)
+
+
+def load_suite() -> Suite:
+    """The prompt suite shipped with spec (versioned: a changed suite gets a new version)."""
+    res = importlib.resources.files("spec_cli").joinpath(*SUITE_RESOURCE)
+    suite = _parse_jsonl(res.read_text(encoding="utf-8").splitlines(), "bench_prompts.jsonl")
+    if suite.version is None or not suite.prompts:
+        raise SpecError("the bundled prompt suite is damaged; reinstall spec")
+    return suite
+
+
+def load_prompts_file(path: Path) -> Suite:
+    """--prompts FILE: JSON lines with a "prompt" field, or else one prompt per line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"prompts file not found: {path}") from None
+    except IsADirectoryError:
+        raise SpecError(f"prompts file is a directory: {path}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"prompts file is not UTF-8 text: {path}") from None
+    except OSError as e:
+        raise SpecError(f"cannot read prompts file {path}: {e.strerror}") from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), None)
+    if first is None:
+        raise SpecError(f"prompts file has no prompts: {path}")
+    if first.lstrip().startswith("{"):
+        suite = _parse_jsonl(lines, Path(path).name)
+    else:
+        suite = Suite(
+            Path(path).name,
+            None,
+            [BenchPrompt(f"line{i}", "user", ln) for i, ln in enumerate(lines, 1) if ln.strip()],
+        )
+    if not suite.prompts:
+        raise SpecError(f"prompts file has no prompts: {path}")
+    return suite
+
+
+# --- settings and results -------------------------------------------------------
+
+
+@dataclass
+class BenchSettings:
+    draft_lens: tuple[int, ...] = DEFAULT_DRAFT_LENS
+    repeats: int = 2
+    max_tokens: int = 32
+    warmup: bool = True
+    limit: int | None = None  # use the first N prompts
+    reference: str | None = None  # path to llama-speculative-simple (or $SPEC_REFERENCE)
+    lookup: bool = False  # llama-cpp-python's prompt lookup against its plain decoding
+
+    def check(self) -> None:
+        if self.repeats < 1:
+            raise SpecError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.max_tokens < 1:
+            raise SpecError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.limit is not None and self.limit < 1:
+            raise SpecError(f"--limit must be at least 1, got {self.limit}")
+        if not self.draft_lens:
+            raise SpecError("--draft-lens needs at least one draft length")
+        for g in self.draft_lens:
+            if not 1 <= g <= 64:
+                raise SpecError(f"draft lengths must be between 1 and 64, got {g}")
+
+
+def parse_draft_lens(text: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(x) for x in text.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise SpecError(f"--draft-lens takes comma-separated integers such as 1,2,4,8, got {text!r}") from None
+    if not values:
+        raise SpecError("--draft-lens needs at least one draft length")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: str  # spec | llama.cpp | llama-cpp-python
+    mode: str  # target | speculative | lookup
+    draft_len: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.mode == TARGET:
+            what = "target only"
+        elif self.mode == LOOKUP:
+            what = "prompt lookup"
+        else:
+            what = f"draft length {self.draft_len}"
+        return f"{self.engine}: {what}"
+
+    @property
+    def baseline(self) -> "Config":
+        """The configuration this one's speedup is measured against (same engine, no drafts)."""
+        return Config(self.engine, TARGET, 0)
+
+
+@dataclass
+class Run:
+    """One measured generation (one prompt, one configuration, one repeat)."""
+
+    engine: str
+    mode: str
+    draft_len: int
+    prompt_id: str
+    category: str
+    repeat: int
+    order: int  # position in the interleaved schedule
+    generated: int = 0
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    drafted: int | None = None
+    accepted: int | None = None
+    target_passes: int | None = None
+    accept_hist: list[int] | None = None
+    t_target_decode: float | None = None
+    t_draft: float | None = None
+    t_draft_decode: float | None = None
+    t_outside_decode: float | None = None
+    stop_reason: str = ""
+    output_check: str = ""  # baseline | same | near-tie | MISMATCH | not-checked
+    tie_gap: float | None = None
+    error: str | None = None
+    tokens: list[int] | None = None
+
+    @property
+    def config(self) -> Config:
+        return Config(self.engine, self.mode, self.draft_len)
+
+
+CSV_FIELDS = [
+    "engine", "mode", "draft_len", "prompt_id", "category", "repeat", "order", "generated", "seconds",
+    "tokens_per_second", "drafted", "accepted", "target_passes", "accept_hist", "t_target_decode", "t_draft",
+    "t_draft_decode", "t_outside_decode", "stop_reason", "output_check", "tie_gap", "error",
+]  # fmt: skip
+
+
+@dataclass
+class ConfigSummary:
+    engine: str
+    mode: str
+    draft_len: int
+    label: str
+    runs: int
+    failed: int
+    tokens_per_second: float  # median over runs
+    speedup: float | None  # median over prompts of this / own-engine baseline
+    predicted: float | None  # from the cost curve and alpha (spec only)
+    acceptance_rate: float | None  # accepted / drafted
+    alpha: float | None  # per-token acceptance fitted to the histogram
+    tokens_per_pass: float | None
+    accept_hist: list[int] | None
+    outside_decode: float | None  # share of wall time outside llama_decode (spec only)
+    vs_reference: float | None  # spec tok/s / llama.cpp tok/s, same draft length, median over prompts
+    mismatches: int = 0
+    near_ties: int = 0
+
+
+@dataclass
+class BenchResult:
+    schema: str
+    created: str
+    suite: dict
+    settings: dict
+    machine: dict
+    models: dict
+    cost: CostCurve
+    runs: list[Run]
+    summary: list[ConfigSummary]
+    recommendation: dict
+    best_predicted: dict | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- the schedule ---------------------------------------------------------------
+
+
+def schedule(n_prompts: int, configs: Sequence[Config], repeats: int) -> list[tuple[int, int, Config]]:
+    """(repeat, prompt index, config) in the order to run them.
+
+    Every configuration runs on a prompt before the next prompt starts (A B C A B C,
+    never all A then all B), and the order within a block rotates so that no
+    configuration always runs first, right after the models were idle.
+    """
+    out = []
+    n = len(configs)
+    for r in range(repeats):
+        for p in range(n_prompts):
+            shift = (r * n_prompts + p) % n
+            for c in list(configs[shift:]) + list(configs[:shift]):
+                out.append((r, p, c))
+    return out
+
+
+# --- measuring ------------------------------------------------------------------
+
+
+def top_two_gap(row: np.ndarray) -> float:
+    """Difference between the best and the second-best logit."""
+    top = np.partition(np.asarray(row, dtype=np.float32), -2)[-2:]
+    return float(top[1] - top[0])
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def median_curve(curves: Sequence[CostCurve]) -> CostCurve:
+    """Pointwise median of cost curves sampled at different moments of the run."""
+    return CostCurve(
+        target_ms=[float(x) for x in np.median([c.target_ms for c in curves], axis=0)],
+        draft_ms=float(np.median([c.draft_ms for c in curves])),
+    )
+
+
+class _Harness:
+    def __init__(self, pair: LoadedPair, settings: BenchSettings, notify: Callable[[str], None]):
+        self.pair = pair
+        self.settings = settings
+        self.notify = notify
+        self.drafter = ModelDrafter(pair.draft) if pair.draft is not None else None
+
+    def run_spec(self, prompt: Sequence[int], g: int, max_tokens: int) -> Run:
+        target, draft = self.pair.target, self.pair.draft
+        target.reset()
+        d0 = 0.0
+        if g > 0:
+            draft.reset()
+            # The draft reads the prompt off the clock, as the target does in generate():
+            # a prefill is not what a draft length changes.
+            if len(prompt) > 1:
+                draft.sync(prompt[:-1], logits=False)
+            d0 = draft.decode_seconds
+        engine = Engine(target, self.drafter if g > 0 else None)
+        opts = GenerateOptions(max_tokens=max_tokens, draft_len=g, sampling=SamplingParams(temperature=0.0))
+        res = engine.generate(list(prompt), opts)
+        s = res.stats
+        t_draft_decode = (draft.decode_seconds - d0) if g > 0 else 0.0
+        run = Run(
+            engine=SPEC, mode=SPECULATIVE if g > 0 else TARGET, draft_len=g, prompt_id="", category="", repeat=0, order=0,
+            generated=s.generated, seconds=s.t_total, tokens_per_second=s.tokens_per_second,
+            drafted=s.drafted, accepted=s.accepted, target_passes=s.target_passes,
+            accept_hist=_pad(s.accept_hist, g + 1) if g > 0 else None,
+            t_target_decode=s.t_target, t_draft=s.t_draft, t_draft_decode=t_draft_decode,
+            t_outside_decode=max(0.0, s.t_total - s.t_target - t_draft_decode), stop_reason=s.stop_reason,
+            tokens=list(res.tokens),
+        )  # fmt: skip
+        return run
+
+    def tie_gap_at(self, context: Sequence[int]) -> float:
+        """The target's top-two gap after `context`, evaluated the way plain decoding does."""
+        target = self.pair.target
+        target.reset()
+        if len(context) > 1:
+            target.sync(context[:-1], logits=False)
+        row = target.eval([context[-1]], logits="last")[0]
+        gap = top_two_gap(row)
+        target.reset()
+        return gap
+
+
+def _pad(hist: Sequence[int], n: int) -> list[int]:
+    h = list(hist)[:n]
+    return h + [0] * (n - len(h))
+
+
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        llama_version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        llama_version = None
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "llama_cpp_python": llama_version,
+        "load_average_1min_at_start": load,
+    }
+
+
+def run_bench(
+    pair: LoadedPair,
+    suite: Suite,
+    settings: BenchSettings,
+    *,
+    progress: Callable[[int, str], None] = lambda total, label: None,
+    notify: Callable[[str], None] = lambda s: None,
+) -> BenchResult:
+    """Run the whole benchmark. progress(total, label) is called once per step."""
+    settings.check()
+    if pair.draft is None:
+        raise SpecError("spec bench needs a draft model (pass --draft, or a preset with one)")
+    h = _Harness(pair, settings, notify)
+    target = pair.target
+    prompts = suite.prompts[: settings.limit] if settings.limit else list(suite.prompts)
+    tokenized = [target.tokenize(p.text) for p in prompts]
+    gmax = max(settings.draft_lens)
+    for p, toks in zip(prompts, tokenized):
+        need = len(toks) + settings.max_tokens + gmax + 1
+        if need > min(target.n_ctx, pair.draft.n_ctx):
+            raise SpecError(
+                f"prompt {p.id!r} is {len(toks)} tokens; with --max-tokens {settings.max_tokens} it needs a context of "
+                f"{need} tokens, the models have {min(target.n_ctx, pair.draft.n_ctx)}; use a larger --ctx"
+            )
+    notes: list[str] = []
+
+    # Peers: a problem with them is reported and the rest of the bench goes on.
+    reference = None
+    ref_settings = None
+    try:
+        reference = ref_mod.locate(settings.reference)
+    except ref_mod.ReferenceError as e:
+        notes.append(f"reference skipped: {e}")
+        notify(f"warning: {e}; the bench goes on without llama.cpp's reference")
+    if reference is not None:
+        ref_settings = ref_mod.ReferenceSettings(
+            target=pair.target_path, draft=pair.draft_path, max_tokens=settings.max_tokens,
+            ctx=target.n_ctx, threads=target.n_threads, ngl=target.n_gpu_layers, ngl_draft=pair.draft.n_gpu_layers,
+        )  # fmt: skip
+        if reference.plain is None:
+            notes.append(f"{ref_mod.PLAIN_NAME} not found beside {reference.speculative}; no llama.cpp target-only figure")
+    peer = None
+    if settings.lookup:
+        try:
+            from .lookup_peer import LookupPeer
+
+            longest = max(len(t) for t in tokenized)
+            peer = LookupPeer(
+                pair.target_path, n_ctx=longest + settings.max_tokens + 64, n_threads=target.n_threads,
+                n_gpu_layers=target.n_gpu_layers,
+            )  # fmt: skip
+        except SpecError as e:
+            notes.append(f"prompt-lookup peer skipped: {e}")
+            notify(f"warning: {e}")
+
+    configs = [Config(SPEC, TARGET)] + [Config(SPEC, SPECULATIVE, g) for g in settings.draft_lens]
+    if reference is not None:
+        if reference.plain is not None:
+            configs.append(Config(LLAMA_CPP, TARGET))
+        configs += [Config(LLAMA_CPP, SPECULATIVE, g) for g in settings.draft_lens]
+    if peer is not None:
+        configs += [Config(LLAMA_CPP_PYTHON, TARGET), Config(LLAMA_CPP_PYTHON, LOOKUP)]
+
+    plan = schedule(len(prompts), configs, settings.repeats)
+    warm = configs if settings.warmup else []
+    n_blocks = settings.repeats * len(prompts)
+    total = len(plan) + len(warm) + n_blocks + 1
+    max_k = max(COST_CURVE_MAX_K, gmax + 1)
+    dead: dict[str, str] = {}  # engine -> why it stopped being run
+
+    def run_one(cfg: Config, i: int, max_tokens: int) -> Run:
+        prompt, toks = prompts[i], tokenized[i]
+        base = dict(engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, prompt_id=prompt.id, category=prompt.category, repeat=0, order=0)
+        if cfg.engine in dead:
+            return Run(**base, error=dead[cfg.engine])
+        if cfg.engine == SPEC:
+            run = h.run_spec(toks, cfg.draft_len, max_tokens)
+            run.prompt_id, run.category = prompt.id, prompt.category
+            return run
+        try:
+            if cfg.engine == LLAMA_CPP:
+                s = ref_settings if max_tokens == settings.max_tokens else _replace_tokens(ref_settings, max_tokens)
+                if cfg.mode == TARGET:
+                    r = ref_mod.run_plain(reference, s, prompt.text)
+                else:
+                    r = ref_mod.run_speculative(reference, s, prompt.text, cfg.draft_len)
+                return Run(**base, generated=r.generated, seconds=r.seconds, tokens_per_second=r.tokens_per_second,
+                           drafted=r.drafted, accepted=r.accepted)  # fmt: skip
+            r = peer.run("plain" if cfg.mode == TARGET else "lookup", toks, max_tokens)
+            return Run(**base, generated=r.generated, seconds=r.seconds, tokens_per_second=r.tokens_per_second, tokens=r.tokens)
+        except SpecError as e:
+            dead[cfg.engine] = str(e)
+            notes.append(f"{cfg.engine} stopped after an error: {e}")
+            notify(f"warning: {cfg.engine}: {e}; the bench goes on without it")
+            return Run(**base, error=str(e))
+
+    for cfg in warm:
+        progress(total, f"warm-up: {cfg.label}")
+        run_one(cfg, 0, min(WARMUP_TOKENS, settings.max_tokens))
+
+    progress(total, "measuring the cost curve")
+    curves = [measure_costs(target, pair.draft, tokenized[0], max_k, samples=1)]
+    runs: list[Run] = []
+    for order, (r, i, cfg) in enumerate(plan):
+        progress(total, f"{cfg.label} · {prompts[i].id} · repeat {r + 1}/{settings.repeats}")
+        run = run_one(cfg, i, settings.max_tokens)
+        run.repeat, run.order = r, order
+        runs.append(run)
+        if order + 1 == len(plan) or plan[order + 1][:2] != (r, i):
+            # End of this prompt's block: one more sample of the cost curve, in this prompt's context.
+            progress(total, f"cost curve · {prompts[i].id}")
+            curves.append(measure_costs(target, pair.draft, tokenized[i], max_k, samples=1))
+    cost = median_curve(curves)
+    if peer is not None:
+        peer.close()
+
+    _check_outputs(h, prompts, tokenized, runs)
+    summary = summarize(runs, cost, settings.draft_lens)
+    measured = {s.draft_len: s.speedup for s in summary if s.engine == SPEC and s.mode == SPECULATIVE}
+    rec = speedup.recommend(measured)
+    alpha_all = _pooled_alpha(runs)
+    best_pred = None
+    if alpha_all is not None and np.isfinite(cost.draft_ms):
+        g, s = speedup.best_predicted(alpha_all, cost.target_ms, cost.draft_ms)
+        best_pred = {"alpha": alpha_all, "draft_len": g, "speedup": s}
+    for s in summary:
+        if s.mismatches:
+            notes.append(
+                f"{s.label}: {s.mismatches} greedy output(s) differ from spec's target-only decoding where the "
+                "target is not near a tie (see output_check in --json/--csv)"
+            )
+    return BenchResult(
+        schema=SCHEMA,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        suite={"name": suite.name, "version": suite.version, "prompts": [p.id for p in prompts]},
+        settings={
+            "draft_lens": list(settings.draft_lens), "repeats": settings.repeats, "max_tokens": settings.max_tokens,
+            "warmup": settings.warmup, "greedy": True, "tie_tolerance": TIE_TOLERANCE, "ctx": target.n_ctx,
+            "reference": str(reference.speculative) if reference else None,
+            "reference_plain": str(reference.plain) if reference and reference.plain else None,
+            "lookup": peer is not None, "lookup_num_pred_tokens": getattr(peer, "num_pred_tokens", None),
+        },  # fmt: skip
+        machine=machine_info(target.n_threads),
+        models={"target": _file_info(pair.target_path), "draft": _file_info(pair.draft_path)},
+        cost=cost,
+        runs=runs,
+        summary=summary,
+        recommendation={"draft_len": rec.draft_len, "speedup": rec.speedup, "message": rec.message},
+        best_predicted=best_pred,
+        notes=notes,
+    )
+
+
+def _replace_tokens(s: ref_mod.ReferenceSettings, n: int) -> ref_mod.ReferenceSettings:
+    return ref_mod.ReferenceSettings(**{**asdict(s), "max_tokens": n})
+
+
+def _file_info(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    return {"path": str(path), "name": path.name, "bytes": size}
+
+
+def _check_outputs(h: _Harness, prompts, tokenized, runs: list[Run]) -> None:
+    """Greedy outputs must match spec's target-only decoding, or part where the target nearly ties.
+
+    Every run that reports its tokens is checked (spec, and llama-cpp-python's Llama,
+    which is fed the same token ids); llama.cpp's binaries print text only.
+    """
+    for i, p in enumerate(prompts):
+        mine = [r for r in runs if r.prompt_id == p.id and r.tokens is not None and r.error is None]
+        base = next((r for r in mine if r.engine == SPEC and r.mode == TARGET), None)
+        if base is None:
+            continue
+        base.output_check = "baseline"
+        gaps: dict[int, float] = {}
+        for r in mine:
+            if r is base:
+                continue
+            k = first_difference(base.tokens, r.tokens)
+            if k is None:
+                r.output_check = "same"
+                continue
+            if k not in gaps:
+                gaps[k] = h.tie_gap_at(list(tokenized[i]) + base.tokens[:k])
+            r.tie_gap = gaps[k]
+            r.output_check = "near-tie" if gaps[k] <= TIE_TOLERANCE else "MISMATCH"
+    for r in runs:
+        if not r.output_check:
+            r.output_check = "not-checked"
+
+
+def _pooled_alpha(runs: list[Run]) -> float | None:
+    acc = rej = 0
+    for r in runs:
+        if r.engine == SPEC and r.mode == SPECULATIVE and r.accept_hist and r.error is None:
+            h = np.asarray(r.accept_hist)
+            acc += int((np.arange(h.size) * h).sum())
+            rej += int(h[: r.draft_len].sum())
+    return acc / (acc + rej) if acc + rej else None
+
+
+def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> list[ConfigSummary]:
+    order: list[Config] = []
+    for r in runs:
+        if r.config not in order:
+            order.append(r.config)
+
+    def per_prompt(cfg: Config) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for r in runs:
+            if r.config == cfg and r.error is None and r.seconds > 0:
+                out.setdefault(r.prompt_id, []).append(r.tokens_per_second)
+        return out
+
+    summary = []
+    for cfg in order:
+        mine = [r for r in runs if r.config == cfg and r.error is None]
+        failed = sum(1 for r in runs if r.config == cfg and r.error is not None)
+        tps = speedup.median([r.tokens_per_second for r in mine]) if mine else float("nan")
+        base = per_prompt(cfg.baseline)
+        sp = speedup.median_ratio(per_prompt(cfg), base) if base and mine else None
+        drafted = sum(r.drafted or 0 for r in mine)
+        accepted = sum(r.accepted or 0 for r in mine)
+        acc_rate = accepted / drafted if drafted else None
+        hist = alpha = pred = tpp = outside = vs_ref = None
+        if cfg.engine == SPEC:
+            passes = sum(r.target_passes or 0 for r in mine)
+            tpp = sum(r.generated for r in mine) / passes if passes else None
+            wall = sum(r.seconds for r in mine)
+            outside = sum(r.t_outside_decode or 0.0 for r in mine) / wall if wall > 0 else None
+            if cfg.mode == SPECULATIVE:
+                hist = list(np.sum([r.accept_hist for r in mine if r.accept_hist], axis=0).astype(int)) if mine else None
+                alpha = speedup.acceptance_from_hist(hist, cfg.draft_len) if hist else None
+                if alpha is not None and np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
+                    pred = speedup.predicted_speedup(alpha, cfg.draft_len, cost.target_ms, cost.draft_ms)
+                theirs = per_prompt(Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
+            else:
+                pred = 1.0
+                theirs = per_prompt(Config(LLAMA_CPP, TARGET))
+            if theirs and mine:
+                vs_ref = speedup.median_ratio(per_prompt(cfg), theirs)
+        summary.append(
+            ConfigSummary(
+                engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, label=cfg.label, runs=len(mine), failed=failed,
+                tokens_per_second=tps, speedup=sp, predicted=pred, acceptance_rate=acc_rate, alpha=alpha,
+                tokens_per_pass=tpp, accept_hist=[int(x) for x in hist] if hist is not None else None,
+                outside_decode=outside, vs_reference=vs_ref,
+                mismatches=sum(1 for r in mine if r.output_check == "MISMATCH"),
+                near_ties=sum(1 for r in mine if r.output_check == "near-tie"),
+            )  # fmt: skip
+        )
+    return summary
+
+
+# --- output files ---------------------------------------------------------------
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail before the minutes of measuring, not after, when an output path cannot be written."""
+    p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"{what} path is a directory: {p}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise SpecError(f"cannot write {what} file {p}: folder {parent} does not exist")
+    existed = p.exists()
+    try:
+        with p.open("a"):
+            pass
+    except OSError as e:
+        raise SpecError(f"cannot write {what} file {p}: {e.strerror}") from None
+    if not existed:
+        p.unlink()
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(type(o))
+
+
+def write_json(result: BenchResult, path: Path) -> None:
+    _write_atomic(path, json.dumps(result.to_dict(), indent=1, default=_json_default, allow_nan=True) + "\n")
+
+
+def write_csv(result: BenchResult, path: Path) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in result.runs:
+        row = {k: getattr(r, k) for k in CSV_FIELDS}
+        row["accept_hist"] = " ".join(str(x) for x in r.accept_hist) if r.accept_hist is not None else ""
+        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    _write_atomic(path, buf.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SpecError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,162 @@
+"""`spec bench`: measure whether speculative decoding pays with a pair of models on this machine."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import ui
+from ..bench import (
+    DEFAULT_DRAFT_LENS, LLAMA_CPP, SPEC, SUITE_DEFAULT_LIMIT, BenchResult, BenchSettings, check_writable,
+    load_prompts_file, load_suite, parse_draft_lens, run_bench, write_csv, write_json,
+)  # fmt: skip
+from ..errors import SpecError
+from ..reference import ENV_VAR
+from ..session import load_pair
+from . import app
+from .options import Ctx, Draft, MaxTokens, Ngl, NglDraft, Preset, Target, Threads, model_choice
+
+
+@app.command("bench")
+def bench_cmd(
+    target: Target = None,
+    draft: Draft = None,
+    preset: Preset = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Your own prompts: one per line, or JSON lines with a \"prompt\" field.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help=f"Use the first N prompts (default: {SUITE_DEFAULT_LIMIT} of the bundled suite, one of each kind; every prompt of a --prompts file). 0 = all.")] = None,
+    draft_lens: Annotated[str, typer.Option("--draft-lens", help="Draft lengths to sweep, comma-separated.")] = ",".join(map(str, DEFAULT_DRAFT_LENS)),
+    repeats: Annotated[int, typer.Option("--repeats", "-r", help="Measured runs of every prompt in every configuration.")] = 2,
+    max_tokens: MaxTokens = 32,
+    warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="One short unmeasured run of every configuration first.")] = True,
+    reference: Annotated[Optional[str], typer.Option("--reference", envvar=ENV_VAR, help="llama.cpp's llama-speculative-simple (scripts/build-reference.sh builds it); llama-completion is looked for beside it.")] = None,
+    lookup: Annotated[bool, typer.Option("--lookup", help="Also run llama-cpp-python's prompt-lookup decoding against its plain decoding.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every run and the summary as JSON to this file.")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write one CSV row per measured run to this file.")] = None,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Draw speedup by draft length and the acceptance histogram to this PNG (needs matplotlib).")] = None,
+    ctx: Ctx = 2048,
+    threads: Threads = None,
+    ngl: Ngl = 0,
+    ngl_draft: NglDraft = 0,
+) -> None:
+    """Target alone against speculative decoding over a sweep of draft lengths, greedy, interleaved."""
+    settings = BenchSettings(
+        draft_lens=parse_draft_lens(draft_lens), repeats=repeats, max_tokens=max_tokens, warmup=warmup,
+        limit=_limit(limit, prompts is None), reference=reference, lookup=lookup,
+    )  # fmt: skip
+    settings.check()
+    suite = load_prompts_file(prompts) if prompts is not None else load_suite()
+    for path, what in ((json_path, "JSON"), (csv_path, "CSV"), (plot_path, "plot")):
+        if path is not None:
+            check_writable(path, what)
+    if plot_path is not None:
+        from ..plot import require_matplotlib
+
+        require_matplotlib()
+
+    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft)
+    with ui.status("loading models"):
+        pair = load_pair(choice, "default", notify=ui.info)
+    try:
+        n = min(len(suite.prompts), settings.limit or len(suite.prompts))
+        ui.info(
+            f"bench: {n} prompts from {suite.name}" + (f" (version {suite.version})" if suite.version is not None else "")
+            + f", draft lengths {','.join(map(str, settings.draft_lens))}, {repeats} repeats, {max_tokens} tokens each"
+        )  # fmt: skip
+        with ui.progress_bar() as step:
+            result = run_bench(pair, suite, settings, progress=step, notify=ui.note)
+    finally:
+        pair.close()
+
+    render(result)
+    if json_path is not None:
+        write_json(result, json_path)
+        ui.info(f"wrote {json_path}")
+    if csv_path is not None:
+        write_csv(result, csv_path)
+        ui.info(f"wrote {csv_path}")
+    if plot_path is not None:
+        from ..plot import plot
+
+        plot(result, plot_path)
+        ui.info(f"wrote {plot_path}")
+    mism = sum(s.mismatches for s in result.summary if s.engine == SPEC)
+    if mism:
+        # A lossless method changed the output: that is a bug, and the exit status says so.
+        raise SpecError(f"{mism} greedy output(s) changed under speculation beyond a near-tie; see the notes above")
+
+
+def _limit(limit: int | None, bundled: bool) -> int | None:
+    if limit is None:
+        return SUITE_DEFAULT_LIMIT if bundled else None
+    return None if limit == 0 else limit
+
+
+def _f(x: float | None, fmt: str, suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, fmt) + suffix
+
+
+_SHORT_ENGINE = {"llama-cpp-python": "lcp"}  # keeps the table inside 80 columns
+
+
+def _short(s) -> str:
+    what = "target" if s.mode == "target" else "lookup" if s.mode == "lookup" else f"g={s.draft_len}"
+    return f"{_SHORT_ENGINE.get(s.engine, s.engine)} {what}"
+
+
+def render(result: BenchResult) -> None:
+    has_ref = any(s.engine == LLAMA_CPP for s in result.summary)
+    cols = ["config", "tok/s", "speedup", "pred.", "accept", "tok/pass", "outside"]
+    if has_ref:
+        cols.append("vs ref")
+    rows, hists, checks = [], [], []
+    for s in result.summary:
+        name = _short(s)
+        if s.failed:
+            name += f" ({s.failed} failed)"
+        if s.mismatches:
+            name += " ✗"  # spelled out in the notes
+        elif s.near_ties:
+            checks.append(f"{_short(s)}: {s.near_ties} output(s) part from the target alone at a near-tie (allowed)")
+        if s.accept_hist:
+            hists.append(f"g={s.draft_len}: " + " ".join(str(x) for x in s.accept_hist))
+        row = [
+            name,
+            _f(s.tokens_per_second, ".1f"),
+            _f(s.speedup, ".2f", "x"),
+            _f(s.predicted, ".2f", "x") if s.engine == SPEC else "",
+            _f(100 * s.acceptance_rate if s.acceptance_rate is not None else None, ".0f", "%"),
+            _f(s.tokens_per_pass, ".2f"),
+            _f(100 * s.outside_decode if s.outside_decode is not None else None, ".1f", "%"),
+        ]
+        if has_ref:
+            row.append(_f(s.vs_reference, ".2f", "x") if s.engine == SPEC else "")
+        rows.append(row)
+    c = result.cost
+    ui.table(f"spec bench: {result.models['target']['name']} + draft {result.models['draft']['name']}", cols, rows)
+    ui.line(
+        "tok/s: median over runs · speedup: median over prompts of tok/s over the same engine's target-only run"
+        " · pred.: from the cost curve and acceptance · accept: drafted tokens accepted · outside: wall time"
+        " outside llama_decode" + (" · vs ref: spec tok/s over llama.cpp's at the same draft length" if has_ref else "")
+        + (" · lcp: llama-cpp-python's Llama, plain and with prompt lookup" if any(s.engine != SPEC and s.engine != LLAMA_CPP for s in result.summary) else "")
+    )
+    if hists:
+        ui.line("rounds that accepted 0, 1, .. g drafts: " + " · ".join(hists))
+    curve = " ".join(f"{k}:{ms:.1f}" for k, ms in enumerate(c.target_ms, 1))
+    ui.line(f"cost curve, one target llama_decode of k tokens (ms): {curve}")
+    ui.line(f"one draft step: {c.draft_ms:.1f} ms")
+    if result.best_predicted:
+        b = result.best_predicted
+        ui.line(
+            f"pooled acceptance a = {b['alpha']:.2f}: the model's best draft length is {b['draft_len']} "
+            f"({b['speedup']:.2f}x predicted)"
+        )
+    for line in checks:
+        ui.line(f"greedy check: {line}")
+    for note in result.notes:
+        ui.line(f"note: {note}")
+    ui.line(result.recommendation["message"], style="bold")

@@ -1,0 +1,300 @@
+"""`spec chat`: an interactive conversation with the target model, drafted by the draft model.
+
+Replies stream to stdout; everything else (stats lines, notes, errors) goes to
+stderr. A Ctrl-C during a reply only sets a flag that the engine reads between
+rounds, so the reply stops at a round boundary with both KV caches consistent;
+KeyboardInterrupt never unwinds through the engine (a second Ctrl-C while the
+first is still being honoured quits the program, which is also safe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import ui
+from ..chat import Command, Conversation, InputAssembler, help_text, is_command, parse_command
+from ..chat_session import ChatSession, TurnResult
+from ..decode import GenerateOptions
+from ..errors import SpecError
+from ..presets import spec_home
+from ..sampling import SamplingParams
+from ..decode import Engine
+from ..drafters import ModelDrafter
+from ..session import build_strategy, load_pair, parse_draft_len
+from . import app
+from .options import (
+    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Seed, Target, Temp, Threads, TopK, TopP, model_choice,
+)
+
+System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")]
+MaxReply = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")]
+
+
+@app.command("chat")
+def chat_cmd(
+    target: Target = None,
+    draft: Draft = None,
+    preset: Preset = None,
+    system: System = None,
+    max_tokens: MaxReply = 512,
+    draft_len: DraftLen = "4",
+    drafter: Drafter = "model",
+    temp: Temp = 0.0,
+    top_k: TopK = 40,
+    top_p: TopP = 1.0,
+    seed: Seed = None,
+    ctx: Ctx = 4096,
+    threads: Threads = None,
+    ngl: Ngl = 0,
+    ngl_draft: NglDraft = 0,
+    no_spec: NoSpec = False,
+) -> None:
+    """Chat with the target model (default: the `chat` preset); /help lists the commands."""
+    fixed_len = parse_draft_len(draft_len)
+    opts = GenerateOptions(
+        max_tokens=max_tokens,
+        draft_len=fixed_len if fixed_len is not None else 0,
+        sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
+        seed=seed,
+    )
+    opts.check()
+    # The chat defaults to the draft model at a fixed length that /draft-len changes as it goes;
+    # --drafter and --draft-len auto work as in `spec run`.
+    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter)
+    choice.check()
+    with ui.status("loading models"):
+        pair = load_pair(choice, "chat", notify=ui.info)
+    try:
+        session = ChatSession(pair.target, pair.draft, opts, system=system)
+        if drafter != "model" or fixed_len is None:
+            session.engine = Engine(pair.target, strategy=build_strategy(pair, choice, fixed_len, notify=ui.info))
+        names = pair.target_path.name + (f" + draft {pair.draft_path.name}" if pair.draft_path else " (no speculation)")
+        Repl(session, names).run()
+    finally:
+        pair.close()
+
+
+class Repl:
+    def __init__(self, session: ChatSession, names: str):
+        self.session = session
+        self.names = names
+        self.tty = sys.stdin.isatty()
+        self._history_file: Path | None = None
+
+    # --- the loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        self._start_readline()
+        s = self.session
+        ui.note(f"spec chat · {self.names} · context {s.target.n_ctx} tokens")
+        if s.template.fallback:
+            ui.note(
+                "note: the target has no chat template in its GGUF metadata (probably a base model); "
+                "using a plain 'User: / Assistant:' transcript"
+            )
+        ui.note("type /help for commands; Ctrl-C stops a reply, Ctrl-D quits")
+        try:
+            while True:
+                text = self._read_message()
+                if text is None:
+                    break
+                if not text.strip():
+                    continue
+                if is_command(text):
+                    if self._command(text):
+                        break
+                    continue
+                try:
+                    self._turn(text)
+                except SpecError as e:
+                    ui.error(str(e))
+        finally:
+            self._save_readline()
+
+    def _read_message(self) -> str | None:
+        """The next complete message or command; None to quit (Ctrl-D, or Ctrl-C on an empty line)."""
+        asm = InputAssembler()
+        while True:
+            prompt = ("... " if asm.pending else ">>> ") if self.tty else ""
+            try:
+                line = input(prompt)
+            except EOFError:
+                ui.write_text("\n" if self.tty else "")
+                return None
+            except KeyboardInterrupt:
+                ui.write_text("\n")
+                typed = _line_buffer()
+                if asm.pending or typed:
+                    asm.cancel()  # Ctrl-C on a half-typed message discards it, as in a shell
+                    continue
+                return None
+            text = asm.feed(line)
+            if text is not None:
+                return text
+
+    # --- one reply -----------------------------------------------------------------
+
+    def _turn(self, text: str) -> None:
+        stop = {"requested": False}
+
+        def on_sigint(signum, frame):  # noqa: ARG001
+            if stop["requested"]:
+                raise KeyboardInterrupt  # a second Ctrl-C: give up the session altogether
+            stop["requested"] = True
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        wrote = {"last": "\n"}
+
+        def on_text(piece: str) -> None:
+            ui.write_text(piece)
+            wrote["last"] = piece[-1:] or wrote["last"]
+
+        try:
+            result = self.session.reply(text, on_text=on_text, should_stop=lambda: stop["requested"])
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if wrote["last"] != "\n":
+                ui.write_text("\n")
+        self._report(result)
+
+    def _report(self, r: TurnResult) -> None:
+        s = self.session
+        if r.dropped:
+            ui.note(
+                f"the conversation no longer fitted the context: dropped the oldest {r.dropped} messages "
+                "(the system prompt stays); /reset starts afresh"
+            )
+        if r.interrupted:
+            if r.kept:
+                ui.note("stopped; the partial reply stays in the conversation")
+            else:
+                ui.note("stopped before the reply began; the message was not added to the conversation")
+        if r.stats.stop_reason == "context":
+            ui.note("the reply filled the context; the oldest turns will be dropped next turn (or /reset)")
+        elif r.stats.stop_reason == "max_tokens":
+            ui.note(f"the reply reached --max-tokens ({s.opts.max_tokens}) and was cut")
+        ui.note(turn_line(s.totals.turns, r, s.context_used, s.target.n_ctx))
+
+    # --- slash commands ------------------------------------------------------------------
+
+    def _command(self, text: str) -> bool:
+        """Run one slash command; True means quit."""
+        try:
+            cmd = parse_command(text)
+        except SpecError as e:
+            ui.error(str(e))
+            ui.note(help_text())
+            return False
+        try:
+            return self._run_command(cmd)
+        except SpecError as e:
+            ui.error(str(e))
+            return False
+
+    def _run_command(self, cmd: Command) -> bool:
+        s = self.session
+        if cmd.name == "exit":
+            return True
+        if cmd.name == "help":
+            ui.note(help_text())
+        elif cmd.name == "stats":
+            self._stats()
+        elif cmd.name == "reset":
+            s.reset()
+            ui.note("conversation cleared" + (" (the system prompt stays)" if s.conversation.system else ""))
+        elif cmd.name == "system":
+            if not cmd.arg:
+                current = s.conversation.system
+                ui.note(f"system prompt: {current}" if current else "no system prompt (the template's default applies)")
+            else:
+                s.set_system(cmd.arg)
+                ui.note("system prompt set; the next turn evaluates the conversation again under it")
+        elif cmd.name == "draft-len":
+            if s.draft is None and cmd.value:
+                raise SpecError("no draft model is loaded (--no-spec); /draft-len can only be 0")
+            s.opts.draft_len = int(cmd.value)
+            s.engine = Engine(s.target, s.engine.drafter or ModelDrafter(s.draft) if s.draft is not None else None)
+            ui.note(f"draft length {s.opts.draft_len}" + (" (target alone)" if cmd.value == 0 else ""))
+        elif cmd.name == "temp":
+            s.opts.sampling = dataclasses.replace(s.opts.sampling, temperature=float(cmd.value))
+            ui.note(f"temperature {cmd.value:g}" + (" (greedy)" if cmd.value == 0 else ""))
+        elif cmd.name == "save":
+            path = s.conversation.save(cmd.arg)
+            ui.note(f"saved {len(s.conversation.messages)} messages to {path}")
+        elif cmd.name == "load":
+            conv = Conversation.load(cmd.arg)
+            s.replace(conv)
+            ui.note(
+                f"loaded {len(conv.messages)} messages"
+                + (" and a system prompt" if conv.system else "")
+                + f" from {Path(cmd.arg).expanduser()}; they replace the conversation"
+            )
+        return False
+
+    def _stats(self) -> None:
+        s, t = self.session, self.session.totals
+        if s.last is not None:
+            ui.print_summary(s.last.stats)
+        acc = f", {t.accepted} of {t.drafted} drafted tokens accepted ({100 * t.accepted / t.drafted:.0f}%)" if t.drafted else ""
+        rate = f" at {t.generated / t.seconds:.1f} tok/s" if t.seconds > 0 else ""
+        ui.note(
+            f"session: {t.turns} turns, {t.generated} tokens generated{rate}{acc}; "
+            f"prompt tokens evaluated per turn: {', '.join(map(str, t.history)) or '-'}; "
+            f"{len(s.conversation.messages)} messages, context {s.context_used}/{s.target.n_ctx} tokens; "
+            f"draft length {s.opts.draft_len if s.draft is not None else 0}, temperature {s.opts.sampling.temperature:g}"
+        )
+
+    # --- readline ------------------------------------------------------------------------
+
+    def _start_readline(self) -> None:
+        if not self.tty:
+            return
+        try:
+            import readline
+        except ImportError:  # pragma: no cover  (Windows without pyreadline)
+            return
+        self._history_file = spec_home() / "chat_history"
+        try:
+            readline.read_history_file(self._history_file)
+        except OSError:
+            pass
+        readline.set_history_length(1000)
+
+    def _save_readline(self) -> None:
+        if self._history_file is None:
+            return
+        import readline
+
+        try:
+            self._history_file.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(self._history_file)
+        except OSError:
+            pass
+
+
+def _line_buffer() -> str:
+    try:
+        import readline
+    except ImportError:  # pragma: no cover
+        return ""
+    return readline.get_line_buffer()
+
+
+def turn_line(turn: int, r: TurnResult, used: int, n_ctx: int) -> str:
+    st = r.stats
+    parts = [f"turn {turn}"]
+    evaluated = f"evaluated {r.evaluated} of {r.prompt_tokens} prompt tokens"
+    if r.draft_evaluated is not None:
+        evaluated += f" (draft {r.draft_evaluated})"
+    parts.append(evaluated)
+    parts.append(f"{st.generated} tokens at {st.tokens_per_second:.1f} tok/s")
+    if st.drafted:
+        parts.append(f"accepted {st.accepted}/{st.drafted} drafts ({100 * st.acceptance_rate:.0f}%)")
+    parts.append(f"context {used}/{n_ctx}")
+    return " · ".join(parts)

@@ -1,0 +1,84 @@
+"""`spec bench --plot`: one PNG, two panels. The only module that imports matplotlib (optional).
+
+Left: speedup over the target alone against draft length, measured and predicted, with
+the break-even line. Right: how many drafts a round accepted, at the recommended draft
+length (or the best measured one), beside what the independence model expects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import speedup
+from .bench import LLAMA_CPP, SPEC, SPECULATIVE, BenchResult
+from .errors import SpecError
+
+WIDTH_IN, HEIGHT_IN, DPI = 11.0, 4.2, 100  # 1100 x 420 pixels
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SpecError("--plot needs matplotlib: pip install 'spec-cli[plot]'") from None
+
+
+def plot(result: BenchResult, path: Path) -> None:
+    require_matplotlib()
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    spec_rows = sorted((s for s in result.summary if s.engine == SPEC and s.mode == SPECULATIVE), key=lambda s: s.draft_len)
+    ref_rows = sorted((s for s in result.summary if s.engine == LLAMA_CPP and s.mode == SPECULATIVE), key=lambda s: s.draft_len)
+
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
+    ax, bx = fig.subplots(1, 2)
+
+    gs = [s.draft_len for s in spec_rows]
+    measured = [_nan(s.speedup) for s in spec_rows]
+    predicted = [_nan(s.predicted) for s in spec_rows]
+    ax.axhline(1.0, color="0.5", lw=1, ls=":", label="target alone")
+    ax.plot(gs, measured, "o-", color="tab:blue", lw=2, label="spec, measured")
+    ax.plot(gs, predicted, "s--", color="tab:orange", lw=1.5, label="spec, predicted")
+    if ref_rows and any(np.isfinite(_nan(s.speedup)) for s in ref_rows):
+        ax.plot([s.draft_len for s in ref_rows], [_nan(s.speedup) for s in ref_rows], "^-", color="tab:green", lw=1.2,
+                label="llama-speculative-simple vs llama-completion")  # fmt: skip
+    rec = result.recommendation.get("draft_len")
+    if rec is not None and rec in gs:
+        ax.annotate(f"recommended: {rec}", (rec, measured[gs.index(rec)]), xytext=(0, 12),
+                    textcoords="offset points", ha="center", fontsize=9)  # fmt: skip
+    ax.set_xlabel("draft length (tokens drafted per round)")
+    ax.set_ylabel("speedup over the target alone")
+    ax.set_xticks(gs)
+    ax.set_title("Speedup by draft length" if rec is not None else "Speedup by draft length: speculation does not pay")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+    shown = next((s for s in spec_rows if s.draft_len == rec), None)
+    if shown is None and spec_rows:
+        shown = max(spec_rows, key=lambda s: _nan(s.speedup) if np.isfinite(_nan(s.speedup)) else -1.0)
+    if shown is not None and shown.accept_hist and sum(shown.accept_hist) > 0:
+        h = np.asarray(shown.accept_hist, dtype=float)
+        k = np.arange(h.size)
+        bx.bar(k, h / h.sum(), color="tab:blue", alpha=0.8, label="measured")
+        if shown.alpha is not None:
+            bx.plot(k, speedup.acceptance_length_probs(shown.alpha, shown.draft_len), "o", color="tab:orange",
+                    label=f"independent acceptance, a = {shown.alpha:.2f}")  # fmt: skip
+        bx.set_xticks(k)
+        bx.set_title(f"Drafts accepted per round, draft length {shown.draft_len}")
+        bx.legend(fontsize=8)
+    else:
+        bx.text(0.5, 0.5, "no speculative rounds", ha="center", va="center", transform=bx.transAxes)
+    bx.set_xlabel("drafted tokens accepted in a round")
+    bx.set_ylabel("share of rounds")
+    bx.grid(alpha=0.3, axis="y")
+
+    try:
+        fig.savefig(path, format="png")
+    except OSError as e:
+        raise SpecError(f"cannot write plot {path}: {e.strerror}") from None
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)

@@ -1,0 +1,375 @@
+"""spec bench: the harness on the real embedded pair with a tiny budget, its files, its peers, its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from spec_cli import bench, reference
+from spec_cli.bench import (
+    CSV_FIELDS, SPEC, BenchSettings, Config, Run, Suite, BenchPrompt, load_prompts_file, load_suite, run_bench, schedule,
+)  # fmt: skip
+from spec_cli.errors import SpecError
+from spec_cli.session import LoadedPair
+
+PROMPT = "def add(a, b):\n    return"
+
+
+@pytest.fixture(autouse=True)
+def no_reference_env(monkeypatch):
+    monkeypatch.delenv(reference.ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def pair(target, draft, gemma_path, gemma_q2k_path):
+    # The session's models, not closed here: other tests use them too.
+    return LoadedPair(target, draft, gemma_path, gemma_q2k_path)
+
+
+def tiny(**kw) -> BenchSettings:
+    base = dict(draft_lens=(1, 2), repeats=1, max_tokens=4, warmup=False)
+    base.update(kw)
+    return BenchSettings(**base)
+
+
+ONE = Suite("test", None, [BenchPrompt("add", "code", PROMPT)])
+
+
+# --- pure parts -------------------------------------------------------------------
+
+
+def test_schedule_interleaves_and_rotates():
+    cfgs = [Config(SPEC, "target"), Config(SPEC, "speculative", 1), Config(SPEC, "speculative", 2)]
+    plan = schedule(2, cfgs, 2)
+    assert len(plan) == 2 * 2 * 3
+    # every (repeat, prompt) block holds each configuration once, back to back
+    for b in range(4):
+        block = plan[3 * b : 3 * b + 3]
+        assert len({(r, p) for r, p, _ in block}) == 1
+        assert sorted(c.draft_len for _, _, c in block) == [0, 1, 2]
+    # the configuration that opens a block changes from block to block
+    assert len({plan[3 * b][2] for b in range(3)}) == 3
+
+
+def test_bundled_suite_is_versioned_and_covers_the_kinds_of_text():
+    suite = load_suite()
+    assert suite.version is not None
+    assert {p.category for p in suite.prompts} >= {"code", "factual", "story", "structured", "copy"}
+    assert len({p.id for p in suite.prompts}) == len(suite.prompts)
+    # the first five prompts (--limit 5) already cover every category
+    assert len({p.category for p in suite.prompts[:5]}) == 5
+
+
+def test_prompts_file_plain_lines(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("first prompt\n\nsecond prompt\n")
+    s = load_prompts_file(f)
+    assert [p.text for p in s.prompts] == ["first prompt", "second prompt"]
+
+
+def test_prompts_file_jsonl(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"suite": "mine", "version": 3}\n{"id": "a", "category": "code", "prompt": "x\\ny"}\n{"prompt": "z"}\n')
+    s = load_prompts_file(f)
+    assert (s.name, s.version) == ("mine", 3)
+    assert [(p.id, p.category, p.text) for p in s.prompts] == [("a", "code", "x\ny"), ("p2", "user", "z")]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "no prompts"),
+        ("\n  \n", "no prompts"),
+        ('{"prompt": "ok"}\n{"prompt": \n', "line 2: not valid JSON"),
+        ('{"text": "no prompt key"}\n', "line 1: no \"prompt\" field"),
+        ('{"prompt": ""}\n', "non-empty string"),
+    ],
+)
+def test_prompts_file_errors(tmp_path, content, message):
+    f = tmp_path / "p.jsonl"
+    f.write_text(content)
+    with pytest.raises(SpecError, match=message):
+        load_prompts_file(f)
+
+
+def test_prompts_file_missing(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_prompts_file(tmp_path / "nope.txt")
+
+
+def test_top_two_gap_and_first_difference():
+    import numpy as np
+
+    assert bench.top_two_gap(np.array([0.0, 3.0, 2.5, -1.0])) == pytest.approx(0.5)
+    assert bench.top_two_gap(np.array([1.0, 1.0])) == 0.0
+    assert bench.first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert bench.first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert bench.first_difference([1, 2], [1, 2, 3]) == 2
+
+
+@pytest.mark.parametrize("text", ["1,2,x", ",,", "1.5"])
+def test_parse_draft_lens_rejects_garbage(text):
+    with pytest.raises(SpecError):
+        bench.parse_draft_lens(text)
+
+
+def test_parse_draft_lens_sorts_and_dedups():
+    assert bench.parse_draft_lens("4, 1,2,4") == (1, 2, 4)
+
+
+@pytest.mark.parametrize("kw", [dict(repeats=0), dict(max_tokens=0), dict(draft_lens=(0, 2)), dict(draft_lens=(65,)), dict(limit=0)])
+def test_settings_check(kw):
+    with pytest.raises(SpecError):
+        tiny(**kw).check()
+
+
+# --- llama.cpp's reference output ----------------------------------------------------
+
+SPECULATIVE_OUT = """
+encoded   12 tokens in    0.041 seconds, speed:  292.683 t/s
+decoded   34 tokens in    0.850 seconds, speed:   40.000 t/s
+
+n_draft   = 3
+n_predict = 34
+n_drafted = 30
+n_accept  = 24
+accept    = 80.000%
+"""
+
+PLAIN_OUT = """
+llama_perf_sampler_print:    sampling time =      10.00 ms /    44 runs   (    0.23 ms per token,  4400.00 tokens per second)
+llama_perf_context_print:        load time =     120.10 ms
+llama_perf_context_print: prompt eval time =      40.00 ms /    12 tokens (    3.33 ms per token,   300.00 tokens per second)
+llama_perf_context_print:        eval time =     490.00 ms /    31 runs   (   15.81 ms per token,    63.27 tokens per second)
+llama_perf_context_print:       total time =     700.00 ms /    43 tokens
+"""
+
+
+def test_parse_reference_outputs():
+    r = reference.parse_speculative(SPECULATIVE_OUT)
+    assert (r.generated, r.seconds, r.drafted, r.accepted) == (34, 0.85, 30, 24)
+    assert r.tokens_per_second == pytest.approx(40.0)
+    p = reference.parse_plain(PLAIN_OUT)
+    assert p.generated == 31  # generation runs, not the prompt's 12 tokens
+    assert p.seconds == pytest.approx(0.5)  # eval 490 ms + sampling 10 ms
+    with pytest.raises(reference.ReferenceError, match="decoded"):
+        reference.parse_speculative("segmentation fault")
+    with pytest.raises(reference.ReferenceError, match="eval time"):
+        reference.parse_plain("prompt eval time =      40.00 ms /    12 tokens")
+
+
+def test_locate_reference(tmp_path, monkeypatch):
+    assert reference.locate(None) is None
+    with pytest.raises(reference.ReferenceError, match="not found"):
+        reference.locate(tmp_path / "llama-speculative-simple")
+    f = tmp_path / "llama-speculative-simple"
+    f.write_text("not a program")
+    with pytest.raises(reference.ReferenceError, match="not an executable"):
+        reference.locate(f)
+    f.chmod(0o755)
+    monkeypatch.setenv(reference.ENV_VAR, str(tmp_path))  # a folder works too
+    ref = reference.locate(None)
+    assert ref.speculative == f and ref.plain is None
+
+
+def _fake_binary(folder: Path, name: str, body: str) -> Path:
+    p = folder / name
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o755)
+    return p
+
+
+# --- the harness on the real models ---------------------------------------------------
+
+
+def test_bench_end_to_end_with_a_fake_reference(pair, tmp_path):
+    """One prompt, four tokens, one repeat: every figure is there, and the reference rows come from its output."""
+    spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f"cat <<'EOF'\n{SPECULATIVE_OUT}\nEOF\n")
+    _fake_binary(tmp_path, "llama-completion", f"cat <<'EOF'\n{PLAIN_OUT}\nEOF\n")
+    steps = []
+    res = run_bench(pair, ONE, tiny(reference=str(spec_bin)), progress=lambda total, label: steps.append((total, label)))
+
+    labels = [s.label for s in res.summary]
+    assert labels[:3] == ["spec: target only", "spec: draft length 1", "spec: draft length 2"]
+    assert "llama.cpp: target only" in labels and "llama.cpp: draft length 2" in labels
+    assert len(res.runs) == 1 * 1 * 6
+    assert [r.order for r in res.runs] == list(range(6))
+    assert len(steps) == steps[0][0]  # one progress call per announced step
+    assert sum("cost curve" in label for _, label in steps) == 2  # before the runs and after the prompt's block
+
+    by = {(s.engine, s.mode, s.draft_len): s for s in res.summary}
+    base = by[(SPEC, "target", 0)]
+    assert base.speedup == pytest.approx(1.0) and base.tokens_per_second > 0
+    for g in (1, 2):
+        s = by[(SPEC, "speculative", g)]
+        assert s.runs == 1 and s.tokens_per_second > 0
+        assert s.speedup > 0 and s.predicted > 0
+        assert 0.0 <= s.acceptance_rate <= 1.0
+        assert len(s.accept_hist) == g + 1 and sum(s.accept_hist) > 0
+        assert 1.0 <= s.tokens_per_pass <= g + 1
+        assert 0.0 <= s.outside_decode < 1.0
+        assert s.mismatches == 0
+        # spec vs the fake reference's 40 tok/s
+        assert s.vs_reference == pytest.approx(s.tokens_per_second / 40.0)
+    ref = by[("llama.cpp", "speculative", 2)]
+    assert ref.tokens_per_second == pytest.approx(40.0) and ref.acceptance_rate == pytest.approx(0.8)
+    assert ref.speedup == pytest.approx(40.0 / 62.0)  # over llama-completion's 31 tokens in 0.5 s
+    assert all(r.output_check in ("baseline", "same", "near-tie") for r in res.runs if r.engine == SPEC)
+
+    assert len(res.cost.target_ms) == bench.COST_CURVE_MAX_K and all(t > 0 for t in res.cost.target_ms)
+    assert res.cost.draft_ms > 0
+    assert res.recommendation["message"]
+    assert res.notes == []
+
+
+def test_broken_reference_is_reported_and_the_bench_goes_on(pair, tmp_path):
+    broken = _fake_binary(tmp_path, "llama-speculative-simple", "echo 'error: unknown argument: --spec-type' >&2\nexit 1\n")
+    told = []
+    res = run_bench(pair, ONE, tiny(draft_lens=(1,), reference=str(broken)), notify=told.append)
+    assert any("exited with status 1" in n and "unknown argument" in n for n in res.notes)
+    assert any("goes on without it" in t for t in told)
+    spec_rows = [s for s in res.summary if s.engine == SPEC]
+    assert len(spec_rows) == 2 and all(s.tokens_per_second > 0 for s in spec_rows)
+    assert all(r.error for r in res.runs if r.engine == "llama.cpp")
+
+
+def test_missing_reference_is_reported_and_the_bench_goes_on(pair, tmp_path):
+    res = run_bench(pair, ONE, tiny(draft_lens=(1,), reference=str(tmp_path / "nowhere" / "llama-speculative-simple")))
+    assert any("reference binary not found" in n for n in res.notes)
+    assert {s.engine for s in res.summary} == {SPEC}
+
+
+def test_output_check_flags_a_real_difference(pair, monkeypatch):
+    """A speculative output that leaves the target-only one where the target is sure is a MISMATCH."""
+    h = bench._Harness(pair, tiny(), lambda s: None)
+    toks = pair.target.tokenize(PROMPT)
+    base = h.run_spec(toks, 0, 6)
+    out = base.tokens
+    base.prompt_id = ONE.prompts[0].id
+    bad = Run(**{f.name: getattr(base, f.name) for f in fields(Run)})
+    bad.mode, bad.draft_len = "speculative", 2
+    bad.tokens = list(out[:2]) + [out[2] + 1] + list(out[3:])  # a token the target did not choose
+    gap = h.tie_gap_at(list(toks) + out[:2])
+    assert gap > 0
+
+    monkeypatch.setattr(bench, "TIE_TOLERANCE", gap / 2)
+    runs = [base, bad]
+    bench._check_outputs(h, ONE.prompts, [toks], runs)
+    assert (base.output_check, bad.output_check) == ("baseline", "MISMATCH")
+    assert bad.tie_gap == pytest.approx(gap)
+
+    monkeypatch.setattr(bench, "TIE_TOLERANCE", gap * 2)
+    bench._check_outputs(h, ONE.prompts, [toks], runs)
+    assert bad.output_check == "near-tie"
+
+
+# --- the command line, its files and its errors ---------------------------------------------
+
+
+def _main(argv, capsys):
+    from spec_cli.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+def test_cli_bench_writes_json_csv_and_png(gemma_path, gemma_q2k_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPEC_WIDTH", "160")
+    prompts = tmp_path / "one.txt"
+    prompts.write_text(PROMPT.replace("\n", " ") + "\n")
+    j, c, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
+    code, out, err = _main(
+        ["bench", "--target", str(gemma_path), "--draft", str(gemma_q2k_path), "--prompts", str(prompts),
+         "-n", "4", "--repeats", "1", "--draft-lens", "1,3", "--no-warmup", "--ctx", "512",
+         "--json", str(j), "--csv", str(c), "--plot", str(png)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "spec target" in out and "spec g=3" in out and "cost curve" in out
+    assert ("does not pay" in out) or ("use draft length" in out)
+
+    data = json.loads(j.read_text())
+    assert data["schema"] == bench.SCHEMA
+    assert set(data) >= {"created", "suite", "settings", "machine", "models", "cost", "runs", "summary", "recommendation"}
+    assert data["settings"]["draft_lens"] == [1, 3] and data["settings"]["max_tokens"] == 4
+    assert len(data["cost"]["target_ms"]) == bench.COST_CURVE_MAX_K
+    assert len(data["runs"]) == 3
+    assert set(data["runs"][0]) == {f.name for f in fields(Run)}
+    assert [s["draft_len"] for s in data["summary"]] == [0, 1, 3]
+    for s in data["summary"]:
+        assert {"tokens_per_second", "speedup", "predicted", "acceptance_rate", "tokens_per_pass", "accept_hist"} <= set(s)
+
+    with c.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_FIELDS
+    assert len(rows) == 3
+    spec3 = next(r for r in rows if r["draft_len"] == "3")
+    assert len(spec3["accept_hist"].split()) == 4
+    assert float(spec3["tokens_per_second"]) > 0
+
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    from spec_cli.plot import DPI, HEIGHT_IN, WIDTH_IN
+
+    assert struct.unpack(">II", head[16:24]) == (round(WIDTH_IN * DPI), round(HEIGHT_IN * DPI))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompts", "/nonexistent/prompts.txt"], "prompts file not found"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--draft-lens", "two"], "--draft-lens takes comma-separated integers"),
+        (["--json", "/nonexistent-dir/out.json"], "cannot write JSON file"),
+        (["--csv", "/"], "CSV path is a directory"),
+    ],
+)
+def test_cli_bad_input_is_one_line(args, message, capsys):
+    code, out, err = _main(["bench", *args], capsys)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    code, _, err = _main(["bench", "--plot", str(tmp_path / "x.png")], capsys)
+    assert code != 0 and "--plot needs matplotlib" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+
+def test_lookup_peer_decodes_like_spec(pair):
+    """llama-cpp-python's Llama, fed the same token ids, gives spec's greedy output (lookup: up to a near-tie)."""
+    from spec_cli.lookup_peer import LookupPeer
+
+    h = bench._Harness(pair, tiny(), lambda s: None)
+    toks = pair.target.tokenize(PROMPT)
+    base = h.run_spec(toks, 0, 8)
+    peer = LookupPeer(pair.target_path, n_ctx=128, n_threads=pair.target.n_threads)
+    try:
+        plain = peer.run("plain", toks, 8)
+        lookup = peer.run("lookup", toks, 8)
+    finally:
+        peer.close()
+    assert plain.tokens == base.tokens
+    assert plain.seconds > 0 and lookup.seconds > 0
+    k = bench.first_difference(base.tokens, lookup.tokens)
+    assert k is None or h.tie_gap_at(list(toks) + base.tokens[:k]) <= bench.TIE_TOLERANCE
+
+
+def test_default_limit_cuts_the_bundled_suite_only():
+    from spec_cli.cli.bench import _limit
+
+    assert _limit(None, bundled=True) == bench.SUITE_DEFAULT_LIMIT
+    assert _limit(None, bundled=False) is None  # a --prompts file is used whole
+    assert _limit(0, bundled=True) is None and _limit(3, bundled=False) == 3
