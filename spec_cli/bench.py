@@ -36,6 +36,7 @@ from .calibrate import CostCurve, measure_costs
 from .decode import Engine, GenerateOptions
 from .drafters import ModelDrafter
 from .errors import SpecError
+from .files import write_text_atomic
 from .sampling import SamplingParams
 from .session import LoadedPair
 
@@ -703,13 +704,4 @@ def write_csv(result: BenchResult, path: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SpecError(f"cannot write {path}: {e.strerror}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(path, text)

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .backend import Model
+from .errors import SpecError
+from .files import write_text_atomic
 from .presets import cache_dir
 
 COST_SAMPLES = 5
@@ -92,9 +94,7 @@ def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callabl
     table[key] = asdict(curve)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(table, indent=1))
-        os.replace(tmp, path)
-    except OSError:
+        write_text_atomic(path, json.dumps(table, indent=1))
+    except (OSError, SpecError):
         pass  # a read-only cache only means measuring again next time
     return curve

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import SpecError
+from .files import write_text_atomic
 
 # --- chat templates ------------------------------------------------------------
 
@@ -154,17 +154,7 @@ class Conversation:
         return cls(system=system or None, messages=messages)
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path).expanduser()
-        tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(tmp, p)
-        except OSError as e:
-            raise SpecError(f"cannot write {p}: {e.strerror or e}") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return p
+        return write_text_atomic(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Conversation":

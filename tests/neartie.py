@@ -7,7 +7,6 @@ logits are nearly equal. Any other difference is a bug.
 
 from __future__ import annotations
 
-import numpy as np
 
 # In logits. Batched and one-at-a-time evaluation of Gemma 3 270M Q4_K_M on this CPU were
 # seen to differ by up to ~0.5 at a divergence (the top two tokens swapped order, e.g.

@@ -106,7 +106,6 @@ def test_keep_branch_leaves_exactly_the_accepted_path_in_seq_0(tree_target):
     m.sync(ctx + kept, logits=False)
     fresh = m.eval([probe], logits="last")[0].copy()
     assert int(after.argmax()) == int(fresh.argmax())
-    print("keep diff", float(np.abs(after - fresh).max()), float(np.abs(after - other).max()) if False else "")
     assert float(np.abs(after - fresh).max()) < ROW_TOLERANCE
 
     # had the first branch's cells gone to seq 0 instead, the next logits would differ

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..backend import Model
 from ..sampling import Dist, SamplingParams, shape
+from .base import Proposal
 
 
 def top_probability(logits: np.ndarray) -> float:
@@ -35,9 +36,7 @@ class ModelDrafter:
 
     def propose(
         self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
-    ) -> "Proposal":
-        from .base import Proposal
-
+    ) -> Proposal:
         prop = Proposal(q=None if params.greedy else [])
         if n <= 0:
             return prop
