@@ -86,10 +86,18 @@ def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callabl
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
-    if key in table:
-        return CostCurve(**table[key])
-    notify("measuring this machine's cost curve once (a few seconds); it is cached for later runs")
     prompt = target.tokenize(CALIBRATION_TEXT)
+    if key in table:
+        cached = CostCurve(**table[key])
+        # A curve measured while the machine was busy (or on another power profile) would
+        # steer every later run: check its first point against one quick pass and measure
+        # again when the two disagree by more than 2x.
+        now = measure_costs(target, None, prompt[:8], 1, samples=3).target_ms[0]
+        if 0.5 <= now / cached.target_ms[0] <= 2.0:
+            return cached
+        notify(f"the cached cost curve is stale ({cached.target_ms[0]:.1f} ms per pass then, {now:.1f} ms now); measuring again")
+    else:
+        notify("measuring this machine's cost curve once (a few seconds); it is cached for later runs")
     curve = measure_costs(target, draft, prompt, max_k)
     table[key] = asdict(curve)
     try:

@@ -129,3 +129,25 @@ def test_incompatible_vocabularies_are_refused(gemma_path, smollm2_path):
 
 def test_compatible_pair_is_accepted(target, draft):
     check_compatible(target, draft)
+
+
+def test_stale_cost_curve_is_measured_again(target, draft):
+    import json
+    import os
+    from pathlib import Path
+
+    from spec_cli.calibrate import cached_costs
+
+    first = cached_costs(target, draft, 3)
+    path = Path(os.environ["SPEC_CACHE"]) / "calibration.json"
+    table = json.loads(path.read_text())
+    for entry in table.values():  # pretend it was measured on a machine 50x slower
+        entry["target_ms"] = [50 * x for x in entry["target_ms"]]
+    path.write_text(json.dumps(table))
+    notes = []
+    again = cached_costs(target, draft, 3, notify=notes.append)
+    assert notes and "stale" in notes[0]
+    assert again.target_ms[0] < 10 * first.target_ms[0]
+    notes.clear()
+    cached_costs(target, draft, 3, notify=notes.append)  # now fresh: read from the cache
+    assert notes == []
