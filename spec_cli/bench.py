@@ -52,6 +52,7 @@ WARMUP_TOKENS = 8
 # difference to count as a near-tie flipped by batched arithmetic rather than a bug.
 # Ties that flipped on this machine had gaps around 0.15.
 TIE_TOLERANCE = 0.3
+BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this share of the CPUs is worth a warning
 
 SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
 TARGET, SPECULATIVE, LOOKUP = "target", "speculative", "lookup"
@@ -243,14 +244,14 @@ class ConfigSummary:
     runs: int
     failed: int
     tokens_per_second: float  # median over runs
-    speedup: float | None  # median over prompts of this / own-engine baseline
-    predicted: float | None  # from the cost curve and alpha (spec only)
+    speedup: float | None  # median over (prompt, repeat) of this run's tok/s over its own-engine baseline's
+    predicted: float | None  # median over runs of the model's speedup at each run's acceptance (spec only)
     acceptance_rate: float | None  # accepted / drafted
     alpha: float | None  # per-token acceptance fitted to the histogram
     tokens_per_pass: float | None
     accept_hist: list[int] | None
     outside_decode: float | None  # share of wall time outside llama_decode (spec only)
-    vs_reference: float | None  # spec tok/s / llama.cpp tok/s, same draft length, median over prompts
+    vs_reference: float | None  # spec tok/s / llama.cpp tok/s, same draft length, median over (prompt, repeat)
     mismatches: int = 0
     near_ties: int = 0
 
@@ -423,6 +424,12 @@ def run_bench(
                 f"{need} tokens, the models have {min(target.n_ctx, pair.draft.n_ctx)}; use a larger --ctx"
             )
     notes: list[str] = []
+    machine = machine_info(target.n_threads)
+    load, cpus = machine["load_average_1min_at_start"], machine["logical_cpus"] or 1
+    if load is not None and load >= BUSY_LOAD_PER_CPU * cpus:
+        # llama.cpp's worker threads spin while they wait for each other, so when other
+        # programs hold the cores every figure gets slower and far noisier, not just a bit.
+        notes.append(f"the machine was busy when the bench started (load average {load:.1f} on {cpus} CPUs); expect noisy figures")
 
     # Peers: a problem with them is reported and the rest of the bench goes on.
     reference = None
@@ -540,7 +547,7 @@ def run_bench(
             "reference_plain": str(reference.plain) if reference and reference.plain else None,
             "lookup": peer is not None, "lookup_num_pred_tokens": getattr(peer, "num_pred_tokens", None),
         },  # fmt: skip
-        machine=machine_info(target.n_threads),
+        machine=machine,
         models={"target": _file_info(pair.target_path), "draft": _file_info(pair.draft_path)},
         cost=cost,
         runs=runs,
@@ -604,17 +611,34 @@ def _pooled_alpha(runs: list[Run]) -> float | None:
     return acc / (acc + rej) if acc + rej else None
 
 
+def _predicted(runs: Sequence[Run], g: int, cost: CostCurve) -> float | None:
+    """The prediction built the way the measured speedup is: one value per run, then the median.
+
+    Acceptance differs a lot from prompt to prompt (copying is easy, a story is not), and
+    the median of per-run speedups is not the speedup at the pooled acceptance rate, so
+    each run's acceptance goes through the model on its own.
+    """
+    preds = []
+    for r in runs:
+        a = speedup.acceptance_from_hist(r.accept_hist, g) if r.accept_hist else None
+        if a is not None:
+            preds.append(speedup.predicted_speedup(a, g, cost.target_ms, cost.draft_ms))
+    return speedup.median(preds) if preds else None
+
+
 def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> list[ConfigSummary]:
     order: list[Config] = []
     for r in runs:
         if r.config not in order:
             order.append(r.config)
 
-    def per_prompt(cfg: Config) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
+    def per_prompt(cfg: Config) -> dict[tuple[str, int], list[float]]:
+        # Keyed by prompt and repeat: a run is compared with its baseline from the same
+        # block of the schedule, which ran moments before or after it.
+        out: dict[tuple[str, int], list[float]] = {}
         for r in runs:
             if r.config == cfg and r.error is None and r.seconds > 0:
-                out.setdefault(r.prompt_id, []).append(r.tokens_per_second)
+                out.setdefault((r.prompt_id, r.repeat), []).append(r.tokens_per_second)
         return out
 
     summary = []
@@ -636,8 +660,8 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
             if cfg.mode == SPECULATIVE:
                 hist = list(np.sum([r.accept_hist for r in mine if r.accept_hist], axis=0).astype(int)) if mine else None
                 alpha = speedup.acceptance_from_hist(hist, cfg.draft_len) if hist else None
-                if alpha is not None and np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
-                    pred = speedup.predicted_speedup(alpha, cfg.draft_len, cost.target_ms, cost.draft_ms)
+                if np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
+                    pred = _predicted(mine, cfg.draft_len, cost)
                 theirs = per_prompt(Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
             else:
                 pred = 1.0

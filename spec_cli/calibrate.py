@@ -36,8 +36,12 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
     """Time one target llama_decode of k = 1..max_k tokens after `prompt`, and one draft step.
 
     The verification pass asks for logits on every row, so the curve does too. The k
-    values are interleaved within each sample so that drift spreads over all of them.
-    Both caches are left empty.
+    values are interleaved within each sample so that drift spreads over all of them,
+    and each timed pass follows an untimed one of the same size: llama.cpp reuses the
+    compute graph when consecutive batches have the same shape, as they do in a
+    decoding loop, and with a cold graph plain decoding looked dearer than it is in
+    the loop, so every predicted speedup came out too high (BENCHMARKS.md). Both
+    caches are left empty.
     """
     filler = [int(t) for t in prompt[1:]] or [int(prompt[0])]
     filler = (filler * (max_k // len(filler) + 1))[:max_k]
@@ -47,6 +51,8 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
     times: list[list[float]] = [[] for _ in range(max_k)]
     for _ in range(samples):
         for k in range(1, max_k + 1):
+            target.eval(filler[:k], logits="all")  # same shape: the timed pass reuses its graph
+            target.truncate(base)
             before = target.decode_seconds
             target.eval(filler[:k], logits="all")
             times[k - 1].append(target.decode_seconds - before)

@@ -18,7 +18,7 @@ where target_ms[0] is also what one token costs without speculation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -95,12 +95,15 @@ def median(values: Sequence[float]) -> float:
     return float(np.median(v)) if v.size else float("nan")
 
 
-def median_ratio(num: Mapping[str, Sequence[float]], den: Mapping[str, Sequence[float]]) -> float:
-    """Median over prompts of (median of num's repeats) / (median of den's repeats).
+def median_ratio(num: Mapping[Hashable, Sequence[float]], den: Mapping[Hashable, Sequence[float]]) -> float:
+    """Median over keys of (median of num[key]) / (median of den[key]).
 
-    Keys are prompt ids; prompts missing from either side, or with no positive
-    baseline, are left out. Taking the ratio per prompt first keeps one long, fast
-    prompt from dominating the figure the way a ratio of pooled rates would.
+    A key is what pairs a measurement with its baseline: a prompt, or a prompt and a
+    repeat (`spec bench` uses the latter, the two runs being back to back in time).
+    Keys missing from either side, or with no positive baseline, are left out. Taking
+    the ratio per prompt first keeps one long, fast prompt from dominating the figure
+    the way a ratio of pooled rates would, and the median keeps one run that a
+    background program slowed down from moving it.
     """
     ratios = []
     for key, xs in num.items():

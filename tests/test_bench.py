@@ -225,7 +225,7 @@ def test_bench_end_to_end_with_a_fake_reference(pair, tmp_path):
     assert len(res.cost.target_ms) == bench.COST_CURVE_MAX_K and all(t > 0 for t in res.cost.target_ms)
     assert res.cost.draft_ms > 0
     assert res.recommendation["message"]
-    assert res.notes == []
+    assert not [n for n in res.notes if "busy" not in n]  # nothing went wrong with the peers
 
 
 def test_broken_reference_is_reported_and_the_bench_goes_on(pair, tmp_path):

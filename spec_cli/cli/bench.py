@@ -139,7 +139,7 @@ def render(result: BenchResult) -> None:
     c = result.cost
     ui.table(f"spec bench: {result.models['target']['name']} + draft {result.models['draft']['name']}", cols, rows)
     ui.line(
-        "tok/s: median over runs · speedup: median over prompts of tok/s over the same engine's target-only run"
+        "tok/s: median over runs · speedup: median over prompts and repeats of tok/s over the same engine's target-only run"
         " · pred.: from the cost curve and acceptance · accept: drafted tokens accepted · outside: wall time"
         " outside llama_decode" + (" · vs ref: spec tok/s over llama.cpp's at the same draft length" if has_ref else "")
         + (" · lcp: llama-cpp-python's Llama, plain and with prompt lookup" if any(s.engine != SPEC and s.engine != LLAMA_CPP for s in result.summary) else "")
