@@ -32,15 +32,14 @@ import numpy as np
 
 from . import reference as ref_mod
 from . import speedup
-from .calibrate import CostCurve, measure_costs
+from .calibrate import CostCurve, cached_costs, measure_costs
 from .decode import Engine, GenerateOptions
-from .drafters import ModelDrafter
 from .errors import SpecError
 from .files import write_text_atomic
 from .sampling import SamplingParams
-from .session import LoadedPair
+from .session import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
 
-SCHEMA = "spec-bench/1"
+SCHEMA = "spec-bench/2"
 SUITE_RESOURCE = ("data", "bench_prompts.jsonl")
 DEFAULT_DRAFT_LENS = (1, 2, 3, 4, 6, 8)
 # The bundled suite alternates its five kinds of text, so its first five prompts hold one of
@@ -56,6 +55,13 @@ BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this share of the CPUs 
 
 SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
 TARGET, SPECULATIVE, LOOKUP = "target", "speculative", "lookup"
+# --drafter: model, ngram and tree are swept over the draft lengths; auto runs once, as
+# `spec run` does by default (drafter and length chosen round by round).
+MODEL, NGRAM, TREE, AUTO = "model", "ngram", "tree", "auto"
+DRAFTERS = (MODEL, NGRAM, TREE, AUTO)
+DEFAULT_DRAFTERS = (MODEL, NGRAM, AUTO)
+# `auto` must not lose: a prompt below this share of the target alone counts as a loss.
+AUTO_FLOOR = 0.97
 
 
 # --- prompts ------------------------------------------------------------------
@@ -148,8 +154,14 @@ class BenchSettings:
     limit: int | None = None  # use the first N prompts
     reference: str | None = None  # path to llama-speculative-simple (or $SPEC_REFERENCE)
     lookup: bool = False  # llama-cpp-python's prompt lookup against its plain decoding
+    drafters: tuple[str, ...] = DEFAULT_DRAFTERS
 
     def check(self) -> None:
+        if not self.drafters:
+            raise SpecError("--drafter needs at least one of " + ", ".join(DRAFTERS))
+        for d in self.drafters:
+            if d not in DRAFTERS:
+                raise SpecError(f"--drafter takes {', '.join(DRAFTERS)} (comma-separated), got {d!r}")
         if self.repeats < 1:
             raise SpecError(f"--repeats must be at least 1, got {self.repeats}")
         if self.max_tokens < 1:
@@ -161,6 +173,17 @@ class BenchSettings:
         for g in self.draft_lens:
             if not 1 <= g <= 64:
                 raise SpecError(f"draft lengths must be between 1 and 64, got {g}")
+
+
+def parse_drafters(text: str) -> tuple[str, ...]:
+    """--drafter model,ngram,auto: the drafters to measure, in the order given, each once."""
+    names = [x.strip().lower() for x in text.split(",") if x.strip()]
+    for d in names:
+        if d not in DRAFTERS:
+            raise SpecError(f"--drafter takes {', '.join(DRAFTERS)} (comma-separated), got {d!r}")
+    if not names:
+        raise SpecError("--drafter needs at least one of " + ", ".join(DRAFTERS))
+    return tuple(dict.fromkeys(names))
 
 
 def parse_draft_lens(text: str) -> tuple[int, ...]:
@@ -177,7 +200,12 @@ def parse_draft_lens(text: str) -> tuple[int, ...]:
 class Config:
     engine: str  # spec | llama.cpp | llama-cpp-python
     mode: str  # target | speculative | lookup
-    draft_len: int = 0
+    draft_len: int = 0  # 0 for target only, and for auto (which chooses it round by round)
+    drafter: str = ""  # speculative: model | ngram | tree | auto ("" means model)
+
+    @property
+    def kind(self) -> str:
+        return (self.drafter or MODEL) if self.mode == SPECULATIVE else ""
 
     @property
     def label(self) -> str:
@@ -185,6 +213,12 @@ class Config:
             what = "target only"
         elif self.mode == LOOKUP:
             what = "prompt lookup"
+        elif self.kind == AUTO:
+            what = "auto"
+        elif self.kind == NGRAM:
+            what = f"n-gram, draft length {self.draft_len}"
+        elif self.kind == TREE:
+            what = f"tree, depth {self.draft_len}"
         else:
             what = f"draft length {self.draft_len}"
         return f"{self.engine}: {what}"
@@ -222,16 +256,21 @@ class Run:
     tie_gap: float | None = None
     error: str | None = None
     tokens: list[int] | None = None
+    drafter: str = ""  # see Config.drafter
+    rounds_by_drafter: dict[str, int] | None = None  # target passes by the drafter that proposed ("none": no draft)
+    lengths_used: dict[int, int] | None = None  # target passes by draft length (spec only)
+    strategy_notes: list[str] | None = None  # the strategy's own account: what it chose and why
 
     @property
     def config(self) -> Config:
-        return Config(self.engine, self.mode, self.draft_len)
+        return Config(self.engine, self.mode, self.draft_len, self.drafter)
 
 
 CSV_FIELDS = [
-    "engine", "mode", "draft_len", "prompt_id", "category", "repeat", "order", "generated", "seconds",
+    "engine", "mode", "drafter", "draft_len", "prompt_id", "category", "repeat", "order", "generated", "seconds",
     "tokens_per_second", "drafted", "accepted", "target_passes", "accept_hist", "t_target_decode", "t_draft",
-    "t_draft_decode", "t_outside_decode", "stop_reason", "output_check", "tie_gap", "error",
+    "t_draft_decode", "t_outside_decode", "stop_reason", "output_check", "tie_gap", "rounds_by_drafter",
+    "lengths_used", "error",
 ]  # fmt: skip
 
 
@@ -254,6 +293,12 @@ class ConfigSummary:
     vs_reference: float | None  # spec tok/s / llama.cpp tok/s, same draft length, median over (prompt, repeat)
     mismatches: int = 0
     near_ties: int = 0
+    drafter: str = ""
+    by_prompt: dict[str, float] = field(default_factory=dict)  # prompt id -> median over repeats of the speedup
+    worst_prompt: float | None = None  # the smallest of by_prompt
+    rounds_by_drafter: dict[str, int] | None = None  # summed over runs (spec speculative only)
+    lengths_used: dict[int, int] | None = None
+    strategy_notes: list[str] = field(default_factory=list)  # distinct notes, e.g. why a drafter was switched off
 
 
 @dataclass
@@ -324,32 +369,55 @@ class _Harness:
         self.pair = pair
         self.settings = settings
         self.notify = notify
-        self.drafter = ModelDrafter(pair.draft) if pair.draft is not None else None
+        self._auto_costs: CostCurve | None = None
 
-    def run_spec(self, prompt: Sequence[int], g: int, max_tokens: int) -> Run:
+    def auto_costs(self) -> CostCurve:
+        """The cost curve `auto` decides from: the cached calibration `spec run` uses, read once."""
+        if self._auto_costs is None:
+            self._auto_costs = cached_costs(self.pair.target, self.pair.draft, AUTO_MAX_DRAFT + 1, self.notify)
+        return self._auto_costs
+
+    def run_spec(self, prompt: Sequence[int], g: int, max_tokens: int, drafter: str = MODEL) -> Run:
+        """One greedy generation from fresh caches; g = 0 with a drafter other than auto is the target alone.
+
+        Every run gets a new strategy, so neither a draft cache nor an acceptance
+        history learnt on an earlier run carries over.
+        """
         target, draft = self.pair.target, self.pair.draft
+        strategy = None
+        if drafter == AUTO:
+            costs = self.auto_costs()
+            strategy = build_strategy(self.pair, ModelChoice(drafter=AUTO), None, costs=costs)
+        elif g > 0:
+            strategy = build_strategy(self.pair, ModelChoice(drafter=drafter), g)
         target.reset()
         d0 = 0.0
-        if g > 0:
+        if draft is not None:
             draft.reset()
             # The draft reads the prompt off the clock, as the target does in generate():
             # a prefill is not what a draft length changes.
-            if len(prompt) > 1:
+            if strategy is not None and drafter != NGRAM and len(prompt) > 1:
                 draft.sync(prompt[:-1], logits=False)
             d0 = draft.decode_seconds
-        engine = Engine(target, self.drafter if g > 0 else None)
+        engine = Engine(target, strategy=strategy)
         opts = GenerateOptions(max_tokens=max_tokens, draft_len=g, sampling=SamplingParams(temperature=0.0))
         res = engine.generate(list(prompt), opts)
         s = res.stats
-        t_draft_decode = (draft.decode_seconds - d0) if g > 0 else 0.0
+        t_draft_decode = (draft.decode_seconds - d0) if draft is not None else 0.0
+        hist_len = (AUTO_MAX_DRAFT if drafter == AUTO else g) + 1
+        lengths = getattr(strategy, "lengths", None)
         run = Run(
-            engine=SPEC, mode=SPECULATIVE if g > 0 else TARGET, draft_len=g, prompt_id="", category="", repeat=0, order=0,
+            engine=SPEC, mode=SPECULATIVE if strategy is not None else TARGET, draft_len=g if strategy is not None else 0,
+            prompt_id="", category="", repeat=0, order=0,
             generated=s.generated, seconds=s.t_total, tokens_per_second=s.tokens_per_second,
             drafted=s.drafted, accepted=s.accepted, target_passes=s.target_passes,
-            accept_hist=_pad(s.accept_hist, g + 1) if g > 0 else None,
+            accept_hist=_pad(s.accept_hist, hist_len) if strategy is not None else None,
             t_target_decode=s.t_target, t_draft=s.t_draft, t_draft_decode=t_draft_decode,
             t_outside_decode=max(0.0, s.t_total - s.t_target - t_draft_decode), stop_reason=s.stop_reason,
-            tokens=list(res.tokens),
+            tokens=list(res.tokens), drafter=drafter if strategy is not None else "",
+            rounds_by_drafter=dict(strategy.rounds) if strategy is not None else None,
+            lengths_used={int(k): int(v) for k, v in lengths.items()} if lengths is not None else None,
+            strategy_notes=list(s.notes) if strategy is not None else None,
         )  # fmt: skip
         return run
 
@@ -409,19 +477,23 @@ def run_bench(
 ) -> BenchResult:
     """Run the whole benchmark. progress(total, label) is called once per step."""
     settings.check()
-    if pair.draft is None:
-        raise SpecError("spec bench needs a draft model (pass --draft, or a preset with one)")
+    needs_model = [d for d in settings.drafters if d in (MODEL, TREE)]
+    if pair.draft is None and needs_model:
+        raise SpecError(f"--drafter {needs_model[0]} needs a draft model (pass --draft, or a preset with one)")
     h = _Harness(pair, settings, notify)
     target = pair.target
     prompts = suite.prompts[: settings.limit] if settings.limit else list(suite.prompts)
     tokenized = [target.tokenize(p.text) for p in prompts]
-    gmax = max(settings.draft_lens)
+    gmax = max(settings.draft_lens) if any(d != AUTO for d in settings.drafters) else 0
+    if AUTO in settings.drafters:
+        gmax = max(gmax, AUTO_MAX_DRAFT)
+    n_ctx = min(target.n_ctx, pair.draft.n_ctx) if pair.draft is not None else target.n_ctx
     for p, toks in zip(prompts, tokenized):
         need = len(toks) + settings.max_tokens + gmax + 1
-        if need > min(target.n_ctx, pair.draft.n_ctx):
+        if need > n_ctx:
             raise SpecError(
                 f"prompt {p.id!r} is {len(toks)} tokens; with --max-tokens {settings.max_tokens} it needs a context of "
-                f"{need} tokens, the models have {min(target.n_ctx, pair.draft.n_ctx)}; use a larger --ctx"
+                f"{need} tokens, the models have {n_ctx}; use a larger --ctx"
             )
     notes: list[str] = []
     machine = machine_info(target.n_threads)
@@ -439,6 +511,9 @@ def run_bench(
     except ref_mod.ReferenceError as e:
         notes.append(f"reference skipped: {e}")
         notify(f"warning: {e}; the bench goes on without llama.cpp's reference")
+    if reference is not None and pair.draft is None:
+        reference = None
+        notes.append("reference skipped: llama-speculative-simple needs a draft model")
     if reference is not None:
         ref_settings = ref_mod.ReferenceSettings(
             target=pair.target_path, draft=pair.draft_path, max_tokens=settings.max_tokens,
@@ -460,7 +535,12 @@ def run_bench(
             notes.append(f"prompt-lookup peer skipped: {e}")
             notify(f"warning: {e}")
 
-    configs = [Config(SPEC, TARGET)] + [Config(SPEC, SPECULATIVE, g) for g in settings.draft_lens]
+    configs = [Config(SPEC, TARGET)]
+    for d in settings.drafters:
+        if d == AUTO:
+            configs.append(Config(SPEC, SPECULATIVE, 0, AUTO))
+        else:
+            configs += [Config(SPEC, SPECULATIVE, g, d) for g in settings.draft_lens]
     if reference is not None:
         if reference.plain is not None:
             configs.append(Config(LLAMA_CPP, TARGET))
@@ -477,11 +557,12 @@ def run_bench(
 
     def run_one(cfg: Config, i: int, max_tokens: int) -> Run:
         prompt, toks = prompts[i], tokenized[i]
-        base = dict(engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, prompt_id=prompt.id, category=prompt.category, repeat=0, order=0)
+        base = dict(engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, prompt_id=prompt.id, category=prompt.category,
+                    repeat=0, order=0, drafter=cfg.drafter)  # fmt: skip
         if cfg.engine in dead:
             return Run(**base, error=dead[cfg.engine])
         if cfg.engine == SPEC:
-            run = h.run_spec(toks, cfg.draft_len, max_tokens)
+            run = h.run_spec(toks, cfg.draft_len, max_tokens, cfg.drafter or MODEL)
             run.prompt_id, run.category = prompt.id, prompt.category
             return run
         try:
@@ -501,6 +582,8 @@ def run_bench(
             notify(f"warning: {cfg.engine}: {e}; the bench goes on without it")
             return Run(**base, error=str(e))
 
+    if AUTO in settings.drafters:
+        h.auto_costs()  # read (or, the first time on this machine, measure) before anything is timed
     for cfg in warm:
         progress(total, f"warm-up: {cfg.label}")
         run_one(cfg, 0, min(WARMUP_TOKENS, settings.max_tokens))
@@ -523,8 +606,7 @@ def run_bench(
 
     _check_outputs(h, prompts, tokenized, runs)
     summary = summarize(runs, cost, settings.draft_lens)
-    measured = {s.draft_len: s.speedup for s in summary if s.engine == SPEC and s.mode == SPECULATIVE}
-    rec = speedup.recommend(measured)
+    recommendation = recommend_overall(summary)
     alpha_all = _pooled_alpha(runs)
     best_pred = None
     if alpha_all is not None and np.isfinite(cost.draft_ms):
@@ -546,13 +628,15 @@ def run_bench(
             "reference": str(reference.speculative) if reference else None,
             "reference_plain": str(reference.plain) if reference and reference.plain else None,
             "lookup": peer is not None, "lookup_num_pred_tokens": getattr(peer, "num_pred_tokens", None),
+            "drafters": list(settings.drafters), "auto_max_draft": AUTO_MAX_DRAFT,
+            "auto_cost_curve": asdict(h._auto_costs) if h._auto_costs is not None else None,
         },  # fmt: skip
         machine=machine,
         models={"target": _file_info(pair.target_path), "draft": _file_info(pair.draft_path)},
         cost=cost,
         runs=runs,
         summary=summary,
-        recommendation={"draft_len": rec.draft_len, "speedup": rec.speedup, "message": rec.message},
+        recommendation=recommendation,
         best_predicted=best_pred,
         notes=notes,
     )
@@ -604,7 +688,7 @@ def _check_outputs(h: _Harness, prompts, tokenized, runs: list[Run]) -> None:
 def _pooled_alpha(runs: list[Run]) -> float | None:
     acc = rej = 0
     for r in runs:
-        if r.engine == SPEC and r.mode == SPECULATIVE and r.accept_hist and r.error is None:
+        if r.engine == SPEC and r.mode == SPECULATIVE and r.config.kind == MODEL and r.accept_hist and r.error is None:
             h = np.asarray(r.accept_hist)
             acc += int((np.arange(h.size) * h).sum())
             rej += int(h[: r.draft_len].sum())
@@ -647,7 +731,14 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
         failed = sum(1 for r in runs if r.config == cfg and r.error is not None)
         tps = speedup.median([r.tokens_per_second for r in mine]) if mine else float("nan")
         base = per_prompt(cfg.baseline)
-        sp = speedup.median_ratio(per_prompt(cfg), base) if base and mine else None
+        here = per_prompt(cfg)
+        sp = speedup.median_ratio(here, base) if base and mine else None
+        by_prompt: dict[str, float] = {}
+        if base and mine:
+            for pid in dict.fromkeys(r.prompt_id for r in mine):
+                x = speedup.median_ratio({k: v for k, v in here.items() if k[0] == pid}, base)
+                if np.isfinite(x):
+                    by_prompt[pid] = x
         drafted = sum(r.drafted or 0 for r in mine)
         accepted = sum(r.accepted or 0 for r in mine)
         acc_rate = accepted / drafted if drafted else None
@@ -659,15 +750,23 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
             outside = sum(r.t_outside_decode or 0.0 for r in mine) / wall if wall > 0 else None
             if cfg.mode == SPECULATIVE:
                 hist = list(np.sum([r.accept_hist for r in mine if r.accept_hist], axis=0).astype(int)) if mine else None
-                alpha = speedup.acceptance_from_hist(hist, cfg.draft_len) if hist else None
-                if np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
-                    pred = _predicted(mine, cfg.draft_len, cost)
-                theirs = per_prompt(Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
+                if cfg.kind == MODEL:
+                    # The Leviathan et al. model fits a draft model that always drafts g tokens;
+                    # n-gram proposals stop where the match ends, and auto changes g every round.
+                    alpha = speedup.acceptance_from_hist(hist, cfg.draft_len) if hist else None
+                    if np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
+                        pred = _predicted(mine, cfg.draft_len, cost)
+                    theirs = per_prompt(Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
+                else:
+                    theirs = {}
             else:
                 pred = 1.0
                 theirs = per_prompt(Config(LLAMA_CPP, TARGET))
             if theirs and mine:
-                vs_ref = speedup.median_ratio(per_prompt(cfg), theirs)
+                vs_ref = speedup.median_ratio(here, theirs)
+        rounds = _sum_counts([r.rounds_by_drafter for r in mine])
+        lengths = _sum_counts([r.lengths_used for r in mine])
+        notes = list(dict.fromkeys(n for r in mine for n in (r.strategy_notes or []) if "drafter off:" in n))
         summary.append(
             ConfigSummary(
                 engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, label=cfg.label, runs=len(mine), failed=failed,
@@ -676,9 +775,73 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
                 outside_decode=outside, vs_reference=vs_ref,
                 mismatches=sum(1 for r in mine if r.output_check == "MISMATCH"),
                 near_ties=sum(1 for r in mine if r.output_check == "near-tie"),
+                drafter=cfg.drafter, by_prompt=by_prompt, worst_prompt=min(by_prompt.values()) if by_prompt else None,
+                rounds_by_drafter=rounds, lengths_used=lengths, strategy_notes=notes,
             )  # fmt: skip
         )
     return summary
+
+
+def _sum_counts(counts: Sequence[dict | None]):
+    total: dict = {}
+    for c in counts:
+        for k, v in (c or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return dict(sorted(total.items(), key=lambda kv: str(kv[0]))) if total else None
+
+
+def _how(s: ConfigSummary) -> str:
+    """The `spec run` options that reproduce a configuration."""
+    if s.drafter == AUTO:
+        return "--drafter auto"
+    return f"--drafter {s.drafter or MODEL} --draft-len {s.draft_len}"
+
+
+def recommend_overall(summary: Sequence[ConfigSummary]) -> dict:
+    """What to use on this machine, from the measured speedups of every spec configuration.
+
+    The draft-model sweep keeps its own verdict (`model`: the draft length to use, or
+    that it does not pay). The overall pick is the fastest configuration, except that
+    auto is preferred when it comes within AUTO_FLOOR of it: it adapts to the text, where
+    a fixed choice was only best on these prompts.
+    """
+    spec_rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE]
+    model = {s.draft_len: s.speedup for s in spec_rows if (s.drafter or MODEL) == MODEL}
+    model_rec = speedup.recommend(model) if model else None
+    cands = [s for s in spec_rows if s.speedup is not None and np.isfinite(s.speedup)]
+    out = {
+        "drafter": None, "draft_len": None, "speedup": float("nan"),
+        "model_draft_len": model_rec.draft_len if model_rec else None,
+        "model_message": model_rec.message if model_rec else None,
+    }  # fmt: skip
+    if not cands:
+        out["message"] = "no speculative configuration produced a measurement"
+        return out
+    best = max(cands, key=lambda s: (s.speedup, s.drafter == AUTO, -s.draft_len))
+    auto = next((s for s in cands if s.drafter == AUTO), None)
+    if auto is not None and auto.speedup >= AUTO_FLOOR * best.speedup:
+        best = auto
+
+    def worst(s: ConfigSummary) -> str:
+        return f", slowest prompt {s.worst_prompt:.2f}x" if s.worst_prompt is not None else ""
+
+    if best.speedup < speedup.MIN_WORTHWHILE_SPEEDUP:
+        msg = (
+            f"speculation does not pay on this machine with this pair: the best configuration ({_how(best)}) "
+            f"runs at {best.speedup:.2f}x the target alone; use --no-spec"
+        )
+        if auto is not None and auto is not best:
+            msg += f"; --drafter auto: {auto.speedup:.2f}x{worst(auto)}"
+        out["message"] = msg
+        out["speedup"] = best.speedup
+        return out
+    out.update(drafter=best.drafter or MODEL, draft_len=best.draft_len or None, speedup=best.speedup)
+    msg = f"use {_how(best)}" + (" (the default)" if best.drafter == AUTO else "")
+    msg += f": {best.speedup:.2f}x the target alone{worst(best)}"
+    if auto is not None and auto is not best:
+        msg += f"; --drafter auto: {auto.speedup:.2f}x{worst(auto)}"
+    out["message"] = msg
+    return out
 
 
 # --- output files ---------------------------------------------------------------
@@ -723,6 +886,8 @@ def write_csv(result: BenchResult, path: Path) -> None:
     for r in result.runs:
         row = {k: getattr(r, k) for k in CSV_FIELDS}
         row["accept_hist"] = " ".join(str(x) for x in r.accept_hist) if r.accept_hist is not None else ""
+        for k in ("rounds_by_drafter", "lengths_used"):
+            row[k] = " ".join(f"{a}:{b}" for a, b in row[k].items()) if row[k] else ""
         w.writerow({k: ("" if v is None else v) for k, v in row.items()})
     _write_atomic(path, buf.getvalue())
 

@@ -23,6 +23,8 @@ from .files import write_text_atomic
 from .presets import cache_dir
 
 COST_SAMPLES = 5
+# Part of the cache key: curves measured the old way (cold compute graph) are not reused.
+CURVE_METHOD = "warm-graph"
 CALIBRATION_TEXT = "The quick brown fox jumps over the lazy dog while the five boxing wizards jump quickly. " * 3
 
 
@@ -86,7 +88,7 @@ def _identity(model: Model | None) -> str | None:
 
 def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callable[[str], None] = lambda s: None) -> CostCurve:
     """The cost curve for this pair and machine, measured once and then read from the cache."""
-    key = "|".join(str(x) for x in (platform.node(), os.cpu_count(), _identity(target), _identity(draft), max_k))
+    key = "|".join(str(x) for x in (CURVE_METHOD, platform.node(), os.cpu_count(), _identity(target), _identity(draft), max_k))
     path = cache_dir() / "calibration.json"
     try:
         table = json.loads(path.read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import speedup
-from .bench import LLAMA_CPP, SPEC, SPECULATIVE, BenchResult
+from .bench import AUTO, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, TREE, BenchResult
 from .errors import SpecError
 
 WIDTH_IN, HEIGHT_IN, DPI = 11.0, 4.2, 100  # 1100 x 420 pixels
@@ -29,7 +29,11 @@ def plot(result: BenchResult, path: Path) -> None:
     require_matplotlib()
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-    spec_rows = sorted((s for s in result.summary if s.engine == SPEC and s.mode == SPECULATIVE), key=lambda s: s.draft_len)
+    def rows(kind: str) -> list:
+        return sorted((s for s in result.summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == kind),
+                      key=lambda s: s.draft_len)  # fmt: skip
+
+    spec_rows = rows(MODEL)
     ref_rows = sorted((s for s in result.summary if s.engine == LLAMA_CPP and s.mode == SPECULATIVE), key=lambda s: s.draft_len)
 
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
@@ -39,19 +43,29 @@ def plot(result: BenchResult, path: Path) -> None:
     measured = [_nan(s.speedup) for s in spec_rows]
     predicted = [_nan(s.predicted) for s in spec_rows]
     ax.axhline(1.0, color="0.5", lw=1, ls=":", label="target alone")
-    ax.plot(gs, measured, "o-", color="tab:blue", lw=2, label="spec, measured")
-    ax.plot(gs, predicted, "s--", color="tab:orange", lw=1.5, label="spec, predicted")
+    if spec_rows:
+        ax.plot(gs, measured, "o-", color="tab:blue", lw=2, label="spec, draft model, measured")
+        ax.plot(gs, predicted, "s--", color="tab:orange", lw=1.5, label="spec, draft model, predicted")
     if ref_rows and any(np.isfinite(_nan(s.speedup)) for s in ref_rows):
         ax.plot([s.draft_len for s in ref_rows], [_nan(s.speedup) for s in ref_rows], "^-", color="tab:green", lw=1.2,
                 label="llama-speculative-simple vs llama-completion")  # fmt: skip
-    rec = result.recommendation.get("draft_len")
+    for kind, style, color in ((NGRAM, "d-", "tab:red"), (TREE, "v-", "tab:brown")):
+        extra = rows(kind)
+        if extra and any(np.isfinite(_nan(s.speedup)) for s in extra):
+            ax.plot([s.draft_len for s in extra], [_nan(s.speedup) for s in extra], style, color=color, lw=1.2,
+                    label=f"spec, {kind} drafter, measured")  # fmt: skip
+    auto = rows(AUTO)
+    if auto and np.isfinite(_nan(auto[0].speedup)):
+        ax.axhline(auto[0].speedup, color="tab:purple", lw=1.5, ls="--", label=f"spec, auto: {auto[0].speedup:.2f}x")
+    rec = result.recommendation.get("model_draft_len", result.recommendation.get("draft_len"))
     if rec is not None and rec in gs:
         ax.annotate(f"recommended: {rec}", (rec, measured[gs.index(rec)]), xytext=(0, 12),
                     textcoords="offset points", ha="center", fontsize=9)  # fmt: skip
     ax.set_xlabel("draft length (tokens drafted per round)")
     ax.set_ylabel("speedup over the target alone")
-    ax.set_xticks(gs)
-    ax.set_title("Speedup by draft length" if rec is not None else "Speedup by draft length: speculation does not pay")
+    ax.set_xticks(sorted({s.draft_len for k in (MODEL, NGRAM, TREE) for s in rows(k)}) or gs)
+    pays = result.recommendation.get("drafter") is not None
+    ax.set_title("Speedup by draft length" if pays else "Speedup by draft length: speculation does not pay")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 

@@ -119,9 +119,18 @@ AUTO_MAX_DRAFT = 8
 
 
 def build_strategy(
-    pair: LoadedPair, choice: ModelChoice, draft_len: int | None, notify: Notify = lambda s: None, draft_min_p: float = 0.0
+    pair: LoadedPair,
+    choice: ModelChoice,
+    draft_len: int | None,
+    notify: Notify = lambda s: None,
+    draft_min_p: float = 0.0,
+    costs=None,
 ):
-    """The speculation strategy for these models and options; None means the target alone."""
+    """The speculation strategy for these models and options; None means the target alone.
+
+    `costs` (a CostCurve) stands in for the cached calibration under --draft-len auto;
+    `spec bench` reads the cache once and builds a fresh strategy for every run.
+    """
     import numpy as np
 
     from .adaptive import AdaptiveDraftLength
@@ -152,7 +161,8 @@ def build_strategy(
     if draft_len is not None:
         chosen = {"model": model, "ngram": ngram, "auto": CombinedDrafter(ngram, model) if model else ngram}[choice.drafter]
         return FixedStrategy(chosen, draft_len)
-    costs = cached_costs(pair.target, pair.draft if choice.drafter != "ngram" else None, AUTO_MAX_DRAFT + 1, notify)
+    if costs is None:
+        costs = cached_costs(pair.target, pair.draft if choice.drafter != "ngram" else None, AUTO_MAX_DRAFT + 1, notify)
     cost = np.array(costs.target_ms) / 1000.0
     sources = []
     if choice.drafter in ("auto", "ngram"):

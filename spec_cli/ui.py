@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -118,9 +119,11 @@ def progress_bar():
 
 def table(title: str, columns: list[str], rows: list[list[str]], *, right_from: int = 1, to_stdout: bool = True) -> None:
     """A plain Rich table; columns from index `right_from` on are right-aligned (numbers)."""
-    t = Table(title=title, title_justify="left")
+    # No vertical rules, and the first column (names) never wraps: a bench table has a
+    # dozen or more rows and must still read well in an 80-column terminal.
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, c in enumerate(columns):
-        t.add_column(c, justify="right" if i >= right_from else "left")
+        t.add_column(c, justify="right" if i >= right_from else "left", no_wrap=i == 0)
     for r in rows:
         t.add_row(*r)
     (out if to_stdout else err).print(t)

@@ -19,6 +19,10 @@ from spec_cli.errors import SpecError
 from spec_cli.session import LoadedPair
 
 PROMPT = "def add(a, b):\n    return"
+COPY_PROMPT = (
+    "Copy this sentence exactly: The red fox ran over the old stone bridge and into the quiet wood. "
+    "Copy: The red fox ran over the old stone bridge and into the quiet wood. Copy:"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +37,7 @@ def pair(target, draft, gemma_path, gemma_q2k_path):
 
 
 def tiny(**kw) -> BenchSettings:
-    base = dict(draft_lens=(1, 2), repeats=1, max_tokens=4, warmup=False)
+    base = dict(draft_lens=(1, 2), repeats=1, max_tokens=4, warmup=False, drafters=("model",))
     base.update(kw)
     return BenchSettings(**base)
 
@@ -289,7 +293,7 @@ def test_cli_bench_writes_json_csv_and_png(gemma_path, gemma_q2k_path, tmp_path,
     j, c, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
     code, out, err = _main(
         ["bench", "--target", str(gemma_path), "--draft", str(gemma_q2k_path), "--prompts", str(prompts),
-         "-n", "4", "--repeats", "1", "--draft-lens", "1,3", "--no-warmup", "--ctx", "512",
+         "-n", "4", "--repeats", "1", "--draft-lens", "1,3", "--drafter", "model", "--no-warmup", "--ctx", "512",
          "--json", str(j), "--csv", str(c), "--plot", str(png)],
         capsys,
     )  # fmt: skip
@@ -331,6 +335,7 @@ def test_cli_bench_writes_json_csv_and_png(gemma_path, gemma_q2k_path, tmp_path,
         (["--draft-lens", "two"], "--draft-lens takes comma-separated integers"),
         (["--json", "/nonexistent-dir/out.json"], "cannot write JSON file"),
         (["--csv", "/"], "CSV path is a directory"),
+        (["--drafter", "model,magic"], "--drafter takes model, ngram, tree, auto"),
     ],
 )
 def test_cli_bad_input_is_one_line(args, message, capsys):
@@ -373,3 +378,84 @@ def test_default_limit_cuts_the_bundled_suite_only():
     assert _limit(None, bundled=True) == bench.SUITE_DEFAULT_LIMIT
     assert _limit(None, bundled=False) is None  # a --prompts file is used whole
     assert _limit(0, bundled=True) is None and _limit(3, bundled=False) == 3
+
+
+# --- drafters other than the draft model ------------------------------------------------
+
+
+def test_parse_drafters():
+    assert bench.parse_drafters("model,ngram,auto") == ("model", "ngram", "auto")
+    assert bench.parse_drafters(" Auto , ngram,auto") == ("auto", "ngram")  # each once, in the order given
+    with pytest.raises(SpecError, match="--drafter takes"):
+        bench.parse_drafters("model,fast")
+    with pytest.raises(SpecError, match="at least one"):
+        bench.parse_drafters(" , ")
+
+
+def _summary(drafter, g, speedup, worst=None, mode="speculative"):
+    return bench.ConfigSummary(
+        engine=SPEC, mode=mode, draft_len=g, label="", runs=1, failed=0, tokens_per_second=1.0, speedup=speedup,
+        predicted=None, acceptance_rate=None, alpha=None, tokens_per_pass=None, accept_hist=None, outside_decode=None,
+        vs_reference=None, drafter=drafter, worst_prompt=worst,
+    )  # fmt: skip
+
+
+def test_recommendation_prefers_auto_within_the_floor_and_says_when_nothing_pays():
+    base = _summary("", 0, 1.0, mode="target")
+    rows = [base, _summary("model", 2, 0.64), _summary("model", 4, 0.55), _summary("ngram", 4, 1.40, 0.90),
+            _summary("auto", 0, 1.38, 0.99)]  # fmt: skip
+    rec = bench.recommend_overall(rows)
+    assert (rec["drafter"], rec["draft_len"]) == ("auto", None)  # 1.38 >= 0.97 * 1.40
+    assert "--drafter auto" in rec["message"] and "1.38x" in rec["message"] and "0.99x" in rec["message"]
+    assert rec["model_draft_len"] is None and "does not pay" in rec["model_message"]
+
+    rows[-1] = _summary("auto", 0, 1.20, 0.98)
+    rec = bench.recommend_overall(rows)
+    assert (rec["drafter"], rec["draft_len"]) == ("ngram", 4)
+    assert rec["message"].startswith("use --drafter ngram --draft-len 4: 1.40x") and "auto: 1.20x" in rec["message"]
+
+    rec = bench.recommend_overall([base, _summary("model", 2, 0.64), _summary("auto", 0, 1.01, 0.97)])
+    assert rec["drafter"] is None and "does not pay" in rec["message"] and "--no-spec" in rec["message"]
+
+
+def test_bench_ngram_and_auto_on_the_real_pair(pair):
+    """Both run from fresh state, report what they drafted with, and keep the target's greedy output."""
+    suite = Suite("test", None, [BenchPrompt("add", "code", PROMPT), BenchPrompt("copy", "copy", COPY_PROMPT)])
+    res = run_bench(pair, suite, tiny(max_tokens=12, draft_lens=(3,), drafters=("ngram", "auto")))
+    labels = [s.label for s in res.summary]
+    assert labels == ["spec: target only", "spec: n-gram, draft length 3", "spec: auto"]
+    by = {s.drafter: s for s in res.summary}
+    ngram, auto = by["ngram"], by["auto"]
+    for s in (ngram, auto):
+        assert s.runs == 2 and s.mismatches == 0
+        assert set(s.by_prompt) == {"add", "copy"} and s.worst_prompt == min(s.by_prompt.values())
+        assert s.predicted is None  # the draft-model formula does not describe these drafters
+        assert sum(s.rounds_by_drafter.values()) == sum(r.target_passes for r in res.runs if r.drafter == s.drafter)
+    # The copy prompt repeats its input: the lookup finds matches and the target accepts some of them.
+    copy_ngram = next(r for r in res.runs if r.drafter == "ngram" and r.prompt_id == "copy")
+    assert copy_ngram.rounds_by_drafter.get("ngram", 0) > 0 and copy_ngram.accepted > 0
+    assert all(r.output_check in ("baseline", "same", "near-tie") for r in res.runs)
+    auto_run = next(r for r in res.runs if r.drafter == "auto")
+    assert len(auto_run.accept_hist) == bench.AUTO_MAX_DRAFT + 1
+    assert auto_run.strategy_notes and any("rounds by drafter" in n for n in auto_run.strategy_notes)
+    assert sum(auto_run.lengths_used.values()) == auto_run.target_passes
+    assert res.settings["drafters"] == ["ngram", "auto"] and res.settings["auto_cost_curve"] is not None
+    assert res.recommendation["message"]
+
+
+def test_cli_bench_ngram_and_auto_without_a_draft_model(gemma_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPEC_WIDTH", "160")
+    prompts = tmp_path / "two.txt"
+    prompts.write_text(PROMPT.replace("\n", " ") + "\n" + COPY_PROMPT.replace("\n", " ") + "\n")
+    j = tmp_path / "r.json"
+    code, out, err = _main(
+        ["bench", "--target", str(gemma_path), "--prompts", str(prompts), "--drafter", "ngram,auto", "-n", "6",
+         "--repeats", "1", "--draft-lens", "2", "--no-warmup", "--ctx", "512", "--json", str(j)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "spec ngram g=2" in out and "spec auto" in out and "speedup by prompt" in out
+    assert "auto: target passes by drafter" in out
+    data = json.loads(j.read_text())
+    assert data["models"]["draft"] is None
+    assert [(s["drafter"], s["draft_len"]) for s in data["summary"]] == [("", 0), ("ngram", 2), ("auto", 0)]

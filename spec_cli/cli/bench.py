@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,8 +11,9 @@ import typer
 
 from .. import ui
 from ..bench import (
-    DEFAULT_DRAFT_LENS, LLAMA_CPP, SPEC, SUITE_DEFAULT_LIMIT, BenchResult, BenchSettings, check_writable,
-    load_prompts_file, load_suite, parse_draft_lens, run_bench, write_csv, write_json,
+    AUTO, DEFAULT_DRAFT_LENS, DEFAULT_DRAFTERS, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, SUITE_DEFAULT_LIMIT, TREE,
+    BenchResult, BenchSettings, check_writable, load_prompts_file, load_suite, parse_draft_lens, parse_drafters,
+    run_bench, write_csv, write_json,
 )  # fmt: skip
 from ..errors import SpecError
 from ..reference import ENV_VAR
@@ -27,6 +29,7 @@ def bench_cmd(
     preset: Preset = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Your own prompts: one per line, or JSON lines with a \"prompt\" field.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help=f"Use the first N prompts (default: {SUITE_DEFAULT_LIMIT} of the bundled suite, one of each kind; every prompt of a --prompts file). 0 = all.")] = None,
+    drafter: Annotated[str, typer.Option("--drafter", help="Drafters to measure, comma-separated: model, ngram and tree are swept over --draft-lens; auto (spec run's default) chooses drafter and length itself.")] = ",".join(DEFAULT_DRAFTERS),
     draft_lens: Annotated[str, typer.Option("--draft-lens", help="Draft lengths to sweep, comma-separated.")] = ",".join(map(str, DEFAULT_DRAFT_LENS)),
     repeats: Annotated[int, typer.Option("--repeats", "-r", help="Measured runs of every prompt in every configuration.")] = 2,
     max_tokens: MaxTokens = 32,
@@ -42,9 +45,10 @@ def bench_cmd(
     ngl_draft: NglDraft = 0,
 ) -> None:
     """Target alone against speculative decoding over a sweep of draft lengths, greedy, interleaved."""
+    drafters = parse_drafters(drafter)
     settings = BenchSettings(
         draft_lens=parse_draft_lens(draft_lens), repeats=repeats, max_tokens=max_tokens, warmup=warmup,
-        limit=_limit(limit, prompts is None), reference=reference, lookup=lookup,
+        limit=_limit(limit, prompts is None), reference=reference, lookup=lookup, drafters=drafters,
     )  # fmt: skip
     settings.check()
     suite = load_prompts_file(prompts) if prompts is not None else load_suite()
@@ -56,14 +60,17 @@ def bench_cmd(
 
         require_matplotlib()
 
-    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft)
+    # What to load: a tree needs the target with several sequences; ngram alone needs no draft model.
+    load_as = next((d for d in (TREE, MODEL, AUTO) if d in drafters), NGRAM)
+    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft, load_as)
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
     try:
         n = min(len(suite.prompts), settings.limit or len(suite.prompts))
         ui.info(
             f"bench: {n} prompts from {suite.name}" + (f" (version {suite.version})" if suite.version is not None else "")
-            + f", draft lengths {','.join(map(str, settings.draft_lens))}, {repeats} repeats, {max_tokens} tokens each"
+            + f", drafters {','.join(drafters)}, draft lengths {','.join(map(str, settings.draft_lens))}, {repeats} repeats,"
+            f" {max_tokens} tokens each"
         )  # fmt: skip
         with ui.progress_bar() as step:
             result = run_bench(pair, suite, settings, progress=step, notify=ui.note)
@@ -104,8 +111,28 @@ _SHORT_ENGINE = {"llama-cpp-python": "lcp"}  # keeps the table inside 80 columns
 
 
 def _short(s) -> str:
-    what = "target" if s.mode == "target" else "lookup" if s.mode == "lookup" else f"g={s.draft_len}"
+    if s.mode == "target":
+        what = "target"
+    elif s.mode == "lookup":
+        what = "lookup"
+    elif s.drafter == AUTO:
+        what = "auto"
+    elif s.drafter in (NGRAM, TREE):
+        what = f"{s.drafter} g={s.draft_len}"
+    else:
+        what = f"g={s.draft_len}"
     return f"{_SHORT_ENGINE.get(s.engine, s.engine)} {what}"
+
+
+def _headline(result: BenchResult) -> list:
+    """Per drafter, the configuration with the best median speedup; auto as it is."""
+    out = []
+    for kind in (MODEL, NGRAM, TREE, AUTO):
+        rows = [s for s in result.summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == kind
+                and s.speedup is not None and math.isfinite(s.speedup)]  # fmt: skip
+        if rows:
+            out.append(max(rows, key=lambda s: (s.speedup, -s.draft_len)))
+    return out
 
 
 def render(result: BenchResult) -> None:
@@ -122,7 +149,7 @@ def render(result: BenchResult) -> None:
             name += " ✗"  # spelled out in the notes
         elif s.near_ties:
             checks.append(f"{_short(s)}: {s.near_ties} output(s) part from the target alone at a near-tie (allowed)")
-        if s.accept_hist:
+        if s.accept_hist and (s.drafter or MODEL) == MODEL:
             hists.append(f"g={s.draft_len}: " + " ".join(str(x) for x in s.accept_hist))
         row = [
             name,
@@ -137,10 +164,11 @@ def render(result: BenchResult) -> None:
             row.append(_f(s.vs_reference, ".2f", "x") if s.engine == SPEC else "")
         rows.append(row)
     c = result.cost
-    ui.table(f"spec bench: {result.models['target']['name']} + draft {result.models['draft']['name']}", cols, rows)
+    d = result.models.get("draft")
+    ui.table(f"spec bench: {result.models['target']['name']} + " + (f"draft {d['name']}" if d else "no draft model"), cols, rows)
     ui.line(
         "tok/s: median over runs · speedup: median over prompts and repeats of tok/s over the same engine's target-only run"
-        " · pred.: from the cost curve and acceptance · accept: drafted tokens accepted · outside: wall time"
+        " · pred.: from the cost curve and acceptance (draft model) · accept: drafted tokens accepted · outside: wall time"
         " outside llama_decode" + (" · vs ref: spec tok/s over llama.cpp's at the same draft length" if has_ref else "")
         + (" · lcp: llama-cpp-python's Llama, plain and with prompt lookup" if any(s.engine != SPEC and s.engine != LLAMA_CPP for s in result.summary) else "")
     )
@@ -155,8 +183,41 @@ def render(result: BenchResult) -> None:
             f"pooled acceptance a = {b['alpha']:.2f}: the model's best draft length is {b['draft_len']} "
             f"({b['speedup']:.2f}x predicted)"
         )
+    _render_by_prompt(result)
+    for s in result.summary:
+        if s.engine == SPEC and s.drafter == AUTO and s.rounds_by_drafter:
+            used = ", ".join(f"{k} {v}" for k, v in s.rounds_by_drafter.items())
+            lengths = ", ".join(f"{k}: {v}" for k, v in (s.lengths_used or {}).items())
+            ui.line(f"auto: target passes by drafter: {used} · by draft length: {lengths}")
+            for n in s.strategy_notes:
+                ui.line(f"auto: {n}")
     for line in checks:
         ui.line(f"greedy check: {line}")
     for note in result.notes:
         ui.line(f"note: {note}")
-    ui.line(result.recommendation["message"], style="bold")
+    rec = result.recommendation
+    if rec.get("model_message"):
+        ui.line(f"draft model: {rec['model_message']}")
+    ui.line(rec["message"], style="bold")
+
+
+def _render_by_prompt(result: BenchResult) -> None:
+    heads = _headline(result)
+    if not heads or len(result.suite["prompts"]) < 2:
+        return
+    base = next((s for s in result.summary if s.engine == SPEC and s.mode == "target"), None)
+    cats = {r.prompt_id: r.category for r in result.runs}
+    base_tps: dict[str, list[float]] = {}
+    if base is not None:
+        for r in result.runs:
+            if r.engine == SPEC and r.mode == "target" and r.error is None:
+                base_tps.setdefault(r.prompt_id, []).append(r.tokens_per_second)
+    cols = ["prompt", "kind", "target tok/s"] + [_short(s) for s in heads]
+    rows = []
+    for pid in result.suite["prompts"]:
+        t = base_tps.get(pid)
+        row = [pid, cats.get(pid, ""), _f(statistics.median(t) if t else None, ".1f")]
+        row += [_f(s.by_prompt.get(pid), ".2f", "x") for s in heads]
+        rows.append(row)
+    rows.append(["slowest", "", ""] + [_f(s.worst_prompt, ".2f", "x") for s in heads])
+    ui.table("speedup by prompt (median over repeats; the best draft length of each drafter)", cols, rows, right_from=2)
