@@ -47,10 +47,12 @@ DEFAULT_DRAFT_LENS = (1, 2, 3, 4, 6, 8)
 SUITE_DEFAULT_LIMIT = 5
 COST_CURVE_MAX_K = 16
 WARMUP_TOKENS = 8
-# Where greedy outputs part, the target's best two logits must be this close for the
-# difference to count as a near-tie flipped by batched arithmetic rather than a bug.
-# Ties that flipped on this machine had gaps around 0.15.
+# Where greedy outputs part, the two tokens' logits must come this close to the best one,
+# in at least one of several ways of batching the same context, for the difference to
+# count as a near-tie flipped by batched arithmetic rather than a bug (_Harness.tie_gap_at).
 TIE_TOLERANCE = 0.3
+# Batch sizes tried for the last tokens of the context, besides plain decoding's replay.
+TIE_BATCHES = (2, 3, 4, 5, 6, 8)
 BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this share of the CPUs is worth a warning
 
 SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
@@ -421,16 +423,44 @@ class _Harness:
         )  # fmt: skip
         return run
 
-    def tie_gap_at(self, context: Sequence[int]) -> float:
-        """The target's top-two gap after `context`, evaluated the way plain decoding does."""
+    def tie_gap_at(self, prompt: Sequence[int], generated: Sequence[int], a: int | None = None, b: int | None = None) -> float:
+        """How close the target comes to choosing token b instead of token a after prompt + generated.
+
+        For each way of evaluating that context, the gap is how far the weaker of a and b
+        sits below the best logit; the result is the smallest gap over: plain decoding's
+        replay (the prompt in one batch, then one token at a time: what the target-only
+        run saw) and the last 2..8 tokens evaluated in one batch, as a verification pass
+        does. Batched and single-token arithmetic differ in the last bits, and through the
+        KV cache those differences grow: at one divergence seen on this CPU the two
+        tokens were 0.51 apart after one batching and exactly equal after another. A
+        wrongly accepted token stays far below the best in every batching.
+        Without a and b (one output is a prefix of the other), the top-two gap.
+        """
         target = self.pair.target
+        context = list(prompt) + list(generated)
+        n = len(context)
+
+        def gap(row: np.ndarray) -> float:
+            if a is None or b is None:
+                return top_two_gap(row)
+            best = float(np.max(row))
+            return max(best - float(row[a]), best - float(row[b]))
+
         target.reset()
-        if len(context) > 1:
-            target.sync(context[:-1], logits=False)
-        row = target.eval([context[-1]], logits="last")[0]
-        gap = top_two_gap(row)
+        target.sync(list(prompt)[:-1], logits=False)
+        for tok in context[len(prompt) - 1 : -1]:
+            target.eval([tok], logits="none")
+        gaps = [gap(target.eval([context[-1]], logits="last")[0])]
+        jmax = min(max(TIE_BATCHES), n - 1)
+        if jmax >= 2:
+            for j in TIE_BATCHES:
+                if j > jmax:
+                    continue
+                target.truncate(n - 1 - jmax)
+                target.eval(context[n - jmax - 1 : n - j], logits="none")  # the cache ends j tokens early
+                gaps.append(gap(target.eval(context[n - j :], logits="all")[-1]))
         target.reset()
-        return gap
+        return min(gaps)
 
 
 def _pad(hist: Sequence[int], n: int) -> list[int]:
@@ -668,7 +698,7 @@ def _check_outputs(h: _Harness, prompts, tokenized, runs: list[Run]) -> None:
         if base is None:
             continue
         base.output_check = "baseline"
-        gaps: dict[int, float] = {}
+        gaps: dict[tuple, float] = {}
         for r in mine:
             if r is base:
                 continue
@@ -676,10 +706,11 @@ def _check_outputs(h: _Harness, prompts, tokenized, runs: list[Run]) -> None:
             if k is None:
                 r.output_check = "same"
                 continue
-            if k not in gaps:
-                gaps[k] = h.tie_gap_at(list(tokenized[i]) + base.tokens[:k])
-            r.tie_gap = gaps[k]
-            r.output_check = "near-tie" if gaps[k] <= TIE_TOLERANCE else "MISMATCH"
+            pair = (base.tokens[k], r.tokens[k]) if k < min(len(base.tokens), len(r.tokens)) else (None, None)
+            if (k, *pair) not in gaps:
+                gaps[(k, *pair)] = h.tie_gap_at(tokenized[i], base.tokens[:k], *pair)
+            r.tie_gap = gaps[(k, *pair)]
+            r.output_check = "near-tie" if r.tie_gap <= TIE_TOLERANCE else "MISMATCH"
     for r in runs:
         if not r.output_check:
             r.output_check = "not-checked"

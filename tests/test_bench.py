@@ -259,7 +259,7 @@ def test_output_check_flags_a_real_difference(pair, monkeypatch):
     bad = Run(**{f.name: getattr(base, f.name) for f in fields(Run)})
     bad.mode, bad.draft_len = "speculative", 2
     bad.tokens = list(out[:2]) + [out[2] + 1] + list(out[3:])  # a token the target did not choose
-    gap = h.tie_gap_at(list(toks) + out[:2])
+    gap = h.tie_gap_at(toks, out[:2], out[2], out[2] + 1)
     assert gap > 0
 
     monkeypatch.setattr(bench, "TIE_TOLERANCE", gap / 2)
@@ -271,6 +271,19 @@ def test_output_check_flags_a_real_difference(pair, monkeypatch):
     monkeypatch.setattr(bench, "TIE_TOLERANCE", gap * 2)
     bench._check_outputs(h, ONE.prompts, [toks], runs)
     assert bad.output_check == "near-tie"
+
+
+def test_tie_gap_takes_the_closest_of_several_batchings(pair):
+    """Never more than plain decoding's own gap (the engine tests' measure), and zero for the chosen token itself."""
+    from tests.neartie import tie_gap
+
+    h = bench._Harness(pair, tiny(), lambda s: None)
+    toks = pair.target.tokenize(PROMPT)
+    out = h.run_spec(toks, 0, 6).tokens
+    rival = out[3] + 1
+    plain = tie_gap(pair.target, toks, out[:3], out[3], rival)
+    assert 0 <= h.tie_gap_at(toks, out[:3], out[3], rival) <= plain + 1e-6
+    assert h.tie_gap_at(toks, out[:3], out[3], out[3]) <= 1e-6 < plain  # out[3] is the target's own choice
 
 
 # --- the command line, its files and its errors ---------------------------------------------
@@ -369,7 +382,7 @@ def test_lookup_peer_decodes_like_spec(pair):
     assert plain.tokens == base.tokens
     assert plain.seconds > 0 and lookup.seconds > 0
     k = bench.first_difference(base.tokens, lookup.tokens)
-    assert k is None or h.tie_gap_at(list(toks) + base.tokens[:k]) <= bench.TIE_TOLERANCE
+    assert k is None or h.tie_gap_at(toks, base.tokens[:k], base.tokens[k], lookup.tokens[k]) <= bench.TIE_TOLERANCE
 
 
 def test_default_limit_cuts_the_bundled_suite_only():
