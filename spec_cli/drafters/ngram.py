@@ -75,14 +75,16 @@ def continuation(ctx: np.ndarray, c: int, n: int) -> np.ndarray:
 class NgramDrafter:
     """Deterministic drafter over the prompt and the output so far (q = point masses).
 
-    The context arrives as a Python list each round; converting 4,000 tokens to an
-    array costs several times more than the lookup itself, so the array is kept
-    between calls and only the tokens appended since the last call are converted.
+    It is consulted every round, also when it ends up drafting nothing, so a round
+    must cost next to nothing: rather than searching the whole context each time
+    (`longest_match`, the reference it is tested against), it keeps, for each n-gram
+    length, a dict from every n-gram of the context to where it last ended, and adds
+    only the n-grams that the tokens appended since the last call complete.
     """
 
     name = "ngram"
-    # Tokens compared to decide that the new context extends the cached one.
-    # A stale cache could only cost acceptance, never correctness (the target
+    # Tokens compared to decide that the new context extends the indexed one.
+    # A stale index could only cost acceptance, never correctness (the target
     # verifies every draft), so a short check is enough.
     _CHECK = 16
 
@@ -93,8 +95,9 @@ class NgramDrafter:
         self.min_ngram = min_ngram
         # length of the n-gram behind the last proposal (0 = no match), for the stats
         self.last_ngram = 0
-        self._buf = np.empty(0, dtype=np.int64)
-        self._n = 0  # tokens of _buf that mirror the last context seen
+        self._seen: list[int] = []  # the context the index was built from
+        # _ends[n][gram] = the last position e < len(_seen) - 1 where the n-gram `gram` ends
+        self._ends: dict[int, dict[tuple, int]] = {n: {} for n in range(min_ngram, max_ngram + 1)}
 
     def propose(
         self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
@@ -102,26 +105,32 @@ class NgramDrafter:
         self.last_ngram = 0
         if n <= 0:
             return Proposal()
-        ctx = self._array(context)
-        c, k = longest_match(ctx, self.max_ngram, self.min_ngram)
-        if k == 0:
-            return Proposal(stopped="no-match")
-        self.last_ngram = k
-        return Proposal(tokens=continuation(ctx, c, n).tolist())
+        self._index(context)
+        size = len(context)
+        for k in range(min(self.max_ngram, size - 1), self.min_ngram - 1, -1):
+            e = self._ends[k].get(tuple(context[size - k :]))
+            if e is not None:
+                self.last_ngram = k
+                c, period = e + 1, size - (e + 1)
+                return Proposal(tokens=[int(context[c + i % period]) for i in range(n)])
+        return Proposal(stopped="no-match")
 
     def reset(self) -> None:
         self.last_ngram = 0
-        self._n = 0
+        self._seen = []
+        for d in self._ends.values():
+            d.clear()
 
-    def _array(self, context: Sequence[int]) -> np.ndarray:
-        n, m = len(context), self._n
+    def _index(self, context: Sequence[int]) -> None:
+        """Bring the index up to `context`: the n-grams ending before its last token."""
+        size, m = len(context), len(self._seen)
         lo = max(0, m - self._CHECK)
-        if not (0 < m <= n and list(context[lo:m]) == self._buf[lo:m].tolist()):
-            m = 0  # not an extension of what we saw: convert everything
-        if n > len(self._buf):
-            grown = np.empty(max(n, 2 * len(self._buf), 1024), dtype=np.int64)
-            grown[:m] = self._buf[:m]
-            self._buf = grown
-        self._buf[m:n] = np.fromiter(context[m:n], dtype=np.int64, count=n - m)
-        self._n = n
-        return self._buf[:n]
+        if not (0 < m <= size and list(context[lo:m]) == self._seen[lo:m]):
+            self.reset()  # not an extension of what was indexed: start over
+            m = 0
+        # n-grams ending at e = m - 1 .. size - 2 are new (the old last token now has a successor)
+        for e in range(max(m - 1, 0), size - 1):
+            for k, ends in self._ends.items():
+                if e >= k - 1:
+                    ends[tuple(context[e - k + 1 : e + 1])] = e
+        self._seen.extend(int(t) for t in context[m:size])
