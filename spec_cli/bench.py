@@ -24,6 +24,7 @@ import importlib.resources
 import json
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -53,7 +54,7 @@ WARMUP_TOKENS = 8
 TIE_TOLERANCE = 0.3
 # Batch sizes tried for the last tokens of the context, besides plain decoding's replay.
 TIE_BATCHES = (2, 3, 4, 5, 6, 8)
-BUSY_LOAD_PER_CPU = 0.5  # a 1-minute load average above this share of the CPUs is worth a warning
+BUSY_SHARE = 0.5  # other programs using more than this share of the CPUs at the start is worth a warning
 
 SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
 TARGET, SPECULATIVE, LOOKUP = "target", "speculative", "lookup"
@@ -62,6 +63,9 @@ TARGET, SPECULATIVE, LOOKUP = "target", "speculative", "lookup"
 MODEL, NGRAM, TREE, AUTO = "model", "ngram", "tree", "auto"
 DRAFTERS = (MODEL, NGRAM, TREE, AUTO)
 DEFAULT_DRAFTERS = (MODEL, NGRAM, AUTO)
+# --control: the target alone a second time, as its own configuration. Its "speedup" over
+# the first is pure measurement noise, the yardstick for every other ratio in the table.
+CONTROL = "control"
 # `auto` must not lose: a prompt below this share of the target alone counts as a loss.
 AUTO_FLOOR = 0.97
 
@@ -157,6 +161,7 @@ class BenchSettings:
     reference: str | None = None  # path to llama-speculative-simple (or $SPEC_REFERENCE)
     lookup: bool = False  # llama-cpp-python's prompt lookup against its plain decoding
     drafters: tuple[str, ...] = DEFAULT_DRAFTERS
+    control: bool = True  # also run the target alone twice, to show the noise floor
 
     def check(self) -> None:
         if not self.drafters:
@@ -211,7 +216,9 @@ class Config:
 
     @property
     def label(self) -> str:
-        if self.mode == TARGET:
+        if self.mode == TARGET and self.drafter == CONTROL:
+            what = "target only, again (noise control)"
+        elif self.mode == TARGET:
             what = "target only"
         elif self.mode == LOOKUP:
             what = "prompt lookup"
@@ -468,6 +475,29 @@ def _pad(hist: Sequence[int], n: int) -> list[int]:
     return h + [0] * (n - len(h))
 
 
+def cpu_busy_share(seconds: float = 0.5) -> float | None:
+    """Share of all CPU time that was not idle over the next `seconds` (Linux; None elsewhere).
+
+    Taken while spec itself waits, so it is what other programs use. The load average
+    would lag by a minute and still count a program that has just finished.
+    """
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return idle, sum(values[:8])
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return 1.0 - (idle1 - idle0) / total if total > 0 else None
+
+
 def machine_info(threads: int) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -494,6 +524,7 @@ def machine_info(threads: int) -> dict:
         "python": platform.python_version(),
         "llama_cpp_python": llama_version,
         "load_average_1min_at_start": load,
+        "cpu_busy_share_at_start": cpu_busy_share(),
     }
 
 
@@ -527,11 +558,14 @@ def run_bench(
             )
     notes: list[str] = []
     machine = machine_info(target.n_threads)
-    load, cpus = machine["load_average_1min_at_start"], machine["logical_cpus"] or 1
-    if load is not None and load >= BUSY_LOAD_PER_CPU * cpus:
+    busy, cpus = machine["cpu_busy_share_at_start"], machine["logical_cpus"] or 1
+    if busy is not None and busy >= BUSY_SHARE:
         # llama.cpp's worker threads spin while they wait for each other, so when other
         # programs hold the cores every figure gets slower and far noisier, not just a bit.
-        notes.append(f"the machine was busy when the bench started (load average {load:.1f} on {cpus} CPUs); expect noisy figures")
+        notes.append(
+            f"the machine was busy when the bench started (other programs used {100 * busy:.0f} % of {cpus} CPUs); "
+            "expect noisy figures"
+        )
 
     # Peers: a problem with them is reported and the rest of the bench goes on.
     reference = None
@@ -566,6 +600,8 @@ def run_bench(
             notify(f"warning: {e}")
 
     configs = [Config(SPEC, TARGET)]
+    if settings.control:
+        configs.append(Config(SPEC, TARGET, 0, CONTROL))
     for d in settings.drafters:
         if d == AUTO:
             configs.append(Config(SPEC, SPECULATIVE, 0, AUTO))
@@ -592,8 +628,8 @@ def run_bench(
         if cfg.engine in dead:
             return Run(**base, error=dead[cfg.engine])
         if cfg.engine == SPEC:
-            run = h.run_spec(toks, cfg.draft_len, max_tokens, cfg.drafter or MODEL)
-            run.prompt_id, run.category = prompt.id, prompt.category
+            run = h.run_spec(toks, cfg.draft_len, max_tokens, cfg.drafter if cfg.drafter in DRAFTERS else MODEL)
+            run.prompt_id, run.category, run.drafter = prompt.id, prompt.category, cfg.drafter
             return run
         try:
             if cfg.engine == LLAMA_CPP:
@@ -658,7 +694,7 @@ def run_bench(
             "reference": str(reference.speculative) if reference else None,
             "reference_plain": str(reference.plain) if reference and reference.plain else None,
             "lookup": peer is not None, "lookup_num_pred_tokens": getattr(peer, "num_pred_tokens", None),
-            "drafters": list(settings.drafters), "auto_max_draft": AUTO_MAX_DRAFT,
+            "drafters": list(settings.drafters), "auto_max_draft": AUTO_MAX_DRAFT, "control": settings.control,
             "auto_cost_curve": asdict(h._auto_costs) if h._auto_costs is not None else None,
         },  # fmt: skip
         machine=machine,
@@ -694,7 +730,7 @@ def _check_outputs(h: _Harness, prompts, tokenized, runs: list[Run]) -> None:
     """
     for i, p in enumerate(prompts):
         mine = [r for r in runs if r.prompt_id == p.id and r.tokens is not None and r.error is None]
-        base = next((r for r in mine if r.engine == SPEC and r.mode == TARGET), None)
+        base = next((r for r in mine if r.engine == SPEC and r.mode == TARGET and r.drafter != CONTROL), None)
         if base is None:
             continue
         base.output_check = "baseline"
@@ -856,6 +892,16 @@ def recommend_overall(summary: Sequence[ConfigSummary]) -> dict:
     def worst(s: ConfigSummary) -> str:
         return f", slowest prompt {s.worst_prompt:.2f}x" if s.worst_prompt is not None else ""
 
+    if best.speedup < speedup.MIN_WORTHWHILE_SPEEDUP and best is auto and auto.speedup >= AUTO_FLOOR:
+        # Little to gain on these prompts, but auto does not lose: it drafts only where
+        # its guesses land, and a user's own text may repeat itself more than these.
+        out.update(drafter=AUTO, draft_len=None, speedup=auto.speedup)
+        out["message"] = (
+            f"speculation gains little on these prompts with this pair: --drafter auto (the default) runs at "
+            f"{auto.speedup:.2f}x the target alone{worst(auto)}, drafting only where its guesses land; "
+            "no fixed configuration pays"
+        )
+        return out
     if best.speedup < speedup.MIN_WORTHWHILE_SPEEDUP:
         msg = (
             f"speculation does not pay on this machine with this pair: the best configuration ({_how(best)}) "

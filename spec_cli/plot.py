@@ -70,8 +70,10 @@ def plot(result: BenchResult, path: Path) -> None:
     ax.legend(fontsize=8, loc="best")
 
     shown = next((s for s in spec_rows if s.draft_len == rec), None)
-    if shown is None and spec_rows:
-        shown = max(spec_rows, key=lambda s: _nan(s.speedup) if np.isfinite(_nan(s.speedup)) else -1.0)
+    # Without a recommended draft-model length: the fastest configuration that drafted at all.
+    drafted = [s for k in (MODEL, NGRAM, TREE, AUTO) for s in rows(k) if s.accept_hist and sum(s.accept_hist) > 0]
+    if shown is None and drafted:
+        shown = max(drafted, key=lambda s: _nan(s.speedup) if np.isfinite(_nan(s.speedup)) else -1.0)
     if shown is not None and shown.accept_hist and sum(shown.accept_hist) > 0:
         h = np.asarray(shown.accept_hist, dtype=float)
         k = np.arange(h.size)
@@ -80,7 +82,8 @@ def plot(result: BenchResult, path: Path) -> None:
             bx.plot(k, speedup.acceptance_length_probs(shown.alpha, shown.draft_len), "o", color="tab:orange",
                     label=f"independent acceptance, a = {shown.alpha:.2f}")  # fmt: skip
         bx.set_xticks(k)
-        bx.set_title(f"Drafts accepted per round, draft length {shown.draft_len}")
+        what = {AUTO: "auto", NGRAM: f"n-gram, draft length {shown.draft_len}", TREE: f"tree, depth {shown.draft_len}"}
+        bx.set_title(f"Drafts accepted per round, {what.get(shown.drafter, f'draft length {shown.draft_len}')}")
         bx.legend(fontsize=8)
     else:
         bx.text(0.5, 0.5, "no speculative rounds", ha="center", va="center", transform=bx.transAxes)

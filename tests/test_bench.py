@@ -37,7 +37,7 @@ def pair(target, draft, gemma_path, gemma_q2k_path):
 
 
 def tiny(**kw) -> BenchSettings:
-    base = dict(draft_lens=(1, 2), repeats=1, max_tokens=4, warmup=False, drafters=("model",))
+    base = dict(draft_lens=(1, 2), repeats=1, max_tokens=4, warmup=False, drafters=("model",), control=False)
     base.update(kw)
     return BenchSettings(**base)
 
@@ -306,12 +306,12 @@ def test_cli_bench_writes_json_csv_and_png(gemma_path, gemma_q2k_path, tmp_path,
     j, c, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
     code, out, err = _main(
         ["bench", "--target", str(gemma_path), "--draft", str(gemma_q2k_path), "--prompts", str(prompts),
-         "-n", "4", "--repeats", "1", "--draft-lens", "1,3", "--drafter", "model", "--no-warmup", "--ctx", "512",
+         "-n", "4", "--repeats", "1", "--draft-lens", "1,3", "--drafter", "model", "--no-control", "--no-warmup", "--ctx", "512",
          "--json", str(j), "--csv", str(c), "--plot", str(png)],
         capsys,
     )  # fmt: skip
     assert code == 0, err
-    assert "spec target" in out and "spec g=3" in out and "cost curve" in out
+    assert "\n target " in out and "\n g=3 " in out and "cost curve" in out
     assert ("does not pay" in out) or ("use draft length" in out)
 
     data = json.loads(j.read_text())
@@ -427,7 +427,11 @@ def test_recommendation_prefers_auto_within_the_floor_and_says_when_nothing_pays
     assert (rec["drafter"], rec["draft_len"]) == ("ngram", 4)
     assert rec["message"].startswith("use --drafter ngram --draft-len 4: 1.40x") and "auto: 1.20x" in rec["message"]
 
+    # Nothing clears the bar, but auto does not lose: keep it, and say how little it gains.
     rec = bench.recommend_overall([base, _summary("model", 2, 0.64), _summary("auto", 0, 1.01, 0.97)])
+    assert rec["drafter"] == "auto" and "gains little" in rec["message"] and "1.01x" in rec["message"]
+    # Everything loses, auto included: the target alone.
+    rec = bench.recommend_overall([base, _summary("model", 2, 0.64), _summary("auto", 0, 0.95, 0.90)])
     assert rec["drafter"] is None and "does not pay" in rec["message"] and "--no-spec" in rec["message"]
 
 
@@ -460,15 +464,20 @@ def test_cli_bench_ngram_and_auto_without_a_draft_model(gemma_path, tmp_path, ca
     monkeypatch.setenv("SPEC_WIDTH", "160")
     prompts = tmp_path / "two.txt"
     prompts.write_text(PROMPT.replace("\n", " ") + "\n" + COPY_PROMPT.replace("\n", " ") + "\n")
-    j = tmp_path / "r.json"
+    j, png = tmp_path / "r.json", tmp_path / "r.png"
     code, out, err = _main(
         ["bench", "--target", str(gemma_path), "--prompts", str(prompts), "--drafter", "ngram,auto", "-n", "6",
-         "--repeats", "1", "--draft-lens", "2", "--no-warmup", "--ctx", "512", "--json", str(j)],
+         "--repeats", "1", "--draft-lens", "2", "--no-warmup", "--ctx", "512", "--json", str(j), "--plot", str(png)],
         capsys,
     )  # fmt: skip
     assert code == 0, err
-    assert "spec ngram g=2" in out and "spec auto" in out and "speedup by prompt" in out
+    assert "\n ngram g=2 " in out and "\n auto " in out and "speedup by prompt" in out
     assert "auto: target passes by drafter" in out
+    assert "\n target again " in out and "noise: the target alone against itself" in out
     data = json.loads(j.read_text())
     assert data["models"]["draft"] is None
-    assert [(s["drafter"], s["draft_len"]) for s in data["summary"]] == [("", 0), ("ngram", 2), ("auto", 0)]
+    assert [(s["drafter"], s["draft_len"]) for s in data["summary"]] == [("", 0), ("control", 0), ("ngram", 2), ("auto", 0)]
+    control = data["summary"][1]
+    assert control["mode"] == "target" and control["speedup"] > 0 and set(control["by_prompt"]) == {"line1", "line2"}
+    assert all(r["output_check"] == "same" for r in data["runs"] if r["drafter"] == "control")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import typer
 
 from .. import ui
 from ..bench import (
-    AUTO, DEFAULT_DRAFT_LENS, DEFAULT_DRAFTERS, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, SUITE_DEFAULT_LIMIT, TREE,
+    AUTO, CONTROL, DEFAULT_DRAFT_LENS, DEFAULT_DRAFTERS, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, SUITE_DEFAULT_LIMIT, TREE,
     BenchResult, BenchSettings, check_writable, load_prompts_file, load_suite, parse_draft_lens, parse_drafters,
     run_bench, write_csv, write_json,
 )  # fmt: skip
@@ -35,6 +35,7 @@ def bench_cmd(
     max_tokens: MaxTokens = 32,
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="One short unmeasured run of every configuration first.")] = True,
     reference: Annotated[Optional[str], typer.Option("--reference", envvar=ENV_VAR, help="llama.cpp's llama-speculative-simple (scripts/build-reference.sh builds it); llama-completion is looked for beside it.")] = None,
+    control: Annotated[bool, typer.Option("--control/--no-control", help="Also run the target alone a second time: its ratio to the first shows how far noise alone moves the figures.")] = True,
     lookup: Annotated[bool, typer.Option("--lookup", help="Also run llama-cpp-python's prompt-lookup decoding against its plain decoding.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every run and the summary as JSON to this file.")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write one CSV row per measured run to this file.")] = None,
@@ -48,7 +49,7 @@ def bench_cmd(
     drafters = parse_drafters(drafter)
     settings = BenchSettings(
         draft_lens=parse_draft_lens(draft_lens), repeats=repeats, max_tokens=max_tokens, warmup=warmup,
-        limit=_limit(limit, prompts is None), reference=reference, lookup=lookup, drafters=drafters,
+        limit=_limit(limit, prompts is None), reference=reference, lookup=lookup, drafters=drafters, control=control,
     )  # fmt: skip
     settings.check()
     suite = load_prompts_file(prompts) if prompts is not None else load_suite()
@@ -107,11 +108,15 @@ def _f(x: float | None, fmt: str, suffix: str = "") -> str:
     return format(x, fmt) + suffix
 
 
-_SHORT_ENGINE = {"llama-cpp-python": "lcp"}  # keeps the table inside 80 columns
+# Row names: spec's own rows carry no prefix; the peers' are marked. Short, so that the
+# table fits an 80-column terminal.
+_SHORT_ENGINE = {SPEC: "", LLAMA_CPP: "ref ", "llama-cpp-python": "lcp "}
 
 
 def _short(s) -> str:
-    if s.mode == "target":
+    if s.mode == "target" and s.drafter == CONTROL:
+        what = "target again"
+    elif s.mode == "target":
         what = "target"
     elif s.mode == "lookup":
         what = "lookup"
@@ -121,12 +126,12 @@ def _short(s) -> str:
         what = f"{s.drafter} g={s.draft_len}"
     else:
         what = f"g={s.draft_len}"
-    return f"{_SHORT_ENGINE.get(s.engine, s.engine)} {what}"
+    return f"{_SHORT_ENGINE.get(s.engine, s.engine + ' ')}{what}"
 
 
 def _headline(result: BenchResult) -> list:
     """Per drafter, the configuration with the best median speedup; auto as it is."""
-    out = []
+    out = [s for s in result.summary if s.engine == SPEC and s.drafter == CONTROL]
     for kind in (MODEL, NGRAM, TREE, AUTO):
         rows = [s for s in result.summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == kind
                 and s.speedup is not None and math.isfinite(s.speedup)]  # fmt: skip
@@ -169,7 +174,8 @@ def render(result: BenchResult) -> None:
     ui.line(
         "tok/s: median over runs · speedup: median over prompts and repeats of tok/s over the same engine's target-only run"
         " · pred.: from the cost curve and acceptance (draft model) · accept: drafted tokens accepted · outside: wall time"
-        " outside llama_decode" + (" · vs ref: spec tok/s over llama.cpp's at the same draft length" if has_ref else "")
+        " outside llama_decode" + (" · ref: llama.cpp's llama-speculative-simple (llama-completion for the target)"
+           " · vs ref: spec tok/s over llama.cpp's at the same draft length" if has_ref else "")
         + (" · lcp: llama-cpp-python's Llama, plain and with prompt lookup" if any(s.engine != SPEC and s.engine != LLAMA_CPP for s in result.summary) else "")
     )
     if hists:
@@ -184,6 +190,13 @@ def render(result: BenchResult) -> None:
             f"({b['speedup']:.2f}x predicted)"
         )
     _render_by_prompt(result)
+    for s in result.summary:
+        if s.drafter == CONTROL and s.by_prompt:
+            lo, hi = min(s.by_prompt.values()), max(s.by_prompt.values())
+            ui.line(
+                f"noise: the target alone against itself, {_f(s.speedup, '.2f', 'x')} overall, {lo:.2f}x to {hi:.2f}x"
+                " prompt by prompt; differences of that size between configurations are not evidence"
+            )
     for s in result.summary:
         if s.engine == SPEC and s.drafter == AUTO and s.rounds_by_drafter:
             used = ", ".join(f"{k} {v}" for k, v in s.rounds_by_drafter.items())
@@ -205,12 +218,12 @@ def _render_by_prompt(result: BenchResult) -> None:
     heads = _headline(result)
     if not heads or len(result.suite["prompts"]) < 2:
         return
-    base = next((s for s in result.summary if s.engine == SPEC and s.mode == "target"), None)
+    base = next((s for s in result.summary if s.engine == SPEC and s.mode == "target" and s.drafter != CONTROL), None)
     cats = {r.prompt_id: r.category for r in result.runs}
     base_tps: dict[str, list[float]] = {}
     if base is not None:
         for r in result.runs:
-            if r.engine == SPEC and r.mode == "target" and r.error is None:
+            if r.engine == SPEC and r.mode == "target" and r.drafter != CONTROL and r.error is None:
                 base_tps.setdefault(r.prompt_id, []).append(r.tokens_per_second)
     cols = ["prompt", "kind", "target tok/s"] + [_short(s) for s in heads]
     rows = []
