@@ -370,6 +370,7 @@ def median_curve(curves: Sequence[CostCurve]) -> CostCurve:
     return CostCurve(
         target_ms=[float(x) for x in np.median([c.target_ms for c in curves], axis=0)],
         draft_ms=float(np.median([c.draft_ms for c in curves])),
+        draft2_ms=float(np.median([c.draft2_ms for c in curves])),
     )
 
 
@@ -676,7 +677,7 @@ def run_bench(
     alpha_all = _pooled_alpha(runs)
     best_pred = None
     if alpha_all is not None and np.isfinite(cost.draft_ms):
-        g, s = speedup.best_predicted(alpha_all, cost.target_ms, cost.draft_ms)
+        g, s = speedup.best_predicted(alpha_all, cost.target_ms, cost.draft_ms, cost.draft2_ms)
         best_pred = {"alpha": alpha_all, "draft_len": g, "speedup": s}
     for s in summary:
         if s.mismatches:
@@ -773,7 +774,7 @@ def _predicted(runs: Sequence[Run], g: int, cost: CostCurve) -> float | None:
     for r in runs:
         a = speedup.acceptance_from_hist(r.accept_hist, g) if r.accept_hist else None
         if a is not None:
-            preds.append(speedup.predicted_speedup(a, g, cost.target_ms, cost.draft_ms))
+            preds.append(speedup.predicted_speedup(a, g, cost.target_ms, cost.draft_ms, cost.draft2_ms))
     return speedup.median(preds) if preds else None
 
 

@@ -13,6 +13,15 @@ read from a measured curve, `target_ms[k - 1]` = one llama_decode of k tokens, a
     speedup(g) = tokens_per_pass(a, g) * target_ms[0] / (g * draft_ms + target_ms[g])
 
 where target_ms[0] is also what one token costs without speculation.
+
+One refinement, found by comparing predictions with `spec bench`: the draft model keeps
+its KV cache between rounds, so each round starts by evaluating what the draft has not
+seen. After a rejection that is one token (the target's correction), but after a round
+that accepted all g drafts it is two (the last draft, which the draft sampled but never
+evaluated, and the target's bonus token), and a two-token pass costs more than a
+one-token one (1.7x on the CPU of NOTES.md). That happens with probability a^g, so the
+round costs a^g * (draft2_ms - draft_ms) more on average. At g = 1 and a = 0.74 that is
++8 ms on a 46 ms round, and without it the prediction came out 13 % too high.
 """
 
 from __future__ import annotations
@@ -69,8 +78,14 @@ def acceptance_length_probs(a: float, g: int) -> np.ndarray:
     return p
 
 
-def predicted_speedup(a: float, g: int, target_ms: Sequence[float], draft_ms: float) -> float:
-    """Expected speedup over target-only decoding for draft length g (see the module docstring)."""
+def predicted_speedup(
+    a: float, g: int, target_ms: Sequence[float], draft_ms: float, draft2_ms: float | None = None
+) -> float:
+    """Expected speedup over target-only decoding for draft length g (see the module docstring).
+
+    draft2_ms, when given (and finite), is one two-token draft pass: the catch-up after a
+    round that accepted every draft.
+    """
     curve = np.asarray(target_ms, dtype=np.float64)
     if g < 0:
         raise ValueError(f"draft length must be >= 0, got {g}")
@@ -78,14 +93,19 @@ def predicted_speedup(a: float, g: int, target_ms: Sequence[float], draft_ms: fl
         raise ValueError(f"the cost curve covers passes of up to {curve.size} tokens; draft length {g} needs {g + 1}")
     if np.any(curve[: g + 1] <= 0) or draft_ms < 0:
         raise ValueError("costs must be positive")
-    return float(predicted_speedups(a, curve, draft_ms, g)[g])
+    if g == 0 or draft2_ms is None or not np.isfinite(draft2_ms):
+        return float(predicted_speedups(a, curve, draft_ms, g)[g])
+    catch_up = float(a) ** g * max(0.0, draft2_ms - draft_ms)
+    return float(expected_tokens(a, g)[g] * curve[0] / (g * draft_ms + curve[g] + catch_up))
 
 
-def best_predicted(a: float, target_ms: Sequence[float], draft_ms: float) -> tuple[int, float]:
+def best_predicted(
+    a: float, target_ms: Sequence[float], draft_ms: float, draft2_ms: float | None = None
+) -> tuple[int, float]:
     """The draft length (1..len(curve)-1) with the highest predicted speedup, and that speedup."""
     if len(target_ms) < 2:
         raise ValueError("the cost curve needs at least two points")
-    scores = predicted_speedups(a, np.asarray(target_ms, dtype=np.float64), draft_ms)[1:]
+    scores = [predicted_speedup(a, g, target_ms, draft_ms, draft2_ms) for g in range(1, len(target_ms))]
     i = int(np.argmax(scores))
     return i + 1, float(scores[i])
 

@@ -227,7 +227,7 @@ def test_bench_end_to_end_with_a_fake_reference(pair, tmp_path):
     assert all(r.output_check in ("baseline", "same", "near-tie") for r in res.runs if r.engine == SPEC)
 
     assert len(res.cost.target_ms) == bench.COST_CURVE_MAX_K and all(t > 0 for t in res.cost.target_ms)
-    assert res.cost.draft_ms > 0
+    assert res.cost.draft_ms > 0 and res.cost.draft2_ms > 0
     assert res.recommendation["message"]
     assert not [n for n in res.notes if "busy" not in n]  # nothing went wrong with the peers
 

@@ -41,6 +41,20 @@ def test_predicted_speedup_hand_computed():
     assert speedup.predicted_speedup(0.5, 3, curve, 2.0) == pytest.approx(18.75 / 26)
 
 
+def test_predicted_speedup_charges_the_draft_catch_up_after_a_full_acceptance():
+    # As above, plus: with probability a^3 = 1/8 the round starts with a 2-token draft pass
+    # of 3.5 ms instead of a 2 ms step, so it costs 1.5 / 8 = 0.1875 ms more on average.
+    curve = [10.0, 15.0, 18.0, 20.0, 22.0]
+    assert speedup.predicted_speedup(0.5, 3, curve, 2.0, 3.5) == pytest.approx(18.75 / 26.1875)
+    # g = 1, a = 0.74, costs of this project's CPU: the catch-up is what took 0.67x to 0.58x
+    cpu = [17.4, 29.0]
+    plain = speedup.predicted_speedup(0.74, 1, cpu, 16.0)
+    assert plain == pytest.approx(1.74 * 17.4 / 45.0)
+    assert speedup.predicted_speedup(0.74, 1, cpu, 16.0, 27.0) == pytest.approx(1.74 * 17.4 / (45.0 + 0.74 * 11.0))
+    assert speedup.predicted_speedup(0.74, 1, cpu, 16.0, float("nan")) == plain  # not measured: left out
+    assert speedup.best_predicted(0.74, cpu, 16.0, 27.0) == (1, pytest.approx(1.74 * 17.4 / (45.0 + 0.74 * 11.0)))
+
+
 def test_predicted_speedup_flat_curve_free_draft_is_tokens_per_pass():
     # Leviathan's idealized case: verification as cheap as one token, draft free.
     curve = [10.0] * 9
