@@ -601,8 +601,6 @@ def run_bench(
             notify(f"warning: {e}")
 
     configs = [Config(SPEC, TARGET)]
-    if settings.control:
-        configs.append(Config(SPEC, TARGET, 0, CONTROL))
     for d in settings.drafters:
         if d == AUTO:
             configs.append(Config(SPEC, SPECULATIVE, 0, AUTO))
@@ -614,6 +612,11 @@ def run_bench(
         configs += [Config(LLAMA_CPP, SPECULATIVE, g) for g in settings.draft_lens]
     if peer is not None:
         configs += [Config(LLAMA_CPP_PYTHON, TARGET), Config(LLAMA_CPP_PYTHON, LOOKUP)]
+    if settings.control:
+        # Halfway round the rotation from the target: as far from it in time as a
+        # configuration gets, so its ratio shows the drift that the others live with too.
+        # Next to the target it would only show the noise between neighbours.
+        configs.insert((len(configs) + 1) // 2, Config(SPEC, TARGET, 0, CONTROL))
 
     plan = schedule(len(prompts), configs, settings.repeats)
     warm = configs if settings.warmup else []
@@ -783,6 +786,10 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
     for r in runs:
         if r.config not in order:
             order.append(r.config)
+    control = Config(SPEC, TARGET, 0, CONTROL)
+    if control in order and Config(SPEC, TARGET) in order:  # shown right under the target, wherever it ran
+        order.remove(control)
+        order.insert(order.index(Config(SPEC, TARGET)) + 1, control)
 
     def per_prompt(cfg: Config) -> dict[tuple[str, int], list[float]]:
         # Keyed by prompt and repeat: a run is compared with its baseline from the same

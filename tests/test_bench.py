@@ -480,4 +480,8 @@ def test_cli_bench_ngram_and_auto_without_a_draft_model(gemma_path, tmp_path, ca
     control = data["summary"][1]
     assert control["mode"] == "target" and control["speedup"] > 0 and set(control["by_prompt"]) == {"line1", "line2"}
     assert all(r["output_check"] == "same" for r in data["runs"] if r["drafter"] == "control")
+    # The control runs halfway round the rotation from the target (4 configurations: 2 apart), not next to it.
+    for pid in ("line1", "line2"):
+        pos = {r["drafter"]: r["order"] for r in data["runs"] if r["prompt_id"] == pid}
+        assert abs(pos["control"] - pos[""]) == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
