@@ -473,6 +473,7 @@ def test_cli_bench_ngram_and_auto_without_a_draft_model(gemma_path, tmp_path, ca
     assert code == 0, err
     assert "\n ngram g=2 " in out and "\n auto " in out and "speedup by prompt" in out
     assert "auto: target passes by drafter" in out
+    assert "one draft step" not in out  # no draft model loaded: no draft figures, not "nan"
     assert "\n target again " in out and "noise: the target alone against itself" in out
     data = json.loads(j.read_text())
     assert data["models"]["draft"] is None

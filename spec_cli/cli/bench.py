@@ -182,7 +182,9 @@ def render(result: BenchResult) -> None:
         ui.line("rounds that accepted 0, 1, .. g drafts: " + " · ".join(hists))
     curve = " ".join(f"{k}:{ms:.1f}" for k, ms in enumerate(c.target_ms, 1))
     ui.line(f"cost curve, one target llama_decode of k tokens (ms): {curve}")
-    ui.line(f"one draft step: {c.draft_ms:.1f} ms" + (f"; a two-token draft pass (the catch-up after a fully accepted round): {c.draft2_ms:.1f} ms" if math.isfinite(c.draft2_ms) else ""))
+    if math.isfinite(c.draft_ms):
+        catch_up = f"; a two-token draft pass (the catch-up after a fully accepted round): {c.draft2_ms:.1f} ms"
+        ui.line(f"one draft step: {c.draft_ms:.1f} ms" + (catch_up if math.isfinite(c.draft2_ms) else ""))
     if result.best_predicted:
         b = result.best_predicted
         ui.line(
