@@ -171,3 +171,39 @@ def test_sampled_loop_keeps_target_distribution():
         assert chi2 < dof + 4.5 * np.sqrt(2 * dof) + 10, (use_draft, chi2, dof)
     # and the draft really disagreed with the target (otherwise the test proves nothing)
     assert not np.allclose(softmax(tgt([1]).astype(np.float64)), softmax(drf([1]).astype(np.float64)), atol=0.05)
+
+
+def test_sampled_loop_with_the_ngram_drafter_keeps_target_distribution():
+    """Point-mass drafts from the n-gram lookup: the first two sampled tokens still follow the target."""
+    from spec_cli.drafters.ngram import NgramDrafter
+
+    n_vocab = 4
+    tgt = soft_lm(n_vocab, 28, temperature=2.0)  # seed chosen so that the target gives the draft 3 about 0.5
+    params = SamplingParams(temperature=1.0, top_k=0)
+    prompt = [1, 2, 3, 1, 2]  # the lookup proposes 3, 1, ... (what followed "1 2" before)
+    runs = 3000
+    counts = np.zeros((n_vocab, n_vocab))
+    drafted = accepted = 0
+    for seed in range(runs):
+        eng = Engine(FakeModel(tgt, n_vocab), NgramDrafter(max_ngram=2))
+        res = eng.generate(prompt, GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params))
+        counts[res.tokens[0], res.tokens[1]] += 1
+        drafted += res.stats.drafted
+        accepted += res.stats.accepted
+
+    def softmax(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    p0 = softmax(tgt(prompt).astype(np.float64))
+    expected = np.array(
+        [[p0[a] * softmax(tgt(prompt + [a]).astype(np.float64))[b] for b in range(n_vocab)] for a in range(n_vocab)]
+    )
+    exp = expected * runs
+    mask = exp > 5
+    chi2 = (((counts - exp) ** 2 / exp)[mask]).sum()
+    dof = mask.sum() - 1
+    assert chi2 < dof + 4.5 * np.sqrt(2 * dof) + 10, (chi2, dof)
+    # The drafts were really used, and the target really turned some down (else nothing was tested).
+    assert drafted >= runs and 0 < accepted < drafted
+    assert 0.2 < p0[3] < 0.8
