@@ -45,8 +45,8 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
     and each timed pass follows an untimed one of the same size: llama.cpp reuses the
     compute graph when consecutive batches have the same shape, as they do in a
     decoding loop, and with a cold graph plain decoding looked dearer than it is in
-    the loop, so every predicted speedup came out too high (BENCHMARKS.md). Both
-    caches are left empty.
+    the loop, so every predicted speedup came out too high. Both caches are left
+    empty.
     """
     filler = [int(t) for t in prompt[1:]] or [int(prompt[0])]
     filler = (filler * (max_k // len(filler) + 1))[:max_k]
