@@ -375,9 +375,8 @@ def median_curve(curves: Sequence[CostCurve]) -> CostCurve:
 
 
 class _Harness:
-    def __init__(self, pair: LoadedPair, settings: BenchSettings, notify: Callable[[str], None]):
+    def __init__(self, pair: LoadedPair, notify: Callable[[str], None]):
         self.pair = pair
-        self.settings = settings
         self.notify = notify
         self._auto_costs: CostCurve | None = None
 
@@ -542,7 +541,7 @@ def run_bench(
     needs_model = [d for d in settings.drafters if d in (MODEL, TREE)]
     if pair.draft is None and needs_model:
         raise SpecError(f"--drafter {needs_model[0]} needs a draft model (pass --draft, or a preset with one)")
-    h = _Harness(pair, settings, notify)
+    h = _Harness(pair, notify)
     target = pair.target
     prompts = suite.prompts[: settings.limit] if settings.limit else list(suite.prompts)
     tokenized = [target.tokenize(p.text) for p in prompts]
@@ -959,7 +958,7 @@ def _json_default(o):
 
 
 def write_json(result: BenchResult, path: Path) -> None:
-    _write_atomic(path, json.dumps(result.to_dict(), indent=1, default=_json_default, allow_nan=True) + "\n")
+    write_text_atomic(path, json.dumps(result.to_dict(), indent=1, default=_json_default, allow_nan=True) + "\n")
 
 
 def write_csv(result: BenchResult, path: Path) -> None:
@@ -974,8 +973,4 @@ def write_csv(result: BenchResult, path: Path) -> None:
         for k in ("rounds_by_drafter", "lengths_used"):
             row[k] = " ".join(f"{a}:{b}" for a, b in row[k].items()) if row[k] else ""
         w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    _write_atomic(path, buf.getvalue())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
+    write_text_atomic(path, buf.getvalue())

@@ -70,6 +70,24 @@ def draft_model(gemma_q2k_path):
     m.close()
 
 
+@pytest.fixture(scope="session")
+def target_only(target_model):
+    """prompt -> (prompt tokens, 32 greedy tokens of the target alone): the reference outputs,
+    decoded once per session whichever module asks first."""
+    from spec_cli.decode import Engine, GenerateOptions
+
+    done: dict[str, tuple[list[int], list[int]]] = {}
+
+    def run(prompt: str) -> tuple[list[int], list[int]]:
+        if prompt not in done:
+            target_model.reset()
+            toks = target_model.tokenize(prompt)
+            done[prompt] = (toks, Engine(target_model).generate(toks, GenerateOptions(max_tokens=32, draft_len=0)).tokens)
+        return done[prompt]
+
+    return run
+
+
 @pytest.fixture
 def target(target_model):
     """The session's target model with an empty cache."""

@@ -7,18 +7,12 @@ logits are nearly equal. Any other difference is a bug.
 
 from __future__ import annotations
 
+from spec_cli.bench import first_difference
 
 # In logits. Batched and one-at-a-time evaluation of Gemma 3 270M Q4_K_M on this CPU were
 # seen to differ by up to ~0.5 at a divergence (the top two tokens swapped order, e.g.
 # 26.44 / 25.90 one way and 26.18 / 26.59 the other), so the bound sits just above that.
 TIE_TOLERANCE = 0.6
-
-
-def first_difference(a, b) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def tie_gap(target, prompt, generated, tok_a: int, tok_b: int) -> float:

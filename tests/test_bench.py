@@ -251,7 +251,7 @@ def test_missing_reference_is_reported_and_the_bench_goes_on(pair, tmp_path):
 
 def test_output_check_flags_a_real_difference(pair, monkeypatch):
     """A speculative output that leaves the target-only one where the target is sure is a MISMATCH."""
-    h = bench._Harness(pair, tiny(), lambda s: None)
+    h = bench._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
     base = h.run_spec(toks, 0, 6)
     out = base.tokens
@@ -277,7 +277,7 @@ def test_tie_gap_takes_the_closest_of_several_batchings(pair):
     """Never more than plain decoding's own gap (the engine tests' measure), and zero for the chosen token itself."""
     from tests.neartie import tie_gap
 
-    h = bench._Harness(pair, tiny(), lambda s: None)
+    h = bench._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
     out = h.run_spec(toks, 0, 6).tokens
     rival = out[3] + 1
@@ -370,7 +370,7 @@ def test_lookup_peer_decodes_like_spec(pair):
     """llama-cpp-python's Llama, fed the same token ids, gives spec's greedy output (lookup: up to a near-tie)."""
     from spec_cli.lookup_peer import LookupPeer
 
-    h = bench._Harness(pair, tiny(), lambda s: None)
+    h = bench._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
     base = h.run_spec(toks, 0, 8)
     peer = LookupPeer(pair.target_path, n_ctx=128, n_threads=pair.target.n_threads)

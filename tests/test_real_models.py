@@ -20,13 +20,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def baselines(target_model):
-    out = {}
-    for p in PROMPTS:
-        target_model.reset()
-        toks = target_model.tokenize(p)
-        out[p] = (toks, Engine(target_model).generate(toks, GenerateOptions(max_tokens=32, draft_len=0)).tokens)
-    return out
+def baselines(target_only):
+    return {p: target_only(p) for p in PROMPTS}
 
 
 @pytest.mark.parametrize("draft_len", [1, 4, 8])

@@ -65,13 +65,18 @@ def chain_rows(m, ctx, seq):
     return m.eval([ctx[-1], *seq], logits="all").copy()
 
 
+def tree_rows(m, ctx, tokens, parents):
+    """A fresh cache holding ctx[:-1], then the last context token and the tree in one pass."""
+    m.reset()
+    m.sync(ctx[:-1], logits=False)
+    return m.eval_tree(ctx[-1], tokens, parents).copy()
+
+
 def test_each_branch_sees_only_its_own_ancestors(tree_target):
     m = tree_target
     ctx, a, b, c = phrases(m)
     tokens, parents = build_tree([a, b, c])
-    m.reset()
-    m.sync(ctx[:-1], logits=False)
-    rows = m.eval_tree(ctx[-1], tokens, parents).copy()
+    rows = tree_rows(m, ctx, tokens, parents)
     base = len(ctx) - 1
     assert m.tokens == ctx  # seq 0 gained the root only
     assert m.cache_pos_max(0) == base
@@ -90,9 +95,7 @@ def test_keep_branch_leaves_exactly_the_accepted_path_in_seq_0(tree_target):
     m = tree_target
     ctx, a, b, c = phrases(m)
     tokens, parents = build_tree([a, b, c])
-    m.reset()
-    m.sync(ctx[:-1], logits=False)
-    m.eval_tree(ctx[-1], tokens, parents)
+    tree_rows(m, ctx, tokens, parents)
     path = path_to(parents, leaves(parents)[1])  # all of b: not the first branch
     kept = [tokens[i] for i in path]
     m.keep_branch(path)
@@ -117,13 +120,8 @@ def test_keep_branch_leaves_exactly_the_accepted_path_in_seq_0(tree_target):
 
 
 @pytest.fixture(scope="module")
-def baselines(target_model):
-    out = {}
-    for p in PROMPTS:
-        target_model.reset()
-        toks = target_model.tokenize(p)
-        out[p] = (toks, Engine(target_model).generate(toks, GenerateOptions(max_tokens=32, draft_len=0)).tokens)
-    return out
+def baselines(target_only):
+    return {p: target_only(p) for p in PROMPTS}
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
