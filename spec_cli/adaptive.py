@@ -50,17 +50,22 @@ def predicted_speedups(
     draft_step: float = 0.0,
     g_max: int | None = None,
     round_overhead: float = 0.0,
+    catch_up: float = 0.0,
 ) -> np.ndarray:
     """Tokens per second with g drafts relative to plain decoding, for g = 0..g_max.
 
     cost[K - 1] is the time of one target pass over K tokens; g_max is capped at
     len(cost) - 1. round_overhead is time every round pays whatever g is
-    (sampling, Python), in the same unit as cost.
+    (sampling, Python), in the same unit as cost. catch_up is what a draft model
+    pays on top of a step after a round that accepted all g drafts (it then
+    evaluates two tokens, the last draft and the target's bonus token), which
+    happens with probability a^g.
     """
     cost = np.asarray(cost, dtype=np.float64)
     g_top = len(cost) - 1 if g_max is None else min(g_max, len(cost) - 1)
     g = np.arange(g_top + 1)
-    rate = expected_tokens(a, g_top) / (g * draft_step + cost[: g_top + 1] + round_overhead)
+    extra = np.where(g > 0, float(a) ** g * catch_up, 0.0)
+    rate = expected_tokens(a, g_top) / (g * draft_step + cost[: g_top + 1] + round_overhead + extra)
     return rate / rate[0]
 
 
@@ -105,6 +110,7 @@ class AdaptiveDraftLength:
         probe_max: int = 64,
         round_overhead: float = 0.0,
         cost_weight: float = 0.2,
+        catch_up: float = 0.0,
     ):
         self.cost = np.array(cost, dtype=np.float64)
         if self.cost.ndim != 1 or len(self.cost) < 1 or not np.all(self.cost > 0):
@@ -119,6 +125,7 @@ class AdaptiveDraftLength:
         self.probe_every, self.probe_max = probe_every, max(probe_max, probe_every)
         self.round_overhead = round_overhead
         self.cost_weight = cost_weight
+        self.catch_up = max(0.0, float(catch_up))
         self._acc = 0.0  # decayed count of accepted drafts
         self._rej = 0.0  # decayed count of rejections
         # Once off, only fresh evidence (a probe, or shadow drafts fed to update) turns
@@ -127,7 +134,8 @@ class AdaptiveDraftLength:
         self._fresh = False
         self._interval = probe_every
         self._since = probe_every  # rounds off since the last probe; starts due, to get evidence early
-        self._last = "off"  # what the last choose() decided
+        self._last = "off"  # what the last choose() decided, until update() has read it
+        self._last_decision = "off"  # the same, kept: was speculation on in the last round?
         self.reason = ""
         self.predicted = 1.0  # predicted speedup of the last choice over plain decoding
         self.counts = {"on": 0, "off": 0, "probe": 0}  # rounds by decision, for the stats
@@ -140,7 +148,7 @@ class AdaptiveDraftLength:
     def speedups(self) -> np.ndarray:
         """Predicted speedup for g = 0..g_max at the current estimate."""
         return predicted_speedups(
-            self.acceptance, self.cost, self.draft_step, self.g_max, self.round_overhead
+            self.acceptance, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up
         )
 
     def _best(self) -> tuple[int, float]:
@@ -150,20 +158,30 @@ class AdaptiveDraftLength:
         g = int(np.argmax(s[1:])) + 1
         return g, float(s[g])
 
+    def best_speedup(self) -> float:
+        """The predicted speedup of the best draft length at the current estimate (no side effects)."""
+        return self._best()[1]
+
     def choose(self) -> int:
         """The draft length for this round; 0 means plain decoding. Sets reason and predicted."""
         self._acc *= self.decay
         self._rej *= self.decay
         a = self.acceptance
         g, best = self._best()
-        pays = g > 0 and best >= self.min_gain
+        # Hysteresis: turning on needs a clear gain (min_gain), staying on only a gain.
+        # Noise in the estimate around min_gain would otherwise flip speculation off and
+        # leave it off until the next probe, losing the gain it had.
+        staying = self._on and self._last_decision == "on"
+        pays = g > 0 and best >= (1.0 if staying else self.min_gain)
         fresh, self._fresh = self._fresh, False
         if pays and (self._on or fresh):
             self._on, self._last, self._since = True, "on", 0
+            self._last_decision = "on"
             self.reason, self.predicted = f"g={g}: predicted {best:.2f}x (a={a:.2f})", best
             self.counts["on"] += 1
             return g
         self._on = False
+        self._last_decision = "off"
         self._since += 1
         if g > 0 and self.probe_every > 0 and self._since >= self._interval:
             self._last = "probe"

@@ -149,7 +149,9 @@ class Model:
         self._branches = 0  # sequences 1.._branches hold the branches of the last eval_tree
         self._tree: tuple[list[int], list[int], list[list[int]]] | None = None
         self.tokens: list[int] = []
-        self.decode_seconds = 0.0  # time spent inside llama_decode
+        # Time spent evaluating: llama_decode and the wait for its results. On GPU backends
+        # llama_decode returns before the device has finished, so the wait is timed too.
+        self.decode_seconds = 0.0
         self.decode_calls = 0
         self._piece_buf = ctypes.create_string_buffer(256)
 
@@ -247,10 +249,7 @@ class Model:
                 b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
             if logits == "all" and n > self.n_batch:
                 raise ValueError("logits for every row need the tokens in one batch")
-            t0 = time.perf_counter()
-            rc = L.llama_decode(self._ctx, b)
-            self.decode_seconds += time.perf_counter() - t0
-            self.decode_calls += 1
+            rc = self._decode(b)
             if rc != 0:
                 # The cache may hold part of the batch now; drop whatever is past what we track.
                 self._seq_rm(self.n_past)
@@ -314,10 +313,7 @@ class Model:
             for j, k in enumerate(sets[i]):
                 b.seq_id[i + 1][j] = k + 1
             b.logits[i + 1] = True
-        t0 = time.perf_counter()
-        rc = L.llama_decode(self._ctx, b)
-        self.decode_seconds += time.perf_counter() - t0
-        self.decode_calls += 1
+        rc = self._decode(b)
         if rc != 0:
             self._drop_branches()
             self._seq_rm(base)
@@ -325,6 +321,24 @@ class Model:
         self.tokens.append(int(root))
         self._tree = ([int(t) for t in tokens], list(parents), sets)
         return np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(n, self.n_vocab))
+
+    def _decode(self, batch) -> int:
+        """One llama_decode, timed up to the moment its results are ready.
+
+        llama_decode only queues the work on GPU backends (CUDA, Metal): the wait
+        happens in whatever call next needs the results. Timing llama_decode alone
+        made a pass look nearly free there and put its cost on whoever read the
+        logits, so every cost curve and controller decision was wrong. Synchronizing
+        here books the whole pass to the pass; on the CPU it returns at once.
+        """
+        L = _lib()
+        t0 = time.perf_counter()
+        rc = L.llama_decode(self._ctx, batch)
+        if rc == 0:
+            L.llama_synchronize(self._ctx)
+        self.decode_seconds += time.perf_counter() - t0
+        self.decode_calls += 1
+        return rc
 
     def keep_branch(self, path: Sequence[int]) -> None:
         """After `eval_tree`: extend seq 0 along `path` (node indices from the root down) and drop the branches.
@@ -464,7 +478,9 @@ def check_compatible(target: Model, draft: Model) -> None:
 
 # --- deriving a draft by requantizing ----------------------------------------
 
-QUANT_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+QUANT_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "F32")
+# F32 and F16 dequantize: the same weights in a bigger, slower file (a stand-in for a costly target).
+_FTYPE_NAMES = {"F32": "LLAMA_FTYPE_ALL_F32", "F16": "LLAMA_FTYPE_MOSTLY_F16"}
 
 
 def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:
@@ -474,7 +490,7 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
         raise SpecError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     check_gguf(src)
     params = L.llama_model_quantize_default_params()
-    params.ftype = getattr(L, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    params.ftype = getattr(L, _FTYPE_NAMES.get(quant, f"LLAMA_FTYPE_MOSTLY_{quant}"))
     params.allow_requantize = True
     params.nthread = n_threads or default_threads()
     dst.parent.mkdir(parents=True, exist_ok=True)

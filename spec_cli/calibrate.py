@@ -23,8 +23,9 @@ from .files import write_text_atomic
 from .presets import cache_dir
 
 COST_SAMPLES = 5
-# Part of the cache key: curves measured the old way (cold compute graph) are not reused.
-CURVE_METHOD = "warm-graph"
+# Part of the cache key: curves measured the old ways (cold compute graph; timed without
+# waiting for a GPU to finish) are not reused.
+CURVE_METHOD = "warm-graph-sync"
 CALIBRATION_TEXT = "The quick brown fox jumps over the lazy dog while the five boxing wizards jump quickly. " * 3
 
 

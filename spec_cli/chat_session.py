@@ -21,6 +21,7 @@ from .chat import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
 from .drafters import ModelDrafter
 from .stats import Stats
+from .tokens import common_prefix
 
 
 @dataclass
@@ -125,7 +126,7 @@ class ChatSession:
         if use_draft:
             # Bring the draft cache up to the prompt now, so that its cost is counted
             # like the target's; the drafter's own sync then finds it in place.
-            before = _shared_prefix(self.draft.tokens, prompt[:-1])
+            before = common_prefix(self.draft.tokens, prompt[:-1])
             self.draft.sync(prompt[:-1], logits=False)
             draft_evaluated = len(prompt) - 1 - before
         gen = self.engine.generate(prompt, self.opts, on_text=on_text, should_stop=should_stop)
@@ -177,12 +178,3 @@ def _special_text(model: Model, token: int) -> str:
     if token < 0 or token >= model.n_vocab:
         return ""
     return model.token_text(token).decode("utf-8", errors="replace")
-
-
-def _shared_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

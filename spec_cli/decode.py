@@ -28,6 +28,7 @@ from .sampling import SamplingParams, shape
 from .stats import Stats
 from .strategy import FixedStrategy, RoundOutcome
 from .textstream import TextStream
+from .tokens import common_prefix
 from .tokentree import accept_tree_greedy, prune
 from .verify import accept_greedy, accept_sampled
 
@@ -104,8 +105,12 @@ class Engine:
         context = list(prompt)
 
         t0 = time.perf_counter()
-        reused = _common_prefix(target.tokens, context[:-1])
+        reused = common_prefix(target.tokens, context[:-1])
         target.sync(context[:-1], logits=False)
+        if strategy is not None and hasattr(strategy, "prepare"):
+            # A draft model reads the prompt here too, so that its first round is not
+            # charged with prompt processing (and drafting does not look dear because of it).
+            strategy.prepare(context[:-1])
         stats.prompt_tokens_evaluated = len(context) - 1 - reused
         stats.t_prefill = time.perf_counter() - t0
 
@@ -128,6 +133,7 @@ class Engine:
                 prop = strategy.propose(context, cap, params, rng)
                 t_draft = time.perf_counter() - td
                 stats.t_draft += t_draft
+                stats.t_draft_decode += prop.decode_seconds
             path = None  # the accepted nodes, when the proposal is a token tree
             tree = prop.parents is not None and bool(prop.tokens)
             if tree:
@@ -195,11 +201,3 @@ class Engine:
         if strategy is not None:
             stats.notes.extend(strategy.describe())
         return Generation(text=stream.released, tokens=out_tokens, stats=stats)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

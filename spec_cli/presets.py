@@ -138,7 +138,7 @@ def _resolve_entry(name: str, catalog: Catalog, notify: Notify, seen: tuple[str,
     if not dst.exists():
         from .backend import quantize
 
-        notify(f"deriving draft {name} ({m['quant']}) from {src.name}, once, into {dst.parent}")
+        notify(f"deriving model {name} ({m['quant']}) from {src.name}, once, into {dst.parent}")
         quantize(src, dst, m["quant"])
     return dst
 

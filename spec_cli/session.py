@@ -174,5 +174,7 @@ def build_strategy(
         ngram_ctl = AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT, probe_every=0, prior_weight=NGRAM_PRIOR_WEIGHT)
         sources.append((ngram, ngram_ctl, True))
     if choice.drafter in ("auto", "model") and model is not None:
-        sources.append((model, AdaptiveDraftLength(cost, costs.draft_ms / 1000.0, AUTO_MAX_DRAFT), False))
+        catch_up = costs.draft2_ms - costs.draft_ms if np.isfinite(costs.draft2_ms) else 0.0
+        ctl = AdaptiveDraftLength(cost, costs.draft_ms / 1000.0, AUTO_MAX_DRAFT, catch_up=max(0.0, catch_up) / 1000.0)
+        sources.append((model, ctl, False))
     return AdaptiveStrategy(sources)

@@ -93,10 +93,8 @@ def predicted_speedup(
         raise ValueError(f"the cost curve covers passes of up to {curve.size} tokens; draft length {g} needs {g + 1}")
     if np.any(curve[: g + 1] <= 0) or draft_ms < 0:
         raise ValueError("costs must be positive")
-    if g == 0 or draft2_ms is None or not np.isfinite(draft2_ms):
-        return float(predicted_speedups(a, curve, draft_ms, g)[g])
-    catch_up = float(a) ** g * max(0.0, draft2_ms - draft_ms)
-    return float(expected_tokens(a, g)[g] * curve[0] / (g * draft_ms + curve[g] + catch_up))
+    catch_up = 0.0 if draft2_ms is None or not np.isfinite(draft2_ms) else max(0.0, draft2_ms - draft_ms)
+    return float(predicted_speedups(a, curve, draft_ms, g, catch_up=catch_up)[g])
 
 
 def best_predicted(

@@ -21,6 +21,7 @@ class Stats:
     t_prefill: float = 0.0
     t_target: float = 0.0  # inside the target's llama_decode, verification rounds
     t_draft: float = 0.0  # inside the drafter (its llama_decode and its Python)
+    t_draft_decode: float = 0.0  # of which the draft model's own passes (waits included)
     t_total: float = 0.0  # prefill excluded
     stop_reason: str = ""
     seed: int | None = None
@@ -51,7 +52,8 @@ class Stats:
 
     @property
     def t_other(self) -> float:
-        return max(0.0, self.t_total - self.t_target - self.t_draft)
+        """Time outside the two models' passes: Python, sampling, lookup, streaming."""
+        return max(0.0, self.t_total - self.t_target - self.t_draft_decode)
 
     def to_dict(self) -> dict:
         d = asdict(self)

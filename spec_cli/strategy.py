@@ -7,12 +7,21 @@ each drafter it may use, an AdaptiveDraftLength controller fed with the
 measured cost curve and that drafter's acceptance history, and drafts only when
 the prediction says it beats plain decoding.
 
-In `auto`, the n-gram lookup comes first: it costs microseconds, so it is
-consulted every round, and when it has a match that its controller trusts, the
-draft model is not run at all. When the lookup's controller has switched it off,
-its guess still costs nothing to check against the token the target produced,
-so it keeps collecting evidence ("shadow" rounds) and comes back when its guesses
-start landing.
+In `auto`, each round the drafters are asked in order of their predicted gain
+(tokens per second over plain decoding at their current acceptance estimate and
+measured costs), so the n-gram lookup goes first on text that repeats and the
+draft model first where the lookup's guesses do not land. The lookup costs
+microseconds, so its guess is always made: when it is not the one drafted, or
+its controller has switched it off, the guess is still checked against the
+token the target produced ("shadow" evidence) at no cost, and it comes back when
+its guesses start landing.
+
+Only the draft model's one-token passes are booked as its price per drafted
+token (Proposal.steps, step_seconds). A pass that catches the draft cache up on
+several tokens (the prompt, rounds in which something else drafted or nothing
+was drafted, the two tokens after a fully accepted round) is real time but not
+a cost of drafting one more token; booked per token it made the draft model
+look several times dearer than it is and switched it off where it paid.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from .adaptive import AdaptiveDraftLength, predicted_speedups
-from .drafters.base import Drafter, Proposal
+from .drafters.base import Drafter, Proposal, prepare
 from .sampling import SamplingParams
 
 
@@ -35,7 +44,7 @@ class RoundOutcome:
     target_next: int  # the token the target put right after the context (accepted draft or its own)
     pass_tokens: int  # rows in the verification batch
     pass_seconds: float
-    draft_seconds: float
+    draft_seconds: float  # wall time of the proposal, catch-up included
     path: list[int] | None = None  # for a token tree: the accepted nodes, from the root down
 
 
@@ -55,6 +64,9 @@ class FixedStrategy:
         prop = self.drafter.propose(context, g, params, rng)
         prop.source = getattr(self.drafter, "last_source", None) or self.drafter.name
         return prop
+
+    def prepare(self, tokens: Sequence[int]) -> None:
+        prepare(self.drafter, tokens)
 
     def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
         self.rounds[prop.source if prop.tokens else "none"] += 1
@@ -85,7 +97,7 @@ class AdaptiveStrategy:
         for d, c, free in sources:
             # A drafter that loses even if every draft were accepted can never pay on this
             # machine: leave it out instead of probing it now and then.
-            best = float(predicted_speedups(1.0, c.cost, c.draft_step, c.g_max)[1:].max(initial=0.0))
+            best = float(predicted_speedups(1.0, c.cost, c.draft_step, c.g_max, catch_up=c.catch_up)[1:].max(initial=0.0))
             if not free and best < c.min_gain:
                 self.disabled.append(
                     f"{d.name} drafter off: even with every draft accepted it is predicted at {best:.2f}x "
@@ -99,30 +111,50 @@ class AdaptiveStrategy:
         self._consulted: list[_Source] = []
         self._used: _Source | None = None
 
+    def prepare(self, tokens: Sequence[int]) -> None:
+        for src in self.sources:
+            if not src.free:
+                prepare(src.drafter, tokens)
+
     def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         self._consulted, self._used = [], None
         for src in self.sources:
             src.shadow = []
         if cap <= 0:
             return Proposal()
-        for src in self.sources:
+        guesses: dict[int, Proposal] = {}
+        candidates = []
+        for i, src in enumerate(self.sources):
             if src.free:
                 guess = src.drafter.propose(context, cap, params, rng)
                 if not guess.tokens:
                     continue  # no match: nothing to decide, nothing to learn
-                self._consulted.append(src)
+                guesses[i] = guess
+            candidates.append(i)
+        # The best predicted gain goes first; ties keep the configured order.
+        candidates.sort(key=lambda i: -self.sources[i].ctl.best_speedup())
+        chosen = None
+        for i in candidates:
+            src = self.sources[i]
+            self._consulted.append(src)
+            if chosen is None:
                 g = min(src.ctl.choose(), cap)
                 if g > 0:
-                    guess.tokens = guess.tokens[:g]
-                    guess.q = guess.q[:g] if guess.q is not None else None
-                    return self._use(src, guess)
-                src.shadow = guess.tokens[:1]
-                continue
-            self._consulted.append(src)
-            g = min(src.ctl.choose(), cap)
-            if g > 0:
-                return self._use(src, src.drafter.propose(context, g, params, rng))
-        return Proposal()
+                    chosen = i, g
+                    continue
+            if i in guesses:
+                src.shadow = guesses[i].tokens[:1]
+        if chosen is None:
+            return Proposal()
+        i, g = chosen
+        src = self.sources[i]
+        if i in guesses:
+            prop = guesses[i]
+            prop.tokens = prop.tokens[:g]
+            prop.q = prop.q[:g] if prop.q is not None else None
+        else:
+            prop = src.drafter.propose(context, g, params, rng)
+        return self._use(src, prop)
 
     def _use(self, src: _Source, prop: Proposal) -> Proposal:
         self._used = src
@@ -137,8 +169,8 @@ class AdaptiveStrategy:
         for src in self._consulted:
             if src is self._used:
                 src.ctl.update(outcome.drafted, outcome.accepted)
-                if not src.free and outcome.drafted:
-                    src.ctl.observe_draft(outcome.drafted, outcome.draft_seconds)
+                if not src.free and prop.steps:
+                    src.ctl.observe_draft(prop.steps, prop.step_seconds)
             else:
                 src.ctl.update(0, 0)
                 if src.shadow:

@@ -78,8 +78,8 @@ def print_summary(s: Stats) -> None:
     tot = s.t_total or 1e-9
     t.add_row(
         "time",
-        f"target {s.t_target:.2f} s ({100 * s.t_target / tot:.0f}%) · draft {s.t_draft:.2f} s "
-        f"({100 * s.t_draft / tot:.0f}%) · other {s.t_other:.2f} s ({100 * s.t_other / tot:.0f}%)",
+        f"target passes {s.t_target:.2f} s ({100 * s.t_target / tot:.0f}%) · draft passes {s.t_draft_decode:.2f} s "
+        f"({100 * s.t_draft_decode / tot:.0f}%) · outside them {s.t_other:.2f} s ({100 * s.t_other / tot:.1f}%)",
     )
     for note in s.notes:
         t.add_row("note", note)

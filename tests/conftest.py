@@ -53,6 +53,12 @@ def smollm2_q2k_path(smollm2_path):
 
 
 @pytest.fixture(scope="session")
+def smollm2_f32_path(smollm2_path):
+    """The stand-in for an expensive target: SmolLM2's own weights dequantized to F32."""
+    return _resolve("smollm2-135m-instruct-f32")
+
+
+@pytest.fixture(scope="session")
 def target_model(gemma_path):
     from spec_cli.backend import Model
 

@@ -15,8 +15,17 @@ from spec_cli.backend import ContextFull
 
 
 class FakeModel:
-    def __init__(self, logits_fn: Callable[[Sequence[int]], np.ndarray], n_vocab: int, n_ctx: int = 512, eog: int | None = None):
+    def __init__(
+        self,
+        logits_fn: Callable[[Sequence[int]], np.ndarray],
+        n_vocab: int,
+        n_ctx: int = 512,
+        eog: int | None = None,
+        cost: Callable[[int], float] | None = None,
+    ):
         self.logits_fn = logits_fn
+        # scripted time of one evaluation of n tokens, added to decode_seconds (0 without)
+        self.cost = cost
         self.n_vocab = n_vocab
         self.n_ctx = n_ctx
         self.eog = eog
@@ -42,6 +51,8 @@ class FakeModel:
             self.tokens.append(int(t))
             rows.append(self.logits_fn(self.tokens))
         self.decode_calls += 1
+        if self.cost is not None:
+            self.decode_seconds += self.cost(len(tokens))
         self.batches.append(list(tokens))
         if logits == "none":
             return None
@@ -61,6 +72,8 @@ class FakeModel:
         self.starts.append(self.n_past)
         self.batches.append([int(root), *map(int, tokens)])
         self.decode_calls += 1
+        if self.cost is not None:
+            self.decode_seconds += self.cost(1 + len(tokens))
         self.tokens.append(int(root))
         rows = [self.logits_fn(self.tokens)]
         for i in range(len(tokens)):
@@ -119,5 +132,16 @@ def soft_lm(n_vocab: int, seed: int, temperature: float = 1.0):
     def fn(history):
         rng = np.random.default_rng(hash((seed, history[-1], len(history) % 3)) % (2**32))
         return (rng.normal(size=n_vocab) * 2.0 / temperature).astype(np.float32)
+
+    return fn
+
+
+def sequence_lm(seq: Sequence[int], n_vocab: int, sharp: float = 10.0):
+    """A model that writes seq: the token after a history of length n is seq[n] (0 past its end)."""
+
+    def fn(history):
+        out = np.zeros(n_vocab, dtype=np.float32)
+        out[seq[len(history)] if len(history) < len(seq) else 0] = sharp
+        return out
 
     return fn

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from spec_cli.adaptive import AdaptiveDraftLength, cost_curve, expected_tokens, predicted_speedups
+from spec_cli.adaptive import (
+    AdaptiveDraftLength,
+    cost_curve,
+    expected_tokens,
+    predicted_speedups,
+)
 
 FLAT = [1.0] * 16
 # NOTES.md, Gemma-270M Q4_K_M through the bindings on 2 CPU cores, relative to K = 1
@@ -217,3 +224,72 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         AdaptiveDraftLength(FLAT, decay=0.0)
     assert AdaptiveDraftLength([1.0, 1.5], g_max=8).g_max == 1
+
+
+# --- where a draft model pays -------------------------------------------------------
+# SmolLM2-135M F32 as the target (NOTES.md, ms for K = 1..16 tokens): verifying more
+# tokens is cheap, as for a big target on a GPU. Its Q4_1 draft steps at ~17 ms.
+STANDIN = cost_curve({1: 39.9, 2: 42.0, 3: 45.6, 4: 49.4, 5: 53.1, 6: 57.7, 8: 61.6, 16: 87.2}, 9) / 1000
+STANDIN_STEP = 0.017
+
+
+def best_lengths(a, step, tol=0.97):
+    """Draft lengths predicted within tol of the best one at the true acceptance rate a."""
+    s = predicted_speedups(a, STANDIN, step, 8)
+    return {g for g in range(1, 9) if s[g] >= tol * s[1:].max()}
+
+
+def test_reaches_the_best_length_within_a_few_rounds_and_stays():
+    rng = np.random.default_rng(3)
+    ctl = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=8)
+    gs = run_script(ctl, 0.9, 60, rng)
+    near_best = best_lengths(0.9, STANDIN_STEP)
+    assert 3 in near_best and 1 not in near_best
+    assert all(g > 0 for g in gs)  # drafting from the first round (a probe) on
+    assert sum(g in near_best for g in gs[5:]) >= 0.9 * len(gs[5:])
+
+
+def run_pattern(ctl, pattern, rounds):
+    """Like run_script, but drafted tokens are accepted or rejected by a repeating script."""
+    verdicts = itertools.cycle(pattern)
+    gs = []
+    for _ in range(rounds):
+        g = ctl.choose()
+        n = 0
+        while n < g and next(verdicts):
+            n += 1
+        ctl.update(g, n)
+        gs.append(g)
+    return gs
+
+
+def test_a_short_run_of_rejections_does_not_switch_a_paying_draft_off():
+    # 3 of 4 drafts accepted, a draft at 45 % of a target step: predicted ~1.15x at g = 1,
+    # a gain worth keeping. Five rejections in a row bring the prediction under min_gain
+    # (1.05), where a controller without hysteresis turns off until its next probe.
+    ctl = AdaptiveDraftLength(STANDIN, 0.45 * STANDIN[0], g_max=8)
+    gs = run_pattern(ctl, [1, 1, 1, 0], 40)
+    assert all(g > 0 for g in gs) and 1.1 < ctl.best_speedup() < 1.2
+    for _ in range(5):
+        g = ctl.choose()
+        assert g > 0
+        ctl.update(g, 0)
+    assert 1.0 < ctl.best_speedup() < ctl.min_gain
+    assert all(g > 0 for g in run_pattern(ctl, [1, 1, 1, 0], 20))
+    # a drafter that stays bad is still dropped, a few rounds later
+    gs = []
+    for _ in range(12):
+        gs.append(ctl.choose())
+        ctl.update(gs[-1], 0)
+    assert gs[-1] == 0 and 5 <= gs.index(0) <= 10
+
+
+def test_catch_up_cost_is_part_of_the_prediction():
+    # After a round that accepts all g drafts the draft model evaluates two tokens; with
+    # a = 1 that happens every round, so a costly two-token pass must lower the prediction.
+    plain = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=4, prior=1.0, prior_weight=1e6)
+    dear = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=4, prior=1.0, prior_weight=1e6, catch_up=0.02)
+    g = 3
+    expected = 4 * STANDIN[0] / (g * STANDIN_STEP + STANDIN[g] + 0.02)
+    assert dear.speedups()[g] == pytest.approx(expected)
+    assert dear.speedups()[g] < plain.speedups()[g]

@@ -7,11 +7,12 @@ wait for a core run ten times slower than one (29 against 2.7 tokens/s, measured
 from __future__ import annotations
 
 import pytest
-
 from neartie import assert_same_or_near_tie
+
 from spec_cli.decode import GenerateOptions
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
+from spec_cli.tokens import common_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -86,12 +87,20 @@ def test_turns_after_the_first_evaluate_only_their_new_tokens(smol, smol_draft, 
     assert first.evaluated == first.prompt_tokens - 1
     for q in QUESTIONS[1:]:
         before = list(s.target.tokens)
+        # The draft evaluates lazily, in its next round: after a round that accepted every
+        # draft it lacks its last draft, and a last round with no room to draft (the token
+        # budget's final token) adds the target's token it never saw. So it may trail the
+        # target's cache by up to two tokens when the turn ends, which of the two depending
+        # on where this machine's numerics put the acceptances.
+        lag = len(before) - common_prefix(s.draft.tokens, before)
+        assert 0 <= lag <= 2
         r = s.reply(q)
         # the new prompt extends exactly what the target cache held after the last turn
         assert r.prompt[: len(before)] == before
         assert r.evaluated == r.prompt_tokens - 1 - len(before)
         assert 0 < r.evaluated < 30
-        assert r.draft_evaluated is not None and r.draft_evaluated <= r.evaluated + 1
+        # and the draft evaluates the same new tokens plus what it trailed by, nothing more
+        assert r.draft_evaluated == r.evaluated + lag
 
 
 def test_outgrowing_the_context_drops_oldest_turns_and_keeps_the_caches_whole(smollm2_path, smollm2_q2k_path):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from spec_cli.adaptive import AdaptiveDraftLength
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
 from spec_cli.drafters.ngram import NgramDrafter
 from spec_cli.strategy import AdaptiveStrategy, FixedStrategy
-from tests.fakes import FakeModel, table_lm
+from tests.fakes import FakeModel, sequence_lm, table_lm
 
 V = 32
 CYCLE = {i: i % 9 + 1 for i in range(1, 10)}  # the target repeats 1..9 forever
@@ -72,3 +73,63 @@ def test_a_drafter_that_cannot_pay_is_left_out():
     # the same drafter on a flat (GPU-like) curve is kept
     kept = AdaptiveStrategy([(ModelDrafter(slow), AdaptiveDraftLength(FLAT_CURVE, 0.004, g_max=8), False)])
     assert [s.drafter.name for s in kept.sources] == ["model"]
+
+
+# --- auto where the draft model pays ------------------------------------------------
+# Scripted costs (seconds): SmolLM2-135M F32 as the target (NOTES.md), its Q4_1 as the
+# draft at 17 ms a token, whatever the batch (so a catch-up of many tokens is dear).
+STANDIN_MS = {1: 39.9, 2: 42.0, 3: 45.6, 4: 49.4, 5: 53.1, 6: 57.7, 7: 59.6, 8: 61.6, 9: 64.6}
+
+
+def standin_target_cost(n):
+    return STANDIN_MS[min(n, 9)] / 1000
+
+
+def draft_cost(n):
+    return 0.017 * n
+
+
+def standin_auto(draft):
+    cost = [standin_target_cost(k) for k in range(1, 10)]
+    ngram_ctl = AdaptiveDraftLength(cost, 0.0, g_max=8, probe_every=0, prior_weight=4.0)
+    model_ctl = AdaptiveDraftLength(cost, 0.017, g_max=8)
+    strat = AdaptiveStrategy([(NgramDrafter(4, 2), ngram_ctl, True), (ModelDrafter(draft), model_ctl, False)])
+    return strat, ngram_ctl, model_ctl
+
+
+def test_catch_up_after_idle_rounds_does_not_switch_the_draft_model_off():
+    # 60 tokens that repeat (the lookup drafts them; the draft model sits idle), then text
+    # that does not repeat, where only the draft model can guess. Its first round there
+    # evaluates the ~60 tokens it skipped: booked as a price per drafted token, that pass
+    # made it look far too dear to use.
+    rng = np.random.default_rng(0)
+    text = [1, 2, 3, 4, 5, 6, 7, 8, 9] * 8 + list(rng.permutation(np.arange(10, 250)))
+    lm = sequence_lm(text, 256)
+    prompt = text[:11]
+    target = FakeModel(lm, 256, cost=standin_target_cost)
+    draft = FakeModel(lm, 256, cost=draft_cost)
+    strat, _, model_ctl = standin_auto(draft)
+    res = Engine(target, strategy=strat).generate(prompt, GenerateOptions(max_tokens=160))
+    assert res.tokens == text[11:171]
+    assert strat.rounds["ngram"] >= 5  # the lookup had the repeating part, 8 tokens a round
+    assert max(len(b) for b in draft.batches) > 30  # the draft model did catch up on it
+    assert model_ctl.draft_step == pytest.approx(0.017)  # only one-token steps set its price
+    assert model_ctl.counts["off"] == 0
+    assert strat.rounds["model"] >= 0.8 * (strat.rounds["model"] + strat.rounds["none"])
+
+
+def test_the_drafter_with_the_higher_predicted_gain_goes_first():
+    # Text that never repeats a 2-gram in the same way: the lookup's guesses miss, the
+    # draft model (a perfect copy of the target) lands. Once the evidence is in, the draft
+    # model is asked first even in rounds where the lookup has a match.
+    rng = np.random.default_rng(1)
+    text = list(rng.integers(1, 12, size=400))
+    lm = sequence_lm(text, 16)
+    strat, ngram_ctl, model_ctl = standin_auto(FakeModel(lm, 16, cost=draft_cost))
+    target = FakeModel(lm, 16, cost=standin_target_cost)
+    res = Engine(target, strategy=strat).generate(text[:8], GenerateOptions(max_tokens=200))
+    assert res.tokens == text[8:208]
+    assert model_ctl.best_speedup() > ngram_ctl.best_speedup()
+    # a fixed "lookup first" order would let the lookup draft whenever it matches (most
+    # rounds, with 11 symbols); by predicted gain it drafts in only a few
+    assert strat.rounds["ngram"] <= 0.15 * strat.rounds["model"]

@@ -24,6 +24,12 @@ class Proposal:
     # None for a chain. For a token tree (see tokentree): parents[i] is the node that
     # tokens[i] follows, -1 for the root (the context's last token). Greedy only.
     parents: list[int] | None = None
+    # What making it cost a drafter that runs a model: `steps` one-token draft passes
+    # that took `step_seconds` (the per-token price of drafting), and `decode_seconds`
+    # for all of its passes, including catching up on context it had not seen.
+    steps: int = 0
+    step_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
     def q_dists(self) -> list[Dist]:
         return self.q if self.q is not None else [Dist.point(t) for t in self.tokens]
@@ -41,3 +47,10 @@ class Drafter(Protocol):
     def reset(self) -> None:
         """Forget any state carried between calls (KV cache, statistics)."""
         ...
+
+
+def prepare(drafter: object, tokens: Sequence[int]) -> None:
+    """Let a drafter that keeps a cache evaluate the prompt before the first round, if it has one."""
+    fn = getattr(drafter, "prepare", None)
+    if fn is not None:
+        fn(tokens)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..sampling import SamplingParams
-from .base import Drafter, Proposal
+from .base import Drafter, Proposal, prepare
 
 
 class CombinedDrafter:
@@ -43,6 +43,10 @@ class CombinedDrafter:
         prop = self.fallback.propose(context, n, params, rng)
         self.last_source = self.fallback.name if prop.tokens else None
         return prop
+
+    def prepare(self, tokens: Sequence[int]) -> None:
+        prepare(self.first, tokens)
+        prepare(self.fallback, tokens)
 
     def reset(self) -> None:
         self.first.reset()

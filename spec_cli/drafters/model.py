@@ -8,6 +8,7 @@ import numpy as np
 
 from ..backend import Model
 from ..sampling import Dist, SamplingParams, shape
+from ..tokens import common_prefix
 from .base import Proposal
 
 
@@ -44,7 +45,18 @@ class ModelDrafter:
         n = min(n, room + 1)
         if n <= 0:
             return prop
-        logits = self.model.sync(context)
+        d = self.model
+        t0 = d.decode_seconds
+        # sync keeps the shared prefix (less one token when all of it is shared: the logits
+        # after the last token are needed) and evaluates the rest
+        evaluated = len(context) - min(common_prefix(d.tokens, context), len(context) - 1)
+        logits = d.sync(context)
+        if evaluated == 1:
+            # In a steady run the sync evaluates one token (the target's correction, or the
+            # last accepted draft): a draft step like the others. More than one is a
+            # catch-up (after a fully accepted round, rounds without drafting, or a new
+            # prompt): real cost, but not a price per drafted token.
+            prop.steps, prop.step_seconds = 1, d.decode_seconds - t0
         for i in range(n):
             if params.greedy:
                 token = int(np.argmax(logits))
@@ -60,8 +72,16 @@ class ModelDrafter:
                 prop.q.append(dist)
             prop.tokens.append(token)
             if i + 1 < n:
-                logits = self.model.eval([token])[0]
+                ts = d.decode_seconds
+                logits = d.eval([token])[0]
+                prop.steps += 1
+                prop.step_seconds += d.decode_seconds - ts
+        prop.decode_seconds = d.decode_seconds - t0
         return prop
+
+    def prepare(self, tokens: Sequence[int]) -> None:
+        """Evaluate the prompt (less its last token) ahead of the first round, as the target does."""
+        self.model.sync(list(tokens), logits=False)
 
     def reset(self) -> None:
         self.model.reset()

@@ -86,6 +86,7 @@ class TreeDrafter:
         if n <= 0:
             return Proposal()
         context = list(context)
+        t0 = self.model.decode_seconds
         tokens: list[int] = []
         parents: list[int] = []
         paths: list[list[int]] = []  # tokens from the root down to each node
@@ -121,7 +122,10 @@ class TreeDrafter:
         self.trees += 1
         self.nodes += len(tokens)
         self.branches += leaves
-        return Proposal(tokens=tokens, parents=parents)
+        return Proposal(tokens=tokens, parents=parents, decode_seconds=self.model.decode_seconds - t0)
+
+    def prepare(self, tokens: Sequence[int]) -> None:
+        self.chain.prepare(tokens)
 
     def observe(self, prop: Proposal, outcome) -> None:
         from ..tokentree import on_first_branch
