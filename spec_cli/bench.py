@@ -7,6 +7,11 @@ llama-cpp-python's prompt-lookup decoding on the same prompts. Before each gener
 both models' caches are cleared and the prompt is evaluated off the clock, so no run
 profits from a cache that an earlier run left behind.
 
+Greedy by default, and then every output is checked against the target alone's (up to a
+near-tie). Under sampling (--temp > 0) each (prompt, repeat) gets its own seed from the
+base seed and the outputs are not compared: equal text is not what lossless means there,
+and the distribution tests cover that.
+
 It also measures the machine's cost curve (one target llama_decode of k tokens, one
 draft step; calibrate.py), one sample after every prompt's block of runs so that the
 curve sees the same machine as the runs, and from it and the measured acceptance
@@ -25,7 +30,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -54,6 +59,7 @@ WARMUP_TOKENS = 8
 TIE_TOLERANCE = 0.3
 # Batch sizes tried for the last tokens of the context, besides plain decoding's replay.
 TIE_BATCHES = (2, 3, 4, 5, 6, 8)
+GREEDY = SamplingParams(temperature=0.0)
 BUSY_SHARE = 0.5  # other programs using more than this share of the CPUs at the start is worth a warning
 
 SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
@@ -162,8 +168,16 @@ class BenchSettings:
     lookup: bool = False  # llama-cpp-python's prompt lookup against its plain decoding
     drafters: tuple[str, ...] = DEFAULT_DRAFTERS
     control: bool = True  # also run the target alone twice, to show the noise floor
+    sampling: SamplingParams = GREEDY  # greedy unless --temp > 0
+    seed: int = 0  # base seed under sampling; each (prompt, repeat) gets its own from it (run_seed)
 
     def check(self) -> None:
+        try:
+            self.sampling.check()
+        except ValueError as e:
+            raise SpecError(str(e)) from None  # the words `spec run` uses
+        if self.seed < 0:
+            raise SpecError(f"--seed must be >= 0, got {self.seed}")
         if not self.drafters:
             raise SpecError("--drafter needs at least one of " + ", ".join(DRAFTERS))
         for d in self.drafters:
@@ -180,6 +194,15 @@ class BenchSettings:
         for g in self.draft_lens:
             if not 1 <= g <= 64:
                 raise SpecError(f"draft lengths must be between 1 and 64, got {g}")
+
+
+def run_seed(base: int, prompt_index: int, repeat: int) -> int:
+    """The sampling seed of one (prompt, repeat): fixed by the base seed, different for each.
+
+    Every configuration of the same prompt and repeat shares it (the warm-up is repeat -1),
+    so a bench with the same --seed samples the same way again.
+    """
+    return int(np.random.SeedSequence([base, prompt_index, repeat + 1]).generate_state(1)[0] >> 1)
 
 
 def parse_drafters(text: str) -> tuple[str, ...]:
@@ -261,7 +284,7 @@ class Run:
     t_draft_decode: float | None = None
     t_outside_decode: float | None = None
     stop_reason: str = ""
-    output_check: str = ""  # baseline | same | near-tie | MISMATCH | not-checked
+    output_check: str = ""  # baseline | same | near-tie | MISMATCH | not-checked (always, under sampling)
     tie_gap: float | None = None
     error: str | None = None
     tokens: list[int] | None = None
@@ -269,6 +292,7 @@ class Run:
     rounds_by_drafter: dict[str, int] | None = None  # target passes by the drafter that proposed ("none": no draft)
     lengths_used: dict[int, int] | None = None  # target passes by draft length (spec only)
     strategy_notes: list[str] | None = None  # the strategy's own account: what it chose and why
+    seed: int | None = None  # the sampling seed (None: greedy)
 
     @property
     def config(self) -> Config:
@@ -279,7 +303,7 @@ CSV_FIELDS = [
     "engine", "mode", "drafter", "draft_len", "prompt_id", "category", "repeat", "order", "generated", "seconds",
     "tokens_per_second", "drafted", "accepted", "target_passes", "accept_hist", "t_target_decode", "t_draft",
     "t_draft_decode", "t_outside_decode", "stop_reason", "output_check", "tie_gap", "rounds_by_drafter",
-    "lengths_used", "error",
+    "lengths_used", "seed", "error",
 ]  # fmt: skip
 
 
@@ -386,8 +410,11 @@ class _Harness:
             self._auto_costs = cached_costs(self.pair.target, self.pair.draft, AUTO_MAX_DRAFT + 1, self.notify)
         return self._auto_costs
 
-    def run_spec(self, prompt: Sequence[int], g: int, max_tokens: int, drafter: str = MODEL) -> Run:
-        """One greedy generation from fresh caches; g = 0 with a drafter other than auto is the target alone.
+    def run_spec(
+        self, prompt: Sequence[int], g: int, max_tokens: int, drafter: str = MODEL,
+        sampling: SamplingParams = GREEDY, seed: int | None = None,
+    ) -> Run:  # fmt: skip
+        """One generation from fresh caches; g = 0 with a drafter other than auto is the target alone.
 
         Every run gets a new strategy, so neither a draft cache nor an acceptance
         history learnt on an earlier run carries over.
@@ -409,7 +436,7 @@ class _Harness:
                 draft.sync(prompt[:-1], logits=False)
             d0 = draft.decode_seconds
         engine = Engine(target, strategy=strategy)
-        opts = GenerateOptions(max_tokens=max_tokens, draft_len=g, sampling=SamplingParams(temperature=0.0))
+        opts = GenerateOptions(max_tokens=max_tokens, draft_len=g, sampling=sampling, seed=seed)
         res = engine.generate(list(prompt), opts)
         s = res.stats
         t_draft_decode = (draft.decode_seconds - d0) if draft is not None else 0.0
@@ -427,6 +454,7 @@ class _Harness:
             rounds_by_drafter=dict(strategy.rounds) if strategy is not None else None,
             lengths_used={int(k): int(v) for k, v in lengths.items()} if lengths is not None else None,
             strategy_notes=list(s.notes) if strategy is not None else None,
+            seed=seed,
         )  # fmt: skip
         return run
 
@@ -538,6 +566,18 @@ def run_bench(
 ) -> BenchResult:
     """Run the whole benchmark. progress(total, label) is called once per step."""
     settings.check()
+    greedy = settings.sampling.greedy
+    notes: list[str] = []
+    if not greedy:
+        notes.append(sampling_note(settings))
+        if TREE in settings.drafters:
+            # TreeDrafter drafts its plain chain under sampling: the draft model's rows, measured twice.
+            drafters = tuple(dict.fromkeys(MODEL if d == TREE else d for d in settings.drafters))
+            settings = replace(settings, drafters=drafters)
+            why = ("tree not measured under sampling: token trees are verified greedily only, and when sampling, --drafter "
+                   "tree drafts the draft model's plain chain, which the model rows measure")  # fmt: skip
+            notes.append(why)
+            notify(f"note: {why}")
     needs_model = [d for d in settings.drafters if d in (MODEL, TREE)]
     if pair.draft is None and needs_model:
         raise SpecError(f"--drafter {needs_model[0]} needs a draft model (pass --draft, or a preset with one)")
@@ -556,7 +596,6 @@ def run_bench(
                 f"prompt {p.id!r} is {len(toks)} tokens; with --max-tokens {settings.max_tokens} it needs a context of "
                 f"{need} tokens, the models have {n_ctx}; use a larger --ctx"
             )
-    notes: list[str] = []
     machine = machine_info(target.n_threads)
     busy, cpus = machine["cpu_busy_share_at_start"], machine["logical_cpus"] or 1
     if busy is not None and busy >= BUSY_SHARE:
@@ -582,11 +621,20 @@ def run_bench(
         ref_settings = ref_mod.ReferenceSettings(
             target=pair.target_path, draft=pair.draft_path, max_tokens=settings.max_tokens,
             ctx=target.n_ctx, threads=target.n_threads, ngl=target.n_gpu_layers, ngl_draft=pair.draft.n_gpu_layers,
+            temp=settings.sampling.temperature, top_k=settings.sampling.top_k, top_p=settings.sampling.top_p,
         )  # fmt: skip
+        if not greedy:
+            notes.append(
+                "llama.cpp's reference verifies by sampling the target and keeping drafts while they match, not by "
+                "rejection sampling: under sampling its acceptance follows another rule and is not comparable with spec's"
+            )
         if reference.plain is None:
             notes.append(f"{ref_mod.PLAIN_NAME} not found beside {reference.speculative}; no llama.cpp target-only figure")
     peer = None
-    if settings.lookup:
+    if settings.lookup and not greedy:
+        notes.append("prompt-lookup peer skipped: it decodes greedily only (lookup_peer.py)")
+        notify("warning: --lookup is greedy only; skipped under sampling")
+    elif settings.lookup:
         try:
             from .lookup_peer import LookupPeer
 
@@ -624,19 +672,21 @@ def run_bench(
     max_k = max(COST_CURVE_MAX_K, gmax + 1)
     dead: dict[str, str] = {}  # engine -> why it stopped being run
 
-    def run_one(cfg: Config, i: int, max_tokens: int) -> Run:
+    def run_one(cfg: Config, i: int, max_tokens: int, repeat: int) -> Run:
         prompt, toks = prompts[i], tokenized[i]
+        seed = None if greedy else run_seed(settings.seed, i, repeat)
         base = dict(engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, prompt_id=prompt.id, category=prompt.category,
-                    repeat=0, order=0, drafter=cfg.drafter)  # fmt: skip
+                    repeat=0, order=0, drafter=cfg.drafter, seed=seed)  # fmt: skip
         if cfg.engine in dead:
             return Run(**base, error=dead[cfg.engine])
         if cfg.engine == SPEC:
-            run = h.run_spec(toks, cfg.draft_len, max_tokens, cfg.drafter if cfg.drafter in DRAFTERS else MODEL)
+            drafter = cfg.drafter if cfg.drafter in DRAFTERS else MODEL
+            run = h.run_spec(toks, cfg.draft_len, max_tokens, drafter, settings.sampling, seed)
             run.prompt_id, run.category, run.drafter = prompt.id, prompt.category, cfg.drafter
             return run
         try:
             if cfg.engine == LLAMA_CPP:
-                s = ref_settings if max_tokens == settings.max_tokens else _replace_tokens(ref_settings, max_tokens)
+                s = replace(ref_settings, max_tokens=max_tokens, seed=seed if seed is not None else ref_settings.seed)
                 if cfg.mode == TARGET:
                     r = ref_mod.run_plain(reference, s, prompt.text)
                 else:
@@ -655,14 +705,14 @@ def run_bench(
         h.auto_costs()  # read (or, the first time on this machine, measure) before anything is timed
     for cfg in warm:
         progress(total, f"warm-up: {cfg.label}")
-        run_one(cfg, 0, min(WARMUP_TOKENS, settings.max_tokens))
+        run_one(cfg, 0, min(WARMUP_TOKENS, settings.max_tokens), -1)
 
     progress(total, "measuring the cost curve")
     curves = [measure_costs(target, pair.draft, tokenized[0], max_k, samples=1)]
     runs: list[Run] = []
     for order, (r, i, cfg) in enumerate(plan):
         progress(total, f"{cfg.label} · {prompts[i].id} · repeat {r + 1}/{settings.repeats}")
-        run = run_one(cfg, i, settings.max_tokens)
+        run = run_one(cfg, i, settings.max_tokens, r)
         run.repeat, run.order = r, order
         runs.append(run)
         if order + 1 == len(plan) or plan[order + 1][:2] != (r, i):
@@ -673,7 +723,11 @@ def run_bench(
     if peer is not None:
         peer.close()
 
-    _check_outputs(h, prompts, tokenized, runs)
+    if greedy:
+        _check_outputs(h, prompts, tokenized, runs)
+    else:
+        for run in runs:
+            run.output_check = "not-checked"
     summary = summarize(runs, cost, settings.draft_lens)
     recommendation = recommend_overall(summary)
     alpha_all = _pooled_alpha(runs)
@@ -693,7 +747,9 @@ def run_bench(
         suite={"name": suite.name, "version": suite.version, "prompts": [p.id for p in prompts]},
         settings={
             "draft_lens": list(settings.draft_lens), "repeats": settings.repeats, "max_tokens": settings.max_tokens,
-            "warmup": settings.warmup, "greedy": True, "tie_tolerance": TIE_TOLERANCE, "ctx": target.n_ctx,
+            "warmup": settings.warmup, "greedy": greedy, "temp": settings.sampling.temperature,
+            "top_k": settings.sampling.top_k, "top_p": settings.sampling.top_p, "seed": None if greedy else settings.seed,
+            "tie_tolerance": TIE_TOLERANCE if greedy else None, "ctx": target.n_ctx,
             "reference": str(reference.speculative) if reference else None,
             "reference_plain": str(reference.plain) if reference and reference.plain else None,
             "lookup": peer is not None, "lookup_num_pred_tokens": getattr(peer, "num_pred_tokens", None),
@@ -711,8 +767,13 @@ def run_bench(
     )
 
 
-def _replace_tokens(s: ref_mod.ReferenceSettings, n: int) -> ref_mod.ReferenceSettings:
-    return ref_mod.ReferenceSettings(**{**asdict(s), "max_tokens": n})
+def sampling_note(settings: BenchSettings) -> str:
+    sp = settings.sampling
+    return (
+        f"sampling (temp {sp.temperature:g}, top-k {sp.top_k}, top-p {sp.top_p:g}, base seed {settings.seed}): outputs are "
+        "not compared with the target alone's, since equal text is not the test of losslessness under sampling; "
+        "the distribution tests (tests/test_loop.py, tests/test_real_models.py) cover it"
+    )
 
 
 def _file_info(path: Path | None) -> dict | None:

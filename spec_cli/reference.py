@@ -147,11 +147,31 @@ class ReferenceSettings:
     threads: int
     ngl: int = 0
     ngl_draft: int = 0
+    temp: float = 0.0  # 0: greedy
+    top_k: int = 40  # 0: the whole vocabulary, in spec and in llama.cpp alike
+    top_p: float = 1.0
+    seed: int = 0
+
+
+# spec shapes logits as temperature, top-k, top-p (sampling.shape); top-k commutes with the
+# temperature. llama.cpp's default chain adds penalties, DRY, min-p 0.05 and more, puts the
+# temperature last, and lets a GGUF's own sampling defaults stand in for any flag not given:
+# naming the chain and every value makes it sample from the distribution spec samples from.
+SAMPLERS = "top_k;temperature;top_p"
+
+
+def sampling_args(s: ReferenceSettings) -> list[str]:
+    if s.temp <= 0:
+        return ["--temp", "0", "--seed", str(s.seed)]
+    return [
+        "--samplers", SAMPLERS, "--temp", repr(float(s.temp)), "--top-k", str(s.top_k), "--top-p", repr(float(s.top_p)),
+        "--min-p", "0", "--seed", str(s.seed),
+    ]  # fmt: skip
 
 
 def _common_args(s: ReferenceSettings) -> list[str]:
-    # Greedy, fixed seed, same token budget and threads as spec.
-    return ["-n", str(s.max_tokens), "--temp", "0", "--seed", "0", "-c", str(s.ctx), "-t", str(s.threads), "-ngl", str(s.ngl)]
+    # spec's sampling settings (greedy by default), seed, token budget and threads.
+    return ["-n", str(s.max_tokens), *sampling_args(s), "-c", str(s.ctx), "-t", str(s.threads), "-ngl", str(s.ngl)]
 
 
 def speculative_command(ref: Reference, s: ReferenceSettings, draft_len: int) -> list[str]:

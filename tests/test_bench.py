@@ -6,7 +6,7 @@ import csv
 import json
 import struct
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -486,3 +486,197 @@ def test_cli_bench_ngram_and_auto_without_a_draft_model(gemma_path, tmp_path, ca
         pos = {r["drafter"]: r["order"] for r in data["runs"] if r["prompt_id"] == pid}
         assert abs(pos["control"] - pos[""]) == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- sampling: fake models, no llama.cpp ---------------------------------------------------
+
+SAMPLED = dict(sampling=bench.SamplingParams(temperature=0.8, top_k=5, top_p=0.9), seed=7)
+
+
+class _BenchFake:
+    """What the bench asks of a Model beyond the loop's needs: tokenize, threads, GPU layers, close."""
+
+    n_threads, n_gpu_layers = 1, 0
+
+    def tokenize(self, text):
+        return [1 + ord(c) % 15 for c in text]
+
+    def close(self):
+        pass
+
+
+def _fake_pair(with_draft=True):
+    from tests.fakes import FakeModel, soft_lm
+
+    class Fake(_BenchFake, FakeModel):
+        pass
+
+    lm = soft_lm(16, seed=3)
+    target = Fake(lm, 16, n_ctx=4096)
+    draft = Fake(lm, 16, n_ctx=4096) if with_draft else None
+    return LoadedPair(target, draft, Path("/nowhere/target.gguf"), Path("/nowhere/draft.gguf") if with_draft else None)
+
+
+TWO = Suite("test", None, [BenchPrompt("a", "code", "abc"), BenchPrompt("b", "story", "hello")])
+
+
+@pytest.fixture
+def fake_bench(monkeypatch):
+    """run_bench on fake models: the cost curve and the machine facts stubbed, every generation's options recorded."""
+    from spec_cli.calibrate import CostCurve
+
+    monkeypatch.setattr(bench, "measure_costs", lambda *a, **k: CostCurve([1.0] * bench.COST_CURVE_MAX_K, 0.5, 0.6))
+    monkeypatch.setattr(bench, "machine_info", lambda threads: {"cpu_busy_share_at_start": None, "logical_cpus": 2})
+    seen = []  # (sampling, seed) of every generation, warm-up included
+
+    class Engine(bench.Engine):
+        def generate(self, prompt, opts, *a, **k):
+            seen.append((opts.sampling, opts.seed))
+            return super().generate(prompt, opts, *a, **k)
+
+    monkeypatch.setattr(bench, "Engine", Engine)
+    checked = []
+    real_check = bench._check_outputs
+    monkeypatch.setattr(bench, "_check_outputs", lambda *a: (checked.append(1), real_check(*a)))
+    return seen, checked
+
+
+def test_sampling_settings_reach_every_run_and_outputs_are_not_compared(fake_bench):
+    seen, checked = fake_bench
+    settings = tiny(draft_lens=(2,), repeats=2, max_tokens=6, drafters=("model", "ngram"), control=True, warmup=True, **SAMPLED)
+    res = run_bench(_fake_pair(), TWO, settings)
+
+    assert seen and {s for s, _ in seen} == {SAMPLED["sampling"]}
+    spec_runs = [r for r in res.runs if r.engine == SPEC]
+    assert len(spec_runs) == 2 * 2 * 4  # repeats x prompts x (target, control, model g=2, ngram g=2)
+    for r in spec_runs:
+        assert r.seed == bench.run_seed(7, [p.id for p in TWO.prompts].index(r.prompt_id), r.repeat)
+    # one seed per (prompt, repeat), shared by its configurations; the warm-up has its own
+    assert len({r.seed for r in spec_runs}) == 4
+    assert {seed for _, seed in seen} == {r.seed for r in spec_runs} | {bench.run_seed(7, 0, -1)}
+
+    assert not checked and {r.output_check for r in res.runs} == {"not-checked"}
+    assert all(s.mismatches == 0 and s.near_ties == 0 for s in res.summary)
+    assert any("not compared" in n and "distribution tests" in n for n in res.notes)
+    by = {(s.drafter, s.draft_len): s for s in res.summary}
+    for key in (("model", 2), ("ngram", 2)):
+        s = by[key]
+        assert s.speedup > 0 and s.tokens_per_second > 0 and s.accept_hist is not None
+        assert s.acceptance_rate is None or 0.0 <= s.acceptance_rate <= 1.0
+    assert by[("model", 2)].predicted > 0 and res.recommendation["message"]
+    assert {k: res.settings[k] for k in ("greedy", "temp", "top_k", "top_p", "seed")} == {
+        "greedy": False, "temp": 0.8, "top_k": 5, "top_p": 0.9, "seed": 7,
+    }  # fmt: skip
+
+    # The same base seed samples the same tokens again; another one does not.
+    again = run_bench(_fake_pair(), TWO, settings)
+    assert [r.tokens for r in again.runs] == [r.tokens for r in res.runs]
+    other = run_bench(_fake_pair(), TWO, replace(settings, seed=8))
+    assert [r.tokens for r in other.runs] != [r.tokens for r in res.runs]
+
+
+def test_greedy_bench_still_checks_outputs(fake_bench):
+    seen, checked = fake_bench
+    res = run_bench(_fake_pair(), TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model", "ngram")))
+    assert {(s.greedy, seed) for s, seed in seen} == {(True, None)}
+    assert checked == [1]
+    assert {r.output_check for r in res.runs if r.mode == "target"} == {"baseline"}
+    assert {r.output_check for r in res.runs if r.mode == "speculative"} == {"same"}
+    assert res.settings["greedy"] is True and res.settings["seed"] is None
+    assert not any("not compared" in n for n in res.notes)
+
+
+def test_tree_is_not_measured_under_sampling(fake_bench):
+    told = []
+    res = run_bench(_fake_pair(), ONE, tiny(draft_lens=(2,), drafters=("tree",), **SAMPLED), notify=told.append)
+    assert [(s.mode, s.drafter) for s in res.summary] == [("target", ""), ("speculative", "model")]
+    assert res.settings["drafters"] == ["model"]
+    assert any("tree not measured under sampling" in n for n in res.notes) and told
+
+
+def test_lookup_peer_is_skipped_under_sampling(fake_bench):
+    res = run_bench(_fake_pair(), ONE, tiny(draft_lens=(1,), lookup=True, **SAMPLED))
+    assert any("prompt-lookup peer skipped" in n for n in res.notes)
+    assert {s.engine for s in res.summary} == {SPEC}
+
+
+def test_reference_gets_the_sampling_settings_and_each_runs_seed(fake_bench, tmp_path):
+    log = tmp_path / "args.log"
+    spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{SPECULATIVE_OUT}\nEOF\n')
+    _fake_binary(tmp_path, "llama-completion", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{PLAIN_OUT}\nEOF\n')
+    res = run_bench(_fake_pair(), TWO, tiny(draft_lens=(2,), reference=str(spec_bin), **SAMPLED))
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 * 2  # two prompts, llama-completion and one draft length
+    for line in lines:
+        assert "--samplers top_k;temperature;top_p --temp 0.8 --top-k 5 --top-p 0.9 --min-p 0" in line
+    seeds = sorted(int(ln.split("--seed ")[1].split()[0]) for ln in lines)
+    assert seeds == sorted([bench.run_seed(7, 0, 0)] * 2 + [bench.run_seed(7, 1, 0)] * 2)
+    assert any("not comparable" in n for n in res.notes)
+    assert all(r.output_check == "not-checked" for r in res.runs)
+
+
+def test_reference_commands_greedy_unchanged_and_sampled():
+    ref = reference.Reference(Path("/bin/llama-speculative-simple"), Path("/bin/llama-completion"))
+    s = reference.ReferenceSettings(target=Path("t.gguf"), draft=Path("d.gguf"), max_tokens=8, ctx=512, threads=2)
+    common = ["-n", "8", "--temp", "0", "--seed", "0", "-c", "512", "-t", "2", "-ngl", "0"]
+    assert reference.plain_command(ref, s)[-len(common):] == common  # greedy: what it always passed
+    sampled = replace(s, temp=0.7, top_k=0, top_p=1.0, seed=11)
+    args = reference.speculative_command(ref, sampled, 3)
+    i = args.index("--samplers")
+    assert args[i : i + 12] == ["--samplers", "top_k;temperature;top_p", "--temp", "0.7", "--top-k", "0", "--top-p", "1.0",
+                                "--min-p", "0", "--seed", "11"]  # fmt: skip
+
+
+def test_cli_bench_under_sampling_skips_the_greedy_check(monkeypatch, fake_bench, capsys, tmp_path):
+    """Through the command line on fake models: a greedy MISMATCH fails the command; under sampling none is looked for."""
+    import spec_cli.cli.bench as cli_bench
+
+    monkeypatch.setenv("SPEC_WIDTH", "160")
+    monkeypatch.setattr(cli_bench, "load_pair", lambda *a, **k: _fake_pair())
+
+    def mismatch(h, prompts, tokenized, runs):
+        for r in runs:
+            r.output_check = "MISMATCH" if r.mode == "speculative" else "baseline"
+
+    monkeypatch.setattr(bench, "_check_outputs", mismatch)
+    argv = ["bench", "--drafter", "model,tree", "--draft-lens", "2", "-n", "4", "-r", "1", "--no-warmup", "--limit", "1"]
+    code, out, err = _main(argv, capsys)
+    assert code != 0 and "greedy output(s) changed" in err
+
+    j = tmp_path / "r.json"
+    code, out, err = _main(argv + ["--temp", "0.9", "--top-k", "0", "--seed", "3", "--json", str(j)], capsys)
+    assert code == 0, err
+    assert "not compared" in out and "distribution tests" in out and "\n g=2 " in out
+    assert "tree not measured under sampling" in out + err
+    data = json.loads(j.read_text())
+    assert {k: data["settings"][k] for k in ("greedy", "temp", "top_k", "top_p", "seed")} == {
+        "greedy": False, "temp": 0.9, "top_k": 0, "top_p": 1.0, "seed": 3,
+    }  # fmt: skip
+    assert {r["seed"] for r in data["runs"]} == {bench.run_seed(3, 0, 0)}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top-p", "1.5"], "top-p must be in (0, 1], got 1.5"),
+        (["--top-p", "0"], "top-p must be in (0, 1], got 0.0"),
+        (["--temp", "-0.5"], "temperature must be >= 0, got -0.5"),
+        (["--top-k", "-1"], "top-k must be >= 0"),
+        (["--seed", "-1", "--temp", "0.5"], "--seed must be >= 0"),
+    ],
+)
+def test_cli_bad_sampling_values_are_one_line(args, message, capsys):
+    code, out, err = _main(["bench", *args], capsys)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_under_sampling_on_the_real_pair(pair):
+    """Two prompts, eight tokens: acceptance is reported, and no output is held against the target alone's."""
+    suite = Suite("test", None, [BenchPrompt("add", "code", PROMPT), BenchPrompt("copy", "copy", COPY_PROMPT)])
+    res = run_bench(pair, suite, tiny(max_tokens=8, draft_lens=(3,), drafters=("model",), **SAMPLED))
+    s = next(s for s in res.summary if s.mode == "speculative")
+    assert s.runs == 2 and s.acceptance_rate is not None and 0.0 <= s.acceptance_rate <= 1.0
+    assert s.mismatches == 0 and all(r.output_check == "not-checked" for r in res.runs)
+    assert res.settings["greedy"] is False
