@@ -23,6 +23,15 @@ whose drafter is nearly free (n-gram) can also feed `update` with shadow
 evidence: the draft it would have made, compared with the token the target then
 produced.
 
+Predictions rest on the independence model and on costs measured before the
+run; where the gain is small either can be off by more than the gain (bursty
+acceptance, a pass that costs more in the loop than in calibration). So each
+round a drafter drafted is also measured: the tokens it yielded and the time it
+took (`observe_round`). The gain that decides on/off, and which drafter goes
+first, is the prediction blended with that measured rate relative to a plain
+pass, the measurement taking over as rounds accumulate. The draft length itself
+still comes from the prediction, which knows how the gain moves with g.
+
 Simulated on the CPU curve of NOTES.md with i.i.d. acceptance: when drafts never
 pay, the probes cost 1.5 % against plain decoding over 1,000 rounds (3 % over
 100); when they do, the result is within 1-2 % of the best fixed draft length
@@ -79,6 +88,12 @@ def cost_curve(points: Mapping[int, float], k_max: int = 16) -> np.ndarray:
     return np.interp(np.arange(1, k_max + 1), ks, vs)
 
 
+# Pseudo-acceptances added to the estimate when sizing a probe (see _probe_length).
+PROBE_OPTIMISM = 2.0
+# Rounds off before the first probe after speculation turned itself off.
+RECHECK_AFTER = 2
+
+
 class AdaptiveDraftLength:
     """Picks g each round from the cost curve and an acceptance estimate it keeps up to date.
 
@@ -111,6 +126,7 @@ class AdaptiveDraftLength:
         round_overhead: float = 0.0,
         cost_weight: float = 0.2,
         catch_up: float = 0.0,
+        prediction_weight: float = 4.0,
     ):
         self.cost = np.array(cost, dtype=np.float64)
         if self.cost.ndim != 1 or len(self.cost) < 1 or not np.all(self.cost > 0):
@@ -126,6 +142,11 @@ class AdaptiveDraftLength:
         self.round_overhead = round_overhead
         self.cost_weight = cost_weight
         self.catch_up = max(0.0, float(catch_up))
+        # How many measured rounds the prediction counts for in the blended gain.
+        self.prediction_weight = prediction_weight
+        self._m_tok = 0.0  # decayed tokens yielded by the rounds this drafter drafted
+        self._m_sec = 0.0  # decayed seconds those rounds took
+        self._m_rounds = 0.0  # decayed count of those rounds
         self._acc = 0.0  # decayed count of accepted drafts
         self._rej = 0.0  # decayed count of rejections
         # Once off, only fresh evidence (a probe, or shadow drafts fed to update) turns
@@ -136,6 +157,7 @@ class AdaptiveDraftLength:
         self._since = probe_every  # rounds off since the last probe; starts due, to get evidence early
         self._last = "off"  # what the last choose() decided, until update() has read it
         self._last_decision = "off"  # the same, kept: was speculation on in the last round?
+        self._last_g = 0  # the length of the last round that drafted
         self.reason = ""
         self.predicted = 1.0  # predicted speedup of the last choice over plain decoding
         self.counts = {"on": 0, "off": 0, "probe": 0}  # rounds by decision, for the stats
@@ -158,16 +180,47 @@ class AdaptiveDraftLength:
         g = int(np.argmax(s[1:])) + 1
         return g, float(s[g])
 
+    def measured_speedup(self) -> float | None:
+        """Tokens per second of the rounds this drafter drafted, over plain decoding's (None: no round yet)."""
+        if self._m_rounds <= 0 or self._m_sec <= 0:
+            return None
+        return self._m_tok / self._m_sec * self.cost[0]
+
+    def _gain(self) -> tuple[int, float]:
+        """The best draft length by prediction, and the gain to decide by: the prediction
+        blended with the measured speedup, weighted by the rounds measured."""
+        g, best = self._best()
+        measured = self.measured_speedup()
+        if g > 0 and measured is not None:
+            w = self._m_rounds
+            best = (self.prediction_weight * best + w * measured) / (self.prediction_weight + w)
+        return g, best
+
+    def _measured_note(self) -> str:
+        m = self.measured_speedup()
+        return "" if m is None else f", measured {m:.2f}x over {self._m_rounds:.0f} rounds"
+
+    def _probe_length(self) -> int:
+        """A probe drafts the length that would be best if the drafter were as good as the
+        evidence allows: the estimate with PROBE_OPTIMISM more acceptances. With little
+        evidence that is a few tokens, not the one token a cautious prior picks (on a steep
+        curve one token never pays, so a one-token probe could not show that more would);
+        with much evidence it is the plain estimate's best length."""
+        acc, rej = self._acc + self.prior_weight * self.prior, self._rej + self.prior_weight * (1 - self.prior)
+        a = (acc + PROBE_OPTIMISM) / (acc + rej + PROBE_OPTIMISM)
+        s = predicted_speedups(a, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)
+        return int(np.argmax(s[1:])) + 1
+
     def best_speedup(self) -> float:
-        """The predicted speedup of the best draft length at the current estimate (no side effects)."""
-        return self._best()[1]
+        """The gain of the best draft length now (prediction blended with measurement; no side effects)."""
+        return self._gain()[1]
 
     def choose(self) -> int:
         """The draft length for this round; 0 means plain decoding. Sets reason and predicted."""
         self._acc *= self.decay
         self._rej *= self.decay
         a = self.acceptance
-        g, best = self._best()
+        g, best = self._gain()
         # Hysteresis: turning on needs a clear gain (min_gain), staying on only a gain.
         # Noise in the estimate around min_gain would otherwise flip speculation off and
         # leave it off until the next probe, losing the gain it had.
@@ -175,24 +228,33 @@ class AdaptiveDraftLength:
         pays = g > 0 and best >= (1.0 if staying else self.min_gain)
         fresh, self._fresh = self._fresh, False
         if pays and (self._on or fresh):
+            if self._last_g:
+                # Lengthen a draft one token a round: a long draft chosen on a few rounds of
+                # evidence is the costliest way to learn the estimate was too high.
+                g = min(g, self._last_g + 1)
             self._on, self._last, self._since = True, "on", 0
             self._last_decision = "on"
-            self.reason, self.predicted = f"g={g}: predicted {best:.2f}x (a={a:.2f})", best
+            self.reason, self.predicted = f"g={g}: predicted {best:.2f}x (a={a:.2f}{self._measured_note()})", best
             self.counts["on"] += 1
             return g
+        if staying:
+            # Just turned off: one bad round can do that early in a run. Check again soon;
+            # probes that confirm the drop double the wait from there.
+            self._interval, self._since = min(self._interval, RECHECK_AFTER), 0
         self._on = False
         self._last_decision = "off"
         self._since += 1
         if g > 0 and self.probe_every > 0 and self._since >= self._interval:
             self._last = "probe"
-            self.reason, self.predicted = f"probe g={g}: predicted {best:.2f}x (a={a:.2f})", best
+            g = self._probe_length()
+            self.reason, self.predicted = f"probe g={g}: predicted {best:.2f}x (a={a:.2f}{self._measured_note()})", best
             self.counts["probe"] += 1
             return g
         self._last = "off"
         if g == 0:
             self.reason = "off: no room to draft"
         else:
-            self.reason = f"off: predicted {best:.2f}x at best (g={g}, a={a:.2f})"
+            self.reason = f"off: predicted {best:.2f}x at best (g={g}, a={a:.2f}{self._measured_note()})"
         self.predicted = 1.0
         self.counts["off"] += 1
         return 0
@@ -208,24 +270,43 @@ class AdaptiveDraftLength:
         last, self._last = self._last, "off"
         if drafted == 0:
             return
+        if last in ("on", "probe"):
+            self._last_g = drafted
         before = self.acceptance
         self._acc += accepted
         self._rej += accepted < drafted
         self._fresh = True
         if last == "probe":
-            # A probe that lowered the estimate doubles the wait for the next one, so a
-            # drafter that stays bad costs at most one probe per probe_max rounds; an
-            # inconclusive one (as many acceptances as the estimate expected) does not.
+            # A probe that lowered the estimate, or left the measured rate below plain
+            # decoding's, doubles the wait for the next one, so a drafter that stays bad
+            # costs at most one probe per probe_max rounds; an inconclusive one (as many
+            # acceptances as the estimate expected) does not.
             self._since = 0
-            if self.acceptance < before:
+            measured = self.measured_speedup()
+            if self.acceptance < before or (measured is not None and measured < 1.0):
                 self._interval = min(2 * self._interval, self.probe_max)
-        elif last == "on" and self._best()[1] >= self.min_gain:
+            elif self.acceptance > before and self._gain()[1] >= 1.0:
+                # and one that raised it, to a gain within reach, halves the wait: a drafter
+                # that was underrated at the start of a run is found in a few rounds.
+                self._interval = max(1, self._interval // 2)
+        elif last == "on" and self._gain()[1] >= self.min_gain:
             self._interval = self.probe_every  # speculation confirmed: probe eagerly next time
 
     def observe_pass(self, k: int, seconds: float) -> None:
         """Fold a measured target pass over k tokens into the cost curve (same unit as cost)."""
         if 1 <= k <= len(self.cost) and seconds > 0:
             self.cost[k - 1] += self.cost_weight * (seconds - self.cost[k - 1])
+
+    def observe_round(self, tokens: int, seconds: float) -> None:
+        """A round this drafter drafted: the tokens it yielded (accepted + the target's own)
+        and the seconds it took (the target pass and the drafting). Old rounds fade by
+        `decay` per measured round, not per round off, so the measurement survives a pause."""
+        if tokens < 1 or seconds <= 0:
+            return
+        d = self.decay
+        self._m_tok = d * self._m_tok + tokens
+        self._m_sec = d * self._m_sec + seconds
+        self._m_rounds = d * self._m_rounds + 1.0
 
     def observe_draft(self, n: int, seconds: float) -> None:
         """Fold a measured drafting time for n tokens into draft_step."""

@@ -427,19 +427,15 @@ class _Harness:
         elif g > 0:
             strategy = build_strategy(self.pair, ModelChoice(drafter=drafter), g)
         target.reset()
-        d0 = 0.0
         if draft is not None:
             draft.reset()
-            # The draft reads the prompt off the clock, as the target does in generate():
-            # a prefill is not what a draft length changes.
-            if strategy is not None and drafter != NGRAM and len(prompt) > 1:
-                draft.sync(prompt[:-1], logits=False)
-            d0 = draft.decode_seconds
+        # generate() has the draft read the prompt off the clock, as the target does: a
+        # prefill is not what a draft length changes.
         engine = Engine(target, strategy=strategy)
         opts = GenerateOptions(max_tokens=max_tokens, draft_len=g, sampling=sampling, seed=seed)
         res = engine.generate(list(prompt), opts)
         s = res.stats
-        t_draft_decode = (draft.decode_seconds - d0) if draft is not None else 0.0
+        t_draft_decode = s.t_draft_decode
         hist_len = (AUTO_MAX_DRAFT if drafter == AUTO else g) + 1
         lengths = getattr(strategy, "lengths", None)
         run = Run(

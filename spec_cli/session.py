@@ -117,6 +117,12 @@ def parse_draft_len(text: str | int | None) -> int | None:
 
 AUTO_MAX_DRAFT = 8
 NGRAM_PRIOR_WEIGHT = 4.0
+# A draft model that shares the target's tokenizer agrees with it on most tokens (0.6-0.9
+# in the literature and in BENCHMARKS.md), so its controller starts from 0.7, not a coin
+# flip, and forgets more slowly than the lookup's: its acceptance does not jump with the
+# text the way an n-gram's does, and a 32-token run has few rounds to relearn it in.
+MODEL_PRIOR = 0.7
+MODEL_DECAY = 0.98
 
 
 def build_strategy(
@@ -175,6 +181,9 @@ def build_strategy(
         sources.append((ngram, ngram_ctl, True))
     if choice.drafter in ("auto", "model") and model is not None:
         catch_up = costs.draft2_ms - costs.draft_ms if np.isfinite(costs.draft2_ms) else 0.0
-        ctl = AdaptiveDraftLength(cost, costs.draft_ms / 1000.0, AUTO_MAX_DRAFT, catch_up=max(0.0, catch_up) / 1000.0)
+        ctl = AdaptiveDraftLength(
+            cost, costs.draft_ms / 1000.0, AUTO_MAX_DRAFT, catch_up=max(0.0, catch_up) / 1000.0,
+            prior=MODEL_PRIOR, decay=MODEL_DECAY,
+        )  # fmt: skip
         sources.append((model, ctl, False))
     return AdaptiveStrategy(sources)

@@ -16,6 +16,11 @@ its controller has switched it off, the guess is still checked against the
 token the target produced ("shadow" evidence) at no cost, and it comes back when
 its guesses start landing.
 
+Each round also tells the drafter that drafted it what it measured: tokens
+yielded and seconds taken (the target pass and the drafting), which the
+controller blends into its prediction (adaptive.py), so a drafter that measures
+better than predicted is kept and one that measures worse is dropped.
+
 Only the draft model's one-token passes are booked as its price per drafted
 token (Proposal.steps, step_seconds). A pass that catches the draft cache up on
 several tokens (the prompt, rounds in which something else drafted or nothing
@@ -35,6 +40,9 @@ import numpy as np
 from .adaptive import AdaptiveDraftLength, predicted_speedups
 from .drafters.base import Drafter, Proposal, prepare
 from .sampling import SamplingParams
+
+# How much better another drafter's gain must be to take over from the last one's.
+STICKY = 1.1
 
 
 @dataclass
@@ -110,6 +118,7 @@ class AdaptiveStrategy:
         self.lengths: Counter = Counter()
         self._consulted: list[_Source] = []
         self._used: _Source | None = None
+        self._previous: _Source | None = None  # the last drafter that drafted
 
     def prepare(self, tokens: Sequence[int]) -> None:
         for src in self.sources:
@@ -131,8 +140,11 @@ class AdaptiveStrategy:
                     continue  # no match: nothing to decide, nothing to learn
                 guesses[i] = guess
             candidates.append(i)
-        # The best predicted gain goes first; ties keep the configured order.
-        candidates.sort(key=lambda i: -self.sources[i].ctl.best_speedup())
+        # The best gain goes first; ties keep the configured order. The drafter of the last
+        # round keeps its turn unless another is clearly better: switching has a price the
+        # gains do not show (the draft model catching up on what the lookup drafted).
+        last = self._previous
+        candidates.sort(key=lambda i: -self.sources[i].ctl.best_speedup() * (STICKY if self.sources[i] is last else 1.0))
         chosen = None
         for i in candidates:
             src = self.sources[i]
@@ -157,7 +169,7 @@ class AdaptiveStrategy:
         return self._use(src, prop)
 
     def _use(self, src: _Source, prop: Proposal) -> Proposal:
-        self._used = src
+        self._used = self._previous = src
         prop.source = src.drafter.name
         return prop
 
@@ -168,6 +180,9 @@ class AdaptiveStrategy:
             src.ctl.observe_pass(outcome.pass_tokens, outcome.pass_seconds)
         for src in self._consulted:
             if src is self._used:
+                if outcome.drafted:
+                    drafting = outcome.draft_seconds if src.free else prop.round_seconds
+                    src.ctl.observe_round(outcome.accepted + 1, outcome.pass_seconds + drafting)
                 src.ctl.update(outcome.drafted, outcome.accepted)
                 if not src.free and prop.steps:
                     src.ctl.observe_draft(prop.steps, prop.step_seconds)

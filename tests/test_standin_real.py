@@ -2,8 +2,9 @@
 (the stand-in for an expensive target) and its packaged Q4_1 as the draft, through llama.cpp.
 
 The decisions are checked, not the timings: given the cost curve measured on this
-machine, the controller must choose the draft model, and whatever it chooses the
-greedy output must be the target's own (near-tie rule).
+machine and the pair's acceptance, where the draft clearly pays the controller must
+choose the draft model in most rounds, where it clearly loses it must not, and
+whatever it chooses the greedy output must be the target's own (near-tie rule).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import pytest
 
 from spec_cli.calibrate import measure_costs
 from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.drafters import ModelDrafter
 from spec_cli.session import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
-from spec_cli.speedup import best_predicted
+from spec_cli.speedup import acceptance_from_hist, best_predicted
 from tests.neartie import assert_same_or_near_tie
 
 pytestmark = pytest.mark.slow
@@ -41,26 +43,29 @@ def costs(pair):
     return measure_costs(pair.target, pair.draft, pair.target.tokenize(PROMPTS[0]), AUTO_MAX_DRAFT + 1)
 
 
-def test_the_measured_curve_says_the_draft_pays(costs):
-    # The premise of the pair: a Q4_1 step costs well under an F32 one, and verifying a few
-    # tokens costs little more than one. If this fails, this machine is not one where this
-    # pair stands in for a big target, and the test below has nothing to decide.
-    assert costs.draft_ms < 0.7 * costs.target_ms[0], costs
-    g, s = best_predicted(0.85, costs.target_ms, costs.draft_ms, costs.draft2_ms)
-    assert s > 1.1, (g, s, costs)
-
-
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_auto_drafts_with_the_model_and_keeps_the_target_output(pair, costs, prompt):
+def test_auto_decides_by_the_measured_costs_and_keeps_the_target_output(pair, costs, prompt):
     toks = pair.target.tokenize(prompt)
     pair.target.reset()
     reference = Engine(pair.target).generate(toks, GenerateOptions(max_tokens=N, draft_len=0)).tokens
+    # the pair's acceptance on this prompt, from a fixed draft length
+    pair.target.reset()
+    pair.draft.reset()
+    fixed = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3)).stats
+    a = acceptance_from_hist(fixed.accept_hist, 3)
+    _, predicted = best_predicted(a, costs.target_ms, costs.draft_ms, costs.draft2_ms)
+
     pair.target.reset()
     pair.draft.reset()
     strategy = build_strategy(pair, ModelChoice(drafter="auto"), None, costs=costs)
     res = Engine(pair.target, strategy=strategy).generate(toks, GenerateOptions(max_tokens=N))
-    rounds = strategy.rounds
-    assert "model" in strategy.name  # not left out as too slow
-    assert rounds["model"] > 0.5 * sum(rounds.values()), (dict(rounds), strategy.describe())
-    assert res.stats.accepted > 0
+    share = strategy.rounds["model"] / sum(strategy.rounds.values())
+    why = (a, predicted, costs, dict(strategy.rounds), strategy.describe())
+    # What the measured costs say decides what auto must do. On this project's CPUs the F32
+    # target costs about twice a Q4_1 draft step and the draft pays (~1.2x predicted); a
+    # machine where it is marginal (0.95-1.15x) leaves auto free to go either way.
+    if predicted >= 1.15:
+        assert "model" in strategy.name and share > 0.5, why
+    elif predicted < 0.95:
+        assert share <= 0.5, why
     assert_same_or_near_tie(pair.target, toks, reference, res.tokens)

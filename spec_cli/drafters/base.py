@@ -30,6 +30,9 @@ class Proposal:
     steps: int = 0
     step_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # the part of decode_seconds that this round's drafting cost, for measured rates: all of
+    # it but a catch-up on context skipped while the drafter was not used
+    round_seconds: float = 0.0
 
     def q_dists(self) -> list[Dist]:
         return self.q if self.q is not None else [Dist.point(t) for t in self.tokens]

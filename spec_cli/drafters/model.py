@@ -51,12 +51,13 @@ class ModelDrafter:
         # after the last token are needed) and evaluates the rest
         evaluated = len(context) - min(common_prefix(d.tokens, context), len(context) - 1)
         logits = d.sync(context)
+        sync_seconds = d.decode_seconds - t0
         if evaluated == 1:
             # In a steady run the sync evaluates one token (the target's correction, or the
             # last accepted draft): a draft step like the others. More than one is a
             # catch-up (after a fully accepted round, rounds without drafting, or a new
             # prompt): real cost, but not a price per drafted token.
-            prop.steps, prop.step_seconds = 1, d.decode_seconds - t0
+            prop.steps, prop.step_seconds = 1, sync_seconds
         for i in range(n):
             if params.greedy:
                 token = int(np.argmax(logits))
@@ -77,6 +78,11 @@ class ModelDrafter:
                 prop.steps += 1
                 prop.step_seconds += d.decode_seconds - ts
         prop.decode_seconds = d.decode_seconds - t0
+        prop.round_seconds = prop.decode_seconds
+        if evaluated > 2:
+            # Two tokens are what a fully accepted round leaves behind; more is the debt of
+            # rounds this drafter sat out. The round is charged one token's share of it.
+            prop.round_seconds += sync_seconds / evaluated - sync_seconds
         return prop
 
     def prepare(self, tokens: Sequence[int]) -> None:
