@@ -32,7 +32,8 @@ first, is the prediction blended with that measured rate relative to a plain
 pass, the measurement taking over as rounds accumulate. The draft length itself
 still comes from the prediction, which knows how the gain moves with g.
 
-Simulated on the CPU curve of NOTES.md with i.i.d. acceptance: when drafts never
+Simulated (before the measured blend, the probe sizing and the one-token ramp were
+added) on the CPU curve of NOTES.md with i.i.d. acceptance: when drafts never
 pay, the probes cost 1.5 % against plain decoding over 1,000 rounds (3 % over
 100); when they do, the result is within 1-2 % of the best fixed draft length
 over 1,000 rounds, except near the break-even rate, where either choice is
@@ -156,7 +157,7 @@ class AdaptiveDraftLength:
         self._interval = probe_every
         self._since = probe_every  # rounds off since the last probe; starts due, to get evidence early
         self._last = "off"  # what the last choose() decided, until update() has read it
-        self._last_decision = "off"  # the same, kept: was speculation on in the last round?
+        self._was_on = False  # whether the last choose() turned speculation on (kept past update)
         self._last_g = 0  # the length of the last round that drafted
         self.reason = ""
         self.predicted = 1.0  # predicted speedup of the last choice over plain decoding
@@ -224,7 +225,7 @@ class AdaptiveDraftLength:
         # Hysteresis: turning on needs a clear gain (min_gain), staying on only a gain.
         # Noise in the estimate around min_gain would otherwise flip speculation off and
         # leave it off until the next probe, losing the gain it had.
-        staying = self._on and self._last_decision == "on"
+        staying = self._was_on
         pays = g > 0 and best >= (1.0 if staying else self.min_gain)
         fresh, self._fresh = self._fresh, False
         if pays and (self._on or fresh):
@@ -232,8 +233,7 @@ class AdaptiveDraftLength:
                 # Lengthen a draft one token a round: a long draft chosen on a few rounds of
                 # evidence is the costliest way to learn the estimate was too high.
                 g = min(g, self._last_g + 1)
-            self._on, self._last, self._since = True, "on", 0
-            self._last_decision = "on"
+            self._on, self._was_on, self._last, self._since = True, True, "on", 0
             self.reason, self.predicted = f"g={g}: predicted {best:.2f}x (a={a:.2f}{self._measured_note()})", best
             self.counts["on"] += 1
             return g
@@ -241,8 +241,7 @@ class AdaptiveDraftLength:
             # Just turned off: one bad round can do that early in a run. Check again soon;
             # probes that confirm the drop double the wait from there.
             self._interval, self._since = min(self._interval, RECHECK_AFTER), 0
-        self._on = False
-        self._last_decision = "off"
+        self._on = self._was_on = False
         self._since += 1
         if g > 0 and self.probe_every > 0 and self._since >= self._interval:
             self._last = "probe"
