@@ -63,6 +63,85 @@ def default_threads() -> int:
     return n if n <= 4 else max(4, n // 2)
 
 
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
+    return bool(_lib().llama_supports_gpu_offload())
+
+
+# ggml's enum ggml_backend_dev_type
+_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
+
+
+def build_info() -> dict:
+    """What this llama.cpp build can do: versions, compiled-in backends, devices and their memory.
+
+    The backend registry and device calls are ggml's; llama-cpp-python binds few of them,
+    so they are called through ctypes on the ggml library it ships (already loaded).
+    """
+    import importlib.metadata
+
+    L = _lib()
+    info: dict = {
+        "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+        "gpu_offload": bool(L.llama_supports_gpu_offload()),
+        "rpc": bool(L.llama_supports_rpc()),
+        "mmap": bool(L.llama_supports_mmap()),
+        "max_devices": int(L.llama_max_devices()),
+        "system_info": L.llama_print_system_info().decode("utf-8", "replace").strip(),
+        "ggml_version": None,
+        "ggml_commit": None,
+        "backends": [],
+        "devices": [],
+    }
+    ggml = _ggml_library(Path(L.__file__).parent / "lib")
+    if ggml is None:
+        return info
+    for name in ("ggml_version", "ggml_commit"):
+        fn = getattr(ggml, name, None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            info[name] = (fn() or b"").decode("utf-8", "replace")
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    for i in range(ggml.ggml_backend_reg_count()):
+        info["backends"].append(ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode())
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_type.restype = ctypes.c_int
+    ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_memory.restype = None
+    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        info["devices"].append({
+            "name": ggml.ggml_backend_dev_name(dev).decode(),
+            "description": (ggml.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace"),
+            "type": _DEVICE_TYPES.get(ggml.ggml_backend_dev_type(dev), "unknown"),
+            "free_bytes": int(free.value),
+            "total_bytes": int(total.value),
+        })  # fmt: skip
+    return info
+
+
+def _ggml_library(lib_dir: Path):
+    for name in ("libggml.so", "libggml.dylib", "ggml.dll"):
+        if (lib_dir / name).exists():
+            try:
+                return ctypes.CDLL(str(lib_dir / name))
+            except OSError:
+                return None
+    return None
+
+
 def check_gguf(path: Path) -> None:
     """Fail with a readable message before llama.cpp sees a file it cannot load."""
     if not path.exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import Model, check_compatible
+from .backend import Model, check_compatible, gpu_offload_supported
 from .errors import SpecError
 from .presets import Notify, load_catalog, pair, resolve
 
@@ -26,7 +26,7 @@ class ModelChoice:
     ctx: int = 4096
     threads: int | None = None
     ngl: int = 0
-    ngl_draft: int = 0
+    ngl_draft: int | None = None  # None: the same as ngl
     drafter: str = "auto"  # auto | model | ngram | tree
 
     def check(self) -> None:
@@ -34,7 +34,7 @@ class ModelChoice:
             raise SpecError(f"--ctx must be at least 16 tokens, got {self.ctx}")
         if self.threads is not None and self.threads < 1:
             raise SpecError(f"--threads must be at least 1, got {self.threads}")
-        if self.ngl < -1 or self.ngl_draft < -1:
+        if self.ngl < -1 or (self.ngl_draft is not None and self.ngl_draft < -1):
             raise SpecError("--ngl and --ngl-draft take a layer count, or -1 for all layers")
         if self.drafter not in DRAFTERS:
             raise SpecError(f"--drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
@@ -92,7 +92,11 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
     draft = None
     if draft_path is not None:
         try:
-            draft = Model(draft_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=choice.ngl_draft, label="draft")
+            ngl_draft = choice.ngl if choice.ngl_draft is None else choice.ngl_draft
+            warning = offload_warning(choice.ngl, ngl_draft, gpu_offload_supported())
+            if warning:
+                notify(warning)
+            draft = Model(draft_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=ngl_draft, label="draft")
             check_compatible(target, draft)
         except BaseException:
             target.close()
@@ -100,6 +104,21 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
                 draft.close()
             raise
     return LoadedPair(target, draft, target_path, draft_path)
+
+
+def offload_warning(ngl: int, ngl_draft: int, gpu: bool) -> str | None:
+    """A warning when the target is offloaded to the GPU and the draft is left (mostly) on the CPU.
+
+    That is the most common cause of slow speculation reported by llama.cpp and LM Studio
+    users: every draft step then runs at CPU speed beside a GPU-speed target.
+    """
+    if gpu and ngl != 0 and ngl_draft == 0:
+        return (
+            f"warning: the target is offloaded to the GPU (--ngl {ngl}) but the draft is not (--ngl-draft 0): "
+            "its draft steps run on the CPU and can make speculation slower than the target alone; "
+            "leave --ngl-draft out to offload the draft like the target"
+        )
+    return None
 
 
 def parse_draft_len(text: str | int | None) -> int | None:

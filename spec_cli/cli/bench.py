@@ -48,7 +48,7 @@ def bench_cmd(
     ctx: Ctx = 2048,
     threads: Threads = None,
     ngl: Ngl = 0,
-    ngl_draft: NglDraft = 0,
+    ngl_draft: NglDraft = None,
 ) -> None:
     """Target alone against speculative decoding over a sweep of draft lengths, interleaved; greedy unless --temp > 0."""
     drafters = parse_drafters(drafter)

@@ -52,7 +52,7 @@ def chat_cmd(
     ctx: Ctx = 4096,
     threads: Threads = None,
     ngl: Ngl = 0,
-    ngl_draft: NglDraft = 0,
+    ngl_draft: NglDraft = None,
     no_spec: NoSpec = False,
 ) -> None:
     """Chat with the target model (default: the `chat` preset); /help lists the commands."""

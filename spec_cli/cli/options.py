@@ -23,7 +23,7 @@ Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed; the sa
 Ctx = Annotated[int, typer.Option("--ctx", help="Context size in tokens, for both models.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores up to 4, else half).")]
 Ngl = Annotated[int, typer.Option("--ngl", help="Target layers to offload to the GPU (-1 = all).")]
-NglDraft = Annotated[int, typer.Option("--ngl-draft", help="Draft layers to offload to the GPU (-1 = all).")]
+NglDraft = Annotated[Optional[int], typer.Option("--ngl-draft", help="Draft layers to offload to the GPU (-1 = all; default: the same as --ngl).")]
 Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
 
 

@@ -50,7 +50,7 @@ def run_cmd(
     ctx: Ctx = 4096,
     threads: Threads = None,
     ngl: Ngl = 0,
-    ngl_draft: NglDraft = 0,
+    ngl_draft: NglDraft = None,
     stop: Stop = None,
     no_spec: NoSpec = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
