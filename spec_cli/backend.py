@@ -232,6 +232,7 @@ class Model:
         # llama_decode returns before the device has finished, so the wait is timed too.
         self.decode_seconds = 0.0
         self.decode_calls = 0
+        self.last_sync_evaluated = 0  # tokens the last sync() had to evaluate
         self._piece_buf = ctypes.create_string_buffer(256)
 
     # --- vocabulary -------------------------------------------------------
@@ -489,6 +490,7 @@ class Model:
             common -= 1
         self.truncate(common)
         rest = tokens[common:]
+        self.last_sync_evaluated = len(rest)
         if not rest:
             return None
         out = self.eval(rest, logits="last" if logits else "none")

@@ -322,7 +322,7 @@ class ConfigSummary:
     alpha: float | None  # per-token acceptance fitted to the histogram
     tokens_per_pass: float | None
     accept_hist: list[int] | None
-    outside_decode: float | None  # share of wall time outside llama_decode (spec only)
+    outside_decode: float | None  # share of wall time outside both models' passes, waits included (spec only)
     vs_reference: float | None  # spec tok/s / llama.cpp tok/s, same draft length, median over (prompt, repeat)
     mismatches: int = 0
     near_ties: int = 0

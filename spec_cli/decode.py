@@ -46,6 +46,8 @@ class GenerateOptions:
             raise SpecError(f"--max-tokens must be at least 1, got {self.max_tokens}")
         if self.draft_len < 0 or self.draft_len > 64:
             raise SpecError(f"--draft-len must be between 0 and 64, got {self.draft_len}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise SpecError(f"--seed must be a whole number from 0 up, got {self.seed}")
         try:
             self.sampling.check()
         except ValueError as e:

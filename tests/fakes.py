@@ -32,6 +32,7 @@ class FakeModel:
         self.tokens: list[int] = []
         self.decode_seconds = 0.0
         self.decode_calls = 0
+        self.last_sync_evaluated = 0
         self.n_seq_max = 8  # branches a token tree may have, plus one
         self._tree = None
         self.batches: list[list[int]] = []  # every eval call, for assertions
@@ -103,6 +104,7 @@ class FakeModel:
             common -= 1
         self.truncate(common)
         rest = list(tokens[common:])
+        self.last_sync_evaluated = len(rest)
         if not rest:
             return None
         out = self.eval(rest, "last" if logits else "none")

@@ -114,6 +114,8 @@ def test_prompt_longer_than_context(gemma_q2k_path):
         (["--drafter", "magic"], "--drafter"),
         (["--draft-len", "lots"], "--draft-len"),
         (["--target", "no-such-model"], "unknown model"),
+        (["--seed", "-1"], "--seed"),
+        (["--ngl-draft", "-5"], "--ngl-draft"),
     ],
 )
 def test_nonsense_options(args, fragment):

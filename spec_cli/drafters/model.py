@@ -8,7 +8,6 @@ import numpy as np
 
 from ..backend import Model
 from ..sampling import Dist, SamplingParams, shape
-from ..tokens import common_prefix
 from .base import Proposal
 
 
@@ -47,10 +46,8 @@ class ModelDrafter:
             return prop
         d = self.model
         t0 = d.decode_seconds
-        # sync keeps the shared prefix (less one token when all of it is shared: the logits
-        # after the last token are needed) and evaluates the rest
-        evaluated = len(context) - min(common_prefix(d.tokens, context), len(context) - 1)
         logits = d.sync(context)
+        evaluated = d.last_sync_evaluated
         sync_seconds = d.decode_seconds - t0
         if evaluated == 1:
             # In a steady run the sync evaluates one token (the target's correction, or the
