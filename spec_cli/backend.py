@@ -83,7 +83,7 @@ def build_info() -> dict:
     L = _lib()
     info: dict = {
         "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
-        "gpu_offload": bool(L.llama_supports_gpu_offload()),
+        "gpu_offload": gpu_offload_supported(),
         "rpc": bool(L.llama_supports_rpc()),
         "mmap": bool(L.llama_supports_mmap()),
         "max_devices": int(L.llama_max_devices()),

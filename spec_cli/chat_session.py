@@ -21,7 +21,6 @@ from .chat import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
 from .drafters import ModelDrafter
 from .stats import Stats
-from .tokens import common_prefix
 
 
 @dataclass
@@ -126,9 +125,8 @@ class ChatSession:
         if use_draft:
             # Bring the draft cache up to the prompt now, so that its cost is counted
             # like the target's; the drafter's own sync then finds it in place.
-            before = common_prefix(self.draft.tokens, prompt[:-1])
             self.draft.sync(prompt[:-1], logits=False)
-            draft_evaluated = len(prompt) - 1 - before
+            draft_evaluated = self.draft.last_sync_evaluated
         gen = self.engine.generate(prompt, self.opts, on_text=on_text, should_stop=should_stop)
         interrupted = gen.stats.stop_reason == "interrupted"
         kept = not (interrupted and not gen.text)

@@ -28,7 +28,6 @@ from .sampling import SamplingParams, shape
 from .stats import Stats
 from .strategy import FixedStrategy, RoundOutcome
 from .textstream import TextStream
-from .tokens import common_prefix
 from .tokentree import accept_tree_greedy, prune
 from .verify import accept_greedy, accept_sampled
 
@@ -107,13 +106,12 @@ class Engine:
         context = list(prompt)
 
         t0 = time.perf_counter()
-        reused = common_prefix(target.tokens, context[:-1])
         target.sync(context[:-1], logits=False)
+        stats.prompt_tokens_evaluated = target.last_sync_evaluated
         if strategy is not None and hasattr(strategy, "prepare"):
             # A draft model reads the prompt here too, so that its first round is not
             # charged with prompt processing (and drafting does not look dear because of it).
             strategy.prepare(context[:-1])
-        stats.prompt_tokens_evaluated = len(context) - 1 - reused
         stats.t_prefill = time.perf_counter() - t0
 
         t_start = time.perf_counter()

@@ -12,7 +12,6 @@ from neartie import assert_same_or_near_tie
 from spec_cli.decode import GenerateOptions
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
-from spec_cli.tokens import common_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +145,12 @@ def test_reset_forgets_the_turns_but_reuses_the_cached_system_prompt(smol, smol_
     again = s.reply(QUESTIONS[0])
     assert again.prompt == first.prompt
     assert again.evaluated == 0  # that very prompt is still the start of the cache
+
+
+def common_prefix(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
