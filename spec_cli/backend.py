@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import SpecError
+from .sampling import top_k_of
 
 GGUF_MAGIC = b"GGUF"
 
@@ -66,6 +67,18 @@ def default_threads() -> int:
 def gpu_offload_supported() -> bool:
     """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
     return bool(_lib().llama_supports_gpu_offload())
+
+
+def backend_sampling_available() -> bool:
+    """Whether passes can hand back token ids picked inside llama.cpp's graph (backend sampling).
+
+    Needs a llama.cpp with llama_set_sampler (experimental there); SPEC_BACKEND_SAMPLING=0
+    turns it off, so that the numpy path can be compared with it or fallen back to.
+    """
+    if os.environ.get("SPEC_BACKEND_SAMPLING", "1").strip().lower() in ("0", "off", "no", "false"):
+        return False
+    L = _lib()
+    return all(hasattr(L, f) for f in ("llama_set_sampler", "llama_get_sampled_token_ith", "llama_get_sampled_candidates_ith"))
 
 
 # ggml's enum ggml_backend_dev_type
@@ -182,6 +195,7 @@ class Model:
         n_batch: int = 512,
         n_seq_max: int = 1,
         label: str = "model",
+        devices: int | None = None,
     ):
         L = _lib()
         self.path = Path(path)
@@ -189,6 +203,8 @@ class Model:
         check_gguf(self.path)
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        if devices is not None:
+            mparams.devices = devices  # a NULL-terminated ggml_backend_dev_t array (rpc.connect); None: llama.cpp's default
         self._model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise SpecError(f"llama.cpp could not load {label} model {self.path} (corrupt file or unsupported architecture)")
@@ -205,6 +221,9 @@ class Model:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
+        if hasattr(cparams, "n_outputs_max_per_seq"):
+            # A verification pass reads a sampled token for every row of seq 0 (the default is one).
+            cparams.n_outputs_max_per_seq = n_batch
         # Keep the whole sliding-window cache: cutting back (rollback, chat edits) needs
         # positions that a trimmed SWA cache would already have dropped.
         cparams.swa_full = True
@@ -234,6 +253,12 @@ class Model:
         self.decode_calls = 0
         self.last_sync_evaluated = 0  # tokens the last sync() had to evaluate
         self._piece_buf = ctypes.create_string_buffer(256)
+        # Backend sampling: a sampler chain on seq 0 runs inside llama.cpp's graph, so a pass
+        # hands back token ids (or top-k candidates) instead of a logit row per position.
+        self.backend_sampling = backend_sampling_available()
+        self._sampler = None  # the chain attached to seq 0, if any
+        self._sampler_kind: tuple | None = None  # what it computes: ("argmax",) or ("top_k", k)
+        self._sampler_refused: set[tuple] = set()  # kinds llama.cpp could not run in the graph
 
     # --- vocabulary -------------------------------------------------------
 
@@ -306,19 +331,105 @@ class Model:
         Only rows with their flag set pay for the output layer, which is most of
         the cost of a row when the vocabulary is big.
         """
+        if logits != "none":
+            self._attach(None)  # with a sampler on seq 0, llama.cpp would not copy the rows
+        self._append(tokens, logits)
+        if logits == "none":
+            return None
+        rows = len(tokens) if logits == "all" else 1
+        return np.ctypeslib.as_array(_lib().llama_get_logits(self._ctx), shape=(rows, self.n_vocab))
+
+    def eval_argmax(self, tokens: Sequence[int], rows: str = "all") -> np.ndarray:
+        """Append `tokens`; return the argmax token id of each row ("all") or of the last ("last").
+
+        With backend sampling a greedy sampler in llama.cpp's graph picks the ids and
+        no logit row leaves the device; otherwise numpy takes the argmax of the rows.
+        """
+        if self._attach(("argmax",)):
+            self._append(tokens, rows)
+            L = _lib()
+            idx = range(len(tokens)) if rows == "all" else (-1,)
+            out = np.fromiter((L.llama_get_sampled_token_ith(self._ctx, i) for i in idx), dtype=np.int64)
+            if (out < 0).any():
+                raise SpecError(f"llama.cpp's backend sampler returned no token on {self.label} model {self.path.name}")
+            return out
+        return self.eval(tokens, logits=rows).argmax(axis=1)
+
+    def eval_top_k(self, tokens: Sequence[int], k: int, rows: str = "all") -> list[tuple[np.ndarray, np.ndarray]]:
+        """Append `tokens`; return each row's k highest logits as (token ids, logits).
+
+        Enough for top-k sampling: temperature and top-p only reorder and cut these k.
+        With backend sampling only the k candidates leave the device.
+        """
+        n = len(tokens)
+        if 0 < k < self.n_vocab and self._attach(("top_k", k)):
+            self._append(tokens, rows)
+            L = _lib()
+            idx = range(n) if rows == "all" else (-1,)
+            out = []
+            for i in idx:
+                count = int(L.llama_get_sampled_candidates_count_ith(self._ctx, i))
+                if count == 0:
+                    raise SpecError(f"llama.cpp's backend sampler returned no candidates on {self.label} model {self.path.name}")
+                ids = np.ctypeslib.as_array(L.llama_get_sampled_candidates_ith(self._ctx, i), shape=(count,))
+                vals = np.ctypeslib.as_array(L.llama_get_sampled_logits_ith(self._ctx, i), shape=(count,))
+                out.append((ids.astype(np.int64), vals.astype(np.float32)))
+            return out
+        return [top_k_of(row, k) for row in self.eval(tokens, logits=rows)]
+
+    def use_backend_sampling(self, on: bool) -> None:
+        """Turn backend sampling on or off for this model (off: numpy reads full rows)."""
+        self._attach(None)
+        self.backend_sampling = bool(on) and backend_sampling_available()
+
+    @property
+    def backend_sampler(self) -> str | None:
+        """What the sampler chain on seq 0 computes now ("argmax", "top_k"), None without one."""
+        return self._sampler_kind[0] if self._sampler is not None else None
+
+    def _attach(self, kind: tuple | None) -> bool:
+        """Put a sampler chain computing `kind` on seq 0 (None: none). False where numpy must do it.
+
+        Changing the chain makes llama.cpp rebuild its graph, so the chain stays until a
+        caller needs something else; a generation asks for the same kind every round.
+        """
+        if kind == self._sampler_kind:
+            return self._sampler is not None
         L = _lib()
+        if self._sampler is not None:
+            L.llama_set_sampler(self._ctx, 0, None)
+            L.llama_sampler_free(self._sampler)
+            self._sampler = None
+        self._sampler_kind = kind
+        if kind is None or not self.backend_sampling or kind in self._sampler_refused:
+            return False
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if kind[0] == "argmax":
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(kind[1]))
+        if not L.llama_set_sampler(self._ctx, 0, chain):
+            L.llama_sampler_free(chain)
+            self._sampler_refused.add(kind)
+            return False
+        self._sampler = chain
+        return True
+
+    def _append(self, tokens: Sequence[int], logits: str) -> None:
+        """Evaluate `tokens` after the cache in chunks of n_batch; rows flagged for output per `logits`."""
         n = len(tokens)
         if n == 0:
             raise ValueError("eval needs at least one token")
+        if logits == "all" and n > self.n_batch:
+            raise ValueError("logits for every row need the tokens in one batch")
         self._drop_branches()
         if self.n_past + n > self.n_ctx:
             raise ContextFull(self.n_past + n, self.n_ctx)
         done = 0
-        out = None
+        b = self._batch
         while done < n:
             chunk = tokens[done : done + self.n_batch]
             last_chunk = done + len(chunk) == n
-            b = self._batch
             b.n_tokens = len(chunk)
             base = self.n_past
             for i, t in enumerate(chunk):
@@ -327,8 +438,6 @@ class Model:
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = 0
                 b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
-            if logits == "all" and n > self.n_batch:
-                raise ValueError("logits for every row need the tokens in one batch")
             rc = self._decode(b)
             if rc != 0:
                 # The cache may hold part of the batch now; drop whatever is past what we track.
@@ -336,12 +445,6 @@ class Model:
                 raise SpecError(f"llama_decode failed with code {rc} on {self.label} model {self.path.name}")
             self.tokens.extend(int(t) for t in chunk)
             done += len(chunk)
-        if logits == "none":
-            return None
-        rows = n if logits == "all" else 1
-        ptr = L.llama_get_logits(self._ctx)
-        out = np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab))
-        return out
 
     def eval_tree(self, root: int, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
         """Append `root` to seq 0 and evaluate it with a tree of drafts below it, in one llama_decode.
@@ -362,6 +465,7 @@ class Model:
         from .tokentree import check_tree, depths, leaf_sets
 
         L = _lib()
+        self._attach(None)  # every row's logits are read; a sampler on seq 0 would keep the root's back
         self._drop_branches()
         check_tree(tokens, parents)
         n = len(tokens) + 1
@@ -481,20 +585,38 @@ class Model:
         With logits=True the last token is (re)evaluated so that its logits row is
         returned; the cached prefix before it is reused.
         """
+        rest = self._sync_prefix(tokens, keep_last=logits)
+        if not rest:
+            return None
+        out = self.eval(rest, logits="last" if logits else "none")
+        return out[0] if out is not None else None
+
+    def _sync_prefix(self, tokens: Sequence[int], keep_last: bool) -> Sequence[int]:
+        """Cut the cache back to its common prefix with `tokens`; return what is left to evaluate.
+
+        keep_last: always leave at least the last token to evaluate (its row is wanted).
+        """
         common = 0
         limit = min(len(tokens), self.n_past)
         cached = self.tokens
         while common < limit and cached[common] == tokens[common]:
             common += 1
-        if logits and common == len(tokens):
+        if keep_last and common == len(tokens):
             common -= 1
         self.truncate(common)
         rest = tokens[common:]
         self.last_sync_evaluated = len(rest)
-        if not rest:
-            return None
-        out = self.eval(rest, logits="last" if logits else "none")
-        return out[0] if out is not None else None
+        return rest
+
+    def sync_argmax(self, tokens: Sequence[int]) -> int:
+        """`sync(tokens)`, returning only the argmax of the last row (backend sampling when available)."""
+        rest = self._sync_prefix(tokens, keep_last=True)
+        return int(self.eval_argmax(rest, rows="last")[0])
+
+    def sync_top_k(self, tokens: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`sync(tokens)`, returning only the last row's k highest logits as (ids, logits)."""
+        rest = self._sync_prefix(tokens, keep_last=True)
+        return self.eval_top_k(rest, k, rows="last")[0]
 
     def close(self) -> None:
         L = _llama
@@ -504,6 +626,10 @@ class Model:
             L.llama_batch_free(self._batch)
             self._batch = None
         if getattr(self, "_ctx", None):
+            if getattr(self, "_sampler", None) is not None:
+                L.llama_set_sampler(self._ctx, 0, None)
+                L.llama_sampler_free(self._sampler)
+                self._sampler = None
             L.llama_free(self._ctx)
             self._ctx = None
         if getattr(self, "_model", None):

@@ -25,7 +25,7 @@ from .presets import cache_dir
 COST_SAMPLES = 5
 # Part of the cache key: curves measured the old ways (cold compute graph; timed without
 # waiting for a GPU to finish) are not reused.
-CURVE_METHOD = "warm-graph-sync"
+CURVE_METHOD = "warm-graph-sync-ids"
 CALIBRATION_TEXT = "The quick brown fox jumps over the lazy dog while the five boxing wizards jump quickly. " * 3
 
 
@@ -41,7 +41,8 @@ class CostCurve:
 def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max_k: int, samples: int = COST_SAMPLES) -> CostCurve:
     """Time one target llama_decode of k = 1..max_k tokens after `prompt`, and one draft step.
 
-    The verification pass asks for logits on every row, so the curve does too. The k
+    The greedy verification pass asks for an id on every row (backend sampling where the
+    build has it, else numpy's argmax of full rows), so the curve times that. The k
     values are interleaved within each sample so that drift spreads over all of them,
     and each timed pass follows an untimed one of the same size: llama.cpp reuses the
     compute graph when consecutive batches have the same shape, as they do in a
@@ -57,10 +58,10 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
     times: list[list[float]] = [[] for _ in range(max_k)]
     for _ in range(samples):
         for k in range(1, max_k + 1):
-            target.eval(filler[:k], logits="all")  # same shape: the timed pass reuses its graph
+            target.eval_argmax(filler[:k])  # same shape: the timed pass reuses its graph
             target.truncate(base)
             before = target.decode_seconds
-            target.eval(filler[:k], logits="all")
+            target.eval_argmax(filler[:k])
             times[k - 1].append(target.decode_seconds - before)
             target.truncate(base)
     target.reset()
@@ -68,21 +69,23 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
 
     draft_ms = draft2_ms = float("nan")
     if draft is not None:
+        # A draft from another model family (drafters/crossvocab.py) has other token ids;
+        # a step costs the same whichever ids it reads, so any valid ones will do.
+        prompt = [int(t) % draft.n_vocab for t in prompt]
+        filler = [t % draft.n_vocab for t in filler]
         draft.reset()
         draft.sync(prompt, logits=False)
         base = draft.n_past
         steps, pairs = [], []
         for i in range(samples * 4):
             t0 = time.perf_counter()
-            row = draft.eval([filler[i % len(filler)]], logits="last")[0]
-            int(np.argmax(row))
+            draft.eval_argmax([filler[i % len(filler)]], rows="last")
             steps.append(time.perf_counter() - t0)
             draft.truncate(base)
             if i % 2:
                 # a two-token pass right after one-token ones, as in the loop
                 t0 = time.perf_counter()
-                row = draft.eval([filler[i % len(filler)], filler[(i + 1) % len(filler)]], logits="last")[0]
-                int(np.argmax(row))
+                draft.eval_argmax([filler[i % len(filler)], filler[(i + 1) % len(filler)]], rows="last")
                 pairs.append(time.perf_counter() - t0)
                 draft.truncate(base)
         draft.reset()
@@ -95,7 +98,10 @@ def _identity(model: Model | None) -> str | None:
     if model is None:
         return None
     st = model.path.stat()
-    return f"{model.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|t{model.n_threads}|ngl{model.n_gpu_layers}"
+    ident = f"{model.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|t{model.n_threads}|ngl{model.n_gpu_layers}"
+    # Over llama.cpp's RPC backend every pass pays the network: a curve of its own.
+    rpc = getattr(model, "rpc_servers", ())
+    return ident + (f"|rpc{','.join(rpc)}" if rpc else "")
 
 
 def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callable[[str], None] = lambda s: None) -> CostCurve:

@@ -2,15 +2,18 @@
 
 Invariant between rounds: `context` is prompt + output so far, and the target's
 KV cache holds context[:-1]. The last token is always fed again as the first
-row of the next verification batch, because its logits are needed to judge the
+row of the next verification batch, because its output is needed to judge the
 first draft. After a round that accepts a drafts, the cache is cut back to
 len(context) + a, dropping the rejected drafts, and the target's own token
 becomes the new last token. With no drafts the same loop is plain decoding,
 which is what --no-spec runs, so both modes share one code path.
 
-A proposal may also be a token tree (greedy only): the target evaluates all its
-branches in the same single pass (Model.eval_tree), the longest accepted branch
-is kept (Model.keep_branch) and the same invariant holds afterwards.
+A round has three steps: propose (the strategy's drafter), verify (a chain, or a
+token tree whose branches the target evaluates in the same single pass), emit
+(the accepted drafts and the target's own token, up to a stop condition).
+Verification only asks the target for what the acceptance rule reads: a token
+id per row under greedy decoding, the top-k candidates per row under top-k
+sampling (llama.cpp's backend sampling where it has it), full rows otherwise.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import numpy as np
 from .backend import Model
 from .drafters.base import Drafter, Proposal
 from .errors import SpecError
-from .sampling import SamplingParams, shape
+from .sampling import Dist, SamplingParams, shape, shape_top_k
 from .stats import Stats
 from .strategy import FixedStrategy, RoundOutcome
 from .textstream import TextStream
 from .tokentree import accept_tree_greedy, prune
 from .verify import accept_greedy, accept_sampled
+
+# Where an emitted token came from: a draft the target accepted, or the target's own pick.
+DRAFT, TARGET = "draft", "target"
 
 
 @dataclass
@@ -58,6 +64,60 @@ class Generation:
     text: str
     tokens: list[int]
     stats: Stats
+    origins: list[str] = field(default_factory=list)  # per token: DRAFT or TARGET
+
+
+@dataclass
+class Verdict:
+    """What one verification pass decided."""
+
+    accepted: list[int]  # the drafts the target kept, in order
+    extra: int  # the target's own token after them (correction or bonus)
+    path: list[int] | None = None  # for a token tree: the accepted nodes, root down
+
+
+def target_dists(target: Model, tokens: Sequence[int], params: SamplingParams) -> list[Dist]:
+    """The target's sampling distribution after each of `tokens`, evaluating them in one pass."""
+    if 0 < params.top_k < target.n_vocab:
+        return [shape_top_k(ids, z, params) for ids, z in target.eval_top_k(tokens, params.top_k)]
+    return [shape(row, params) for row in target.eval(tokens, logits="all")]
+
+
+def verify_chain(
+    target: Model, context: Sequence[int], drafts: list[int], q: list[Dist], params: SamplingParams, rng: np.random.Generator
+) -> Verdict:
+    """Evaluate [last token, *drafts] in one pass and apply the acceptance rule; cut the rejected drafts."""
+    tokens = [context[-1], *drafts]
+    if params.greedy:
+        n_acc, extra = accept_greedy(drafts, target.eval_argmax(tokens))
+    else:
+        n_acc, extra = accept_sampled(drafts, q[: len(drafts)], target_dists(target, tokens, params), rng)
+    target.truncate(len(context) + n_acc)
+    return Verdict(drafts[:n_acc], extra)
+
+
+def verify_tree(target: Model, context: Sequence[int], drafts: list[int], parents: list[int]) -> Verdict:
+    """Evaluate the last token with a tree of drafts below it in one pass; keep the longest accepted branch."""
+    rows = target.eval_tree(context[-1], drafts, parents)
+    path, extra = accept_tree_greedy(drafts, parents, rows.argmax(axis=1))
+    target.keep_branch(path)  # seq 0 continues along the accepted branch; the others are dropped
+    return Verdict([drafts[i] for i in path], extra, path)
+
+
+@dataclass
+class _Run:
+    """The state of one generation, passed between the steps of a round."""
+
+    opts: GenerateOptions
+    rng: np.random.Generator
+    strategy: object | None
+    stats: Stats
+    context: list[int]
+    stream: TextStream
+    out: list[int] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
+    drafted: int = 0  # drafts the target verified this round
+    done: bool = False
 
 
 class Engine:
@@ -79,7 +139,43 @@ class Engine:
         opts: GenerateOptions,
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_span: Callable[[str, str], None] | None = None,
     ) -> Generation:
+        """Generate up to opts.max_tokens after `prompt`.
+
+        on_text(text) receives the text as it can be shown; on_span(text, origin), if
+        given instead, receives it in runs of one origin (DRAFT or TARGET).
+        """
+        run = self._start(prompt, opts)
+        target = self.target
+        t_start, target_t0 = time.perf_counter(), target.decode_seconds
+        while not run.done:
+            if should_stop is not None and should_stop():
+                run.stats.stop_reason = "interrupted"
+                break
+            room = target.n_ctx - len(run.context)  # drafts that still fit beside the last token
+            if room < 0:
+                run.stats.stop_reason = "context"
+                run.stats.notes.append(f"stopped: the context of {target.n_ctx} tokens is full")
+                break
+            cap = min(room, opts.max_tokens - len(run.out) - 1)
+            prop, t_draft = self._propose(run, cap)
+            t_pass = target.decode_seconds
+            verdict = self._verify(run, prop, cap, room)
+            t_pass = target.decode_seconds - t_pass
+            self._observe(run, prop, verdict, t_pass, t_draft)
+            self._emit(run, verdict, on_text, on_span)
+        self._release(run, run.stream.flush(), on_text, on_span)
+        stats = run.stats
+        stats.t_total = time.perf_counter() - t_start
+        stats.t_target = target.decode_seconds - target_t0
+        stats.generated = len(run.out)
+        if run.strategy is not None:
+            stats.notes.extend(run.strategy.describe())
+        return Generation(text=run.stream.released, tokens=run.out, stats=stats, origins=run.origins)
+
+    def _start(self, prompt: Sequence[int], opts: GenerateOptions) -> _Run:
+        """Check the request, then prefill: the target (and a draft model) read the prompt but its last token."""
         opts.check()
         target = self.target
         if not prompt:
@@ -90,8 +186,6 @@ class Engine:
                 "use a larger --ctx or a shorter prompt"
             )
         seed = opts.seed if opts.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
-        rng = np.random.default_rng(seed)
-        params = opts.sampling
         strategy = self.strategy
         if strategy is None and self.drafter is not None and opts.draft_len > 0:
             strategy = FixedStrategy(self.drafter, opts.draft_len)
@@ -101,103 +195,82 @@ class Engine:
             prompt_tokens=len(prompt),
             seed=seed,
         )
-        stream = TextStream(opts.stop)
-        out_tokens: list[int] = []
-        context = list(prompt)
-
+        run = _Run(opts, np.random.default_rng(seed), strategy, stats, list(prompt), TextStream(opts.stop))
         t0 = time.perf_counter()
-        target.sync(context[:-1], logits=False)
+        target.sync(run.context[:-1], logits=False)
         stats.prompt_tokens_evaluated = target.last_sync_evaluated
         if strategy is not None and hasattr(strategy, "prepare"):
             # A draft model reads the prompt here too, so that its first round is not
             # charged with prompt processing (and drafting does not look dear because of it).
-            strategy.prepare(context[:-1])
+            strategy.prepare(run.context[:-1])
         stats.t_prefill = time.perf_counter() - t0
+        return run
 
-        t_start = time.perf_counter()
-        target_t0 = target.decode_seconds
-        done = False
-        while not done:
-            if should_stop is not None and should_stop():
-                stats.stop_reason = "interrupted"
+    def _propose(self, run: _Run, cap: int) -> tuple[Proposal, float]:
+        if run.strategy is None or cap <= 0:
+            return Proposal(), 0.0
+        t0 = time.perf_counter()
+        prop = run.strategy.propose(run.context, cap, run.opts.sampling, run.rng)
+        t_draft = time.perf_counter() - t0
+        run.stats.t_draft += t_draft
+        run.stats.t_draft_decode += prop.decode_seconds
+        return prop, t_draft
+
+    def _verify(self, run: _Run, prop: Proposal, cap: int, room: int) -> Verdict:
+        if prop.parents is not None and prop.tokens:
+            if not run.opts.sampling.greedy:
+                raise SpecError("token trees are verified greedily only; draft a chain when sampling")
+            # A tree takes one cache cell per node, so its size is bounded by the room left.
+            drafts, parents = prune(prop.tokens, prop.parents, max(cap, 0), max(room, 0))
+            if drafts:
+                run.drafted = len(drafts)
+                return verify_tree(self.target, run.context, drafts, parents)
+            run.drafted = 0
+            return verify_chain(self.target, run.context, [], [], run.opts.sampling, run.rng)
+        drafts = prop.tokens[: max(cap, 0)]
+        run.drafted = len(drafts)
+        return verify_chain(self.target, run.context, drafts, prop.q_dists(), run.opts.sampling, run.rng)
+
+    def _observe(self, run: _Run, prop: Proposal, verdict: Verdict, t_pass: float, t_draft: float) -> None:
+        n_acc = len(verdict.accepted)
+        run.stats.record_round(run.drafted, n_acc)
+        if run.strategy is not None:
+            target_next = verdict.accepted[0] if n_acc else verdict.extra
+            outcome = RoundOutcome(run.drafted, n_acc, target_next, run.drafted + 1, t_pass, t_draft, verdict.path)
+            run.strategy.observe(prop, outcome)
+
+    def _emit(self, run: _Run, verdict: Verdict, on_text, on_span) -> None:
+        """Append the round's tokens to the output until a stop condition; keep the cache invariant."""
+        target, stats = self.target, run.stats
+        tokens = [*verdict.accepted, verdict.extra]
+        for i, tok in enumerate(tokens):
+            if target.is_eog(tok):
+                stats.stop_reason = "eos"
+                run.done = True
                 break
-            room = target.n_ctx - len(context)  # drafts that still fit beside the last token
-            if room < 0:
-                stats.stop_reason = "context"
-                stats.notes.append(f"stopped: the context of {target.n_ctx} tokens is full")
+            origin = DRAFT if i < len(verdict.accepted) else TARGET
+            run.context.append(tok)
+            run.out.append(tok)
+            run.origins.append(origin)
+            self._release(run, run.stream.feed(target.piece(tok), origin), on_text, on_span)
+            if run.stream.stopped:
+                stats.stop_reason = "stop"
+                run.done = True
                 break
-            cap = min(room, opts.max_tokens - len(out_tokens) - 1)
-            prop, t_draft = Proposal(), 0.0
-            if strategy is not None and cap > 0:
-                td = time.perf_counter()
-                prop = strategy.propose(context, cap, params, rng)
-                t_draft = time.perf_counter() - td
-                stats.t_draft += t_draft
-                stats.t_draft_decode += prop.decode_seconds
-            path = None  # the accepted nodes, when the proposal is a token tree
-            tree = prop.parents is not None and bool(prop.tokens)
-            if tree:
-                if not params.greedy:
-                    raise SpecError("token trees are verified greedily only; draft a chain when sampling")
-                # A tree takes one cache cell per node, so its size is bounded by the room left.
-                drafts, parents = prune(prop.tokens, prop.parents, max(cap, 0), max(room, 0))
-            else:
-                drafts = prop.tokens[: max(cap, 0)]
+            if len(run.out) >= run.opts.max_tokens:
+                stats.stop_reason = "max_tokens"
+                run.done = True
+                break
+        if run.done and len(target.tokens) > len(run.context) - 1:
+            # A stop inside the accepted run: keep the invariant cache == context[:-1].
+            target.truncate(len(run.context) - 1)
 
-            t_pass = target.decode_seconds
-            if tree and drafts:
-                rows = target.eval_tree(context[-1], drafts, parents)
-                path, extra = accept_tree_greedy(drafts, parents, rows.argmax(axis=1))
-                # Seq 0 continues along the accepted branch; the other branches are dropped.
-                target.keep_branch(path)
-                accepted = [drafts[i] for i in path]
-            else:
-                rows = target.eval([context[-1], *drafts], logits="all")
-                if params.greedy:
-                    n_acc, extra = accept_greedy(drafts, rows.argmax(axis=1))
-                else:
-                    p = [shape(row, params) for row in rows]
-                    n_acc, extra = accept_sampled(drafts, prop.q_dists()[: len(drafts)], p, rng)
-                # Drop the rejected drafts from the target cache; keep last token + accepted ones.
-                target.truncate(len(context) + n_acc)
-                accepted = drafts[:n_acc]
-            t_pass = target.decode_seconds - t_pass
-            n_acc = len(accepted)
-            stats.record_round(len(drafts), n_acc)
-            if strategy is not None:
-                target_next = accepted[0] if n_acc > 0 else extra
-                strategy.observe(
-                    prop, RoundOutcome(len(drafts), n_acc, target_next, len(drafts) + 1, t_pass, t_draft, path)
-                )
-
-            for tok in (*accepted, extra):
-                if target.is_eog(tok):
-                    stats.stop_reason = "eos"
-                    done = True
-                    break
-                context.append(tok)
-                out_tokens.append(tok)
-                piece = stream.feed(target.piece(tok))
-                if piece and on_text is not None:
-                    on_text(piece)
-                if stream.stopped:
-                    stats.stop_reason = "stop"
-                    done = True
-                    break
-                if len(out_tokens) >= opts.max_tokens:
-                    stats.stop_reason = "max_tokens"
-                    done = True
-                    break
-            if done and len(target.tokens) > len(context) - 1:
-                # A stop inside the accepted run: keep the invariant cache == context[:-1].
-                target.truncate(len(context) - 1)
-
-        tail = stream.flush()
-        if tail and on_text is not None:
-            on_text(tail)
-        stats.t_total = time.perf_counter() - t_start
-        stats.t_target = target.decode_seconds - target_t0
-        stats.generated = len(out_tokens)
-        if strategy is not None:
-            stats.notes.extend(strategy.describe())
-        return Generation(text=stream.released, tokens=out_tokens, stats=stats)
+    @staticmethod
+    def _release(run: _Run, text: str, on_text, on_span) -> None:
+        if not text:
+            return
+        if on_span is not None:
+            for span, origin in run.stream.last_spans:
+                on_span(span, origin)
+        elif on_text is not None:
+            on_text(text)

@@ -75,6 +75,13 @@ class Dist:
         return out
 
 
+def top_k_of(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k highest logits of a row as (token ids, logits), in no particular order; k = 0: all."""
+    n = logits.shape[-1]
+    ids = np.argpartition(logits, n - k)[n - k :] if 0 < k < n else np.arange(n)
+    return ids, logits[ids]
+
+
 def shape(logits: np.ndarray, params: SamplingParams) -> Dist:
     """Temperature, then top-k, then top-p, as llama.cpp orders them.
 
@@ -83,24 +90,29 @@ def shape(logits: np.ndarray, params: SamplingParams) -> Dist:
     """
     if params.greedy:
         return Dist.point(int(np.argmax(logits)))
-    n = logits.shape[-1]
-    if 0 < params.top_k < n:
-        ids = np.argpartition(logits, n - params.top_k)[n - params.top_k:]
-        ids.sort()
-        z = logits[ids].astype(np.float64)
-    else:
-        ids = np.arange(n)
-        z = logits.astype(np.float64)
-    z = z / params.temperature
+    return shape_top_k(*top_k_of(logits, params.top_k), params)
+
+
+def shape_top_k(ids: np.ndarray, logits: np.ndarray, params: SamplingParams) -> Dist:
+    """`shape` of a row known only by its top-k candidates (ids and their logits).
+
+    A temperature does not change which tokens are the k highest, so top-k first and
+    temperature second gives the same distribution as the order `shape` names; top-p
+    then cuts inside the k. This is what makes backend top-k (only k candidates leave
+    llama.cpp) lossless.
+    """
+    order = np.argsort(ids, kind="stable")
+    ids = np.asarray(ids)[order]
+    z = np.asarray(logits, dtype=np.float64)[order] / params.temperature
     z -= z.max()
     probs = np.exp(z)
     probs /= probs.sum()
     if params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cum = np.cumsum(probs[order])
+        by_prob = np.argsort(-probs, kind="stable")
+        cum = np.cumsum(probs[by_prob])
         # keep the smallest prefix whose mass reaches top_p (always at least one token)
         keep = int(np.searchsorted(cum, params.top_p, side="left")) + 1
-        kept = np.sort(order[:keep])
+        kept = np.sort(by_prob[:keep])
         ids, probs = ids[kept], probs[kept]
         probs = probs / probs.sum()
     return Dist(ids.astype(np.int64, copy=False), probs)

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from spec_cli.backend import ContextFull
+from spec_cli.sampling import top_k_of
 
 
 class FakeModel:
@@ -60,6 +61,19 @@ class FakeModel:
         if logits == "last":
             return np.array(rows[-1:], dtype=np.float32)
         return np.array(rows, dtype=np.float32)
+
+    # What the real Model computes with backend sampling, here from the scripted rows.
+    def eval_argmax(self, tokens, rows="all"):
+        return self.eval(tokens, rows).argmax(axis=1)
+
+    def eval_top_k(self, tokens, k, rows="all"):
+        return [top_k_of(row, k) for row in self.eval(tokens, rows)]
+
+    def sync_argmax(self, tokens):
+        return int(np.argmax(self.sync(tokens)))
+
+    def sync_top_k(self, tokens, k):
+        return top_k_of(self.sync(tokens), k)
 
     def eval_tree(self, root, tokens, parents):
         """Like Model.eval_tree: row 0 after root, row i + 1 after node i along its own branch."""

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ..backend import Model
-from ..sampling import Dist, SamplingParams, shape
+from ..sampling import Dist, SamplingParams, shape, shape_top_k
 from .base import Proposal
 
 
@@ -45,8 +45,17 @@ class ModelDrafter:
         if n <= 0:
             return prop
         d = self.model
+        # Ask the draft only for what drafting reads: an id when greedy without a confidence
+        # threshold, the top-k candidates under top-k sampling, the full row otherwise.
+        if params.greedy and self.min_confidence <= 0:
+            first, step = d.sync_argmax, lambda t: d.eval_argmax([t], rows="last")[0]
+        elif not params.greedy and 0 < params.top_k < d.n_vocab:
+            k = params.top_k
+            first, step = (lambda c: d.sync_top_k(c, k)), (lambda t: d.eval_top_k([t], k, rows="last")[0])
+        else:
+            first, step = d.sync, lambda t: d.eval([t])[0]
         t0 = d.decode_seconds
-        logits = d.sync(context)
+        out = first(context)
         evaluated = d.last_sync_evaluated
         sync_seconds = d.decode_seconds - t0
         if evaluated == 1:
@@ -57,12 +66,15 @@ class ModelDrafter:
             prop.steps, prop.step_seconds = 1, sync_seconds
         for i in range(n):
             if params.greedy:
-                token = int(np.argmax(logits))
-                if self.min_confidence > 0 and top_probability(logits) < self.min_confidence and i > 0:
-                    prop.stopped = "confidence"
-                    break
+                if self.min_confidence <= 0:
+                    token = int(out)
+                else:
+                    token = int(np.argmax(out))
+                    if i > 0 and top_probability(out) < self.min_confidence:
+                        prop.stopped = "confidence"
+                        break
             else:
-                dist: Dist = shape(logits, params)
+                dist: Dist = shape_top_k(*out, params) if isinstance(out, tuple) else shape(out, params)
                 token = dist.sample(rng)
                 if self.min_confidence > 0 and i > 0 and dist.prob(token) < self.min_confidence:
                     prop.stopped = "confidence"
@@ -71,7 +83,7 @@ class ModelDrafter:
             prop.tokens.append(token)
             if i + 1 < n:
                 ts = d.decode_seconds
-                logits = d.eval([token])[0]
+                out = step(token)
                 prop.steps += 1
                 prop.step_seconds += d.decode_seconds - ts
         prop.decode_seconds = d.decode_seconds - t0

@@ -1,0 +1,138 @@
+"""Backend sampling on real models: llama.cpp picks ids (or top-k candidates) inside its graph.
+
+The numpy path (full logit rows) is the reference: the backend path must give the
+same argmax ids and the same candidates, the loop on it must give the target's
+greedy output (near-tie rule) and keep the target's distribution under sampling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spec_cli.backend import backend_sampling_available
+from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.drafters import ModelDrafter
+from spec_cli.sampling import SamplingParams, shape, top_k_of
+from tests.neartie import TIE_TOLERANCE, assert_same_or_near_tie
+
+PROMPT = "The capital of France is Paris. The capital of Germany is"
+CONTINUATION = " Berlin. The capital of Italy is Rome, and the capital of Spain is"
+
+
+@pytest.fixture
+def paths(target, draft):
+    """Yields a function that puts both models on the backend (True) or numpy (False) path."""
+
+    def use(backend: bool) -> None:
+        target.use_backend_sampling(backend)
+        draft.use_backend_sampling(backend)
+        target.reset()
+        draft.reset()
+
+    yield use
+    use(True)
+
+
+def test_this_build_has_backend_sampling():
+    # The pinned llama.cpp has it; if this fails, every other test here ran the numpy path twice.
+    assert backend_sampling_available()
+
+
+def _rows(target, prompt, cont):
+    target.reset()
+    target.sync(prompt[:-1], logits=False)
+    return target.eval([prompt[-1], *cont], logits="all").copy()
+
+
+def test_argmax_ids_equal_numpy_argmax(target, paths):
+    prompt = target.tokenize(PROMPT)
+    cont = target.tokenize(CONTINUATION, add_bos=False)
+    paths(False)
+    rows = _rows(target, prompt, cont)
+    paths(True)
+    target.sync(prompt[:-1], logits=False)
+    ids = target.eval_argmax([prompt[-1], *cont])
+    assert target.backend_sampler == "argmax"
+    assert len(ids) == len(cont) + 1
+    for row, got in zip(rows, ids):
+        # same logits, so the same id, unless two logits tie within the batch's rounding
+        assert row.max() - row[got] <= TIE_TOLERANCE
+    assert (ids == rows.argmax(axis=1)).mean() >= 0.9
+    # the last row alone
+    target.truncate(len(prompt) - 1)
+    last = target.eval_argmax([prompt[-1], *cont], rows="last")
+    assert last.shape == (1,) and last[0] == ids[-1]
+
+
+def test_top_k_candidates_equal_numpy_top_k(target, paths):
+    prompt = target.tokenize(PROMPT)
+    cont = target.tokenize(CONTINUATION, add_bos=False)[:6]
+    paths(False)
+    rows = _rows(target, prompt, cont)
+    paths(True)
+    target.sync(prompt[:-1], logits=False)
+    got = target.eval_top_k([prompt[-1], *cont], 40)
+    assert target.backend_sampler == "top_k"
+    for row, (ids, vals) in zip(rows, got):
+        ref_ids, _ = top_k_of(row, 40)
+        assert len(ids) == 40
+        assert len(set(ids.tolist()) ^ set(ref_ids.tolist())) <= 2  # a tie at the 40th place may swap one
+        np.testing.assert_allclose(vals, row[ids], rtol=1e-4, atol=1e-3)
+        p_backend = shape(row, SamplingParams(temperature=0.8, top_k=40, top_p=0.9))
+        from spec_cli.sampling import shape_top_k
+
+        p_candidates = shape_top_k(ids, vals, SamplingParams(temperature=0.8, top_k=40, top_p=0.9))
+        common = np.intersect1d(p_backend.ids, p_candidates.ids)
+        assert np.abs(p_backend.probs_at(common) - p_candidates.probs_at(common)).max() < 1e-3
+
+
+def test_rows_after_backend_passes_are_fresh(target, paths):
+    """Going back from ids to rows (bench, trees) must not read a stale logits buffer."""
+    prompt = target.tokenize(PROMPT)
+    paths(False)
+    ref = _rows(target, prompt, [])[0]
+    paths(True)
+    target.sync(prompt[:-1], logits=False)
+    target.eval_argmax([prompt[-1], 1234, 5678])
+    target.truncate(len(prompt) - 1)
+    row = target.eval([prompt[-1]], logits="last")[0]
+    assert target.backend_sampler is None
+    np.testing.assert_allclose(row, ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", [True, False])
+def test_greedy_speculation_equals_target_alone_on_both_paths(target, draft, paths, backend):
+    prompt = target.tokenize("Here is a list of fruits:\n1. Apple\n2.")
+    paths(False)
+    reference = Engine(target).generate(prompt, GenerateOptions(max_tokens=32, draft_len=0)).tokens
+    paths(backend)
+    res = Engine(target, ModelDrafter(draft)).generate(prompt, GenerateOptions(max_tokens=32, draft_len=4))
+    assert res.stats.drafted > 0
+    assert target.backend_sampler == ("argmax" if backend else None)
+    assert draft.backend_sampler == ("argmax" if backend else None)
+    assert_same_or_near_tie(target, prompt, reference, res.tokens)
+
+
+def test_first_sampled_token_keeps_target_distribution_on_backend_top_k(target, draft, paths):
+    """Chi-square, as in test_real_models, with the target and the draft handing back top-k candidates."""
+    params = SamplingParams(temperature=1.0, top_k=8)
+    prompt = target.tokenize("The capital of France is")
+    paths(False)
+    p = shape(target.sync(prompt).copy(), params)  # the reference: numpy on the full row
+    paths(True)
+    runs = 400
+    engine = Engine(target, ModelDrafter(draft))
+    firsts = []
+    for seed in range(runs):
+        res = engine.generate(prompt, GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params))
+        firsts.append(res.tokens[0])
+    assert target.backend_sampler == "top_k" and draft.backend_sampler == "top_k"
+    firsts = np.array(firsts)
+    assert not np.isin(firsts, p.ids, invert=True).any(), "emitted a token outside the target's top-k"
+    obs = np.array([(firsts == t).sum() for t in p.ids], dtype=float)
+    exp = p.probs * runs
+    big = exp >= 5
+    chi2 = ((obs[big] - exp[big]) ** 2 / exp[big]).sum() + (obs[~big].sum() - exp[~big].sum()) ** 2 / max(exp[~big].sum(), 1e-9)
+    # 99.9% quantile of chi-square with <= 8 degrees of freedom is < 26.2
+    assert chi2 < 26.2, (chi2, obs, exp)
