@@ -7,7 +7,7 @@ logits are nearly equal. Any other difference is a bug.
 
 from __future__ import annotations
 
-from spec_cli.bench import first_difference
+from spec_cli.bench.checks import first_difference
 
 # In logits. Batched and one-at-a-time evaluation of Gemma 3 270M Q4_K_M on this CPU were
 # seen to differ by up to ~0.5 at a divergence (the top two tokens swapped order, e.g.

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from spec_cli import bench, reference
+from spec_cli import bench
+from spec_cli.bench import checks, harness, reference
 from spec_cli.bench import (
     CSV_FIELDS, SPEC, BenchSettings, Config, Run, Suite, BenchPrompt, load_prompts_file, load_suite, run_bench, schedule,
 )  # fmt: skip
 from spec_cli.errors import SpecError
-from spec_cli.session import LoadedPair
+from spec_cli.sampling import SamplingParams
+from spec_cli.session import AUTO_MAX_DRAFT, LoadedPair
 
 PROMPT = "def add(a, b):\n    return"
 COPY_PROMPT = (
@@ -110,11 +112,11 @@ def test_prompts_file_missing(tmp_path):
 def test_top_two_gap_and_first_difference():
     import numpy as np
 
-    assert bench.top_two_gap(np.array([0.0, 3.0, 2.5, -1.0])) == pytest.approx(0.5)
-    assert bench.top_two_gap(np.array([1.0, 1.0])) == 0.0
-    assert bench.first_difference([1, 2, 3], [1, 2, 3]) is None
-    assert bench.first_difference([1, 2, 3], [1, 5, 3]) == 1
-    assert bench.first_difference([1, 2], [1, 2, 3]) == 2
+    assert checks.top_two_gap(np.array([0.0, 3.0, 2.5, -1.0])) == pytest.approx(0.5)
+    assert checks.top_two_gap(np.array([1.0, 1.0])) == 0.0
+    assert checks.first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert checks.first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert checks.first_difference([1, 2], [1, 2, 3]) == 2
 
 
 @pytest.mark.parametrize("text", ["1,2,x", ",,", "1.5"])
@@ -251,7 +253,7 @@ def test_missing_reference_is_reported_and_the_bench_goes_on(pair, tmp_path):
 
 def test_output_check_flags_a_real_difference(pair, monkeypatch):
     """A speculative output that leaves the target-only one where the target is sure is a MISMATCH."""
-    h = bench._Harness(pair, lambda s: None)
+    h = harness._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
     base = h.run_spec(toks, 0, 6)
     out = base.tokens
@@ -259,17 +261,17 @@ def test_output_check_flags_a_real_difference(pair, monkeypatch):
     bad = Run(**{f.name: getattr(base, f.name) for f in fields(Run)})
     bad.mode, bad.draft_len = "speculative", 2
     bad.tokens = list(out[:2]) + [out[2] + 1] + list(out[3:])  # a token the target did not choose
-    gap = h.tie_gap_at(toks, out[:2], out[2], out[2] + 1)
+    gap = checks.tie_gap_at(pair.target, toks, out[:2], out[2], out[2] + 1)
     assert gap > 0
 
-    monkeypatch.setattr(bench, "TIE_TOLERANCE", gap / 2)
+    monkeypatch.setattr(checks, "TIE_TOLERANCE", gap / 2)
     runs = [base, bad]
-    bench._check_outputs(h, ONE.prompts, [toks], runs)
+    checks.check_outputs(pair.target, ONE.prompts, [toks], runs)
     assert (base.output_check, bad.output_check) == ("baseline", "MISMATCH")
     assert bad.tie_gap == pytest.approx(gap)
 
-    monkeypatch.setattr(bench, "TIE_TOLERANCE", gap * 2)
-    bench._check_outputs(h, ONE.prompts, [toks], runs)
+    monkeypatch.setattr(checks, "TIE_TOLERANCE", gap * 2)
+    checks.check_outputs(pair.target, ONE.prompts, [toks], runs)
     assert bad.output_check == "near-tie"
 
 
@@ -277,13 +279,13 @@ def test_tie_gap_takes_the_closest_of_several_batchings(pair):
     """Never more than plain decoding's own gap (the engine tests' measure), and zero for the chosen token itself."""
     from tests.neartie import tie_gap
 
-    h = bench._Harness(pair, lambda s: None)
+    h = harness._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
     out = h.run_spec(toks, 0, 6).tokens
     rival = out[3] + 1
     plain = tie_gap(pair.target, toks, out[:3], out[3], rival)
-    assert 0 <= h.tie_gap_at(toks, out[:3], out[3], rival) <= plain + 1e-6
-    assert h.tie_gap_at(toks, out[:3], out[3], out[3]) <= 1e-6 < plain  # out[3] is the target's own choice
+    assert 0 <= checks.tie_gap_at(pair.target, toks, out[:3], out[3], rival) <= plain + 1e-6
+    assert checks.tie_gap_at(pair.target, toks, out[:3], out[3], out[3]) <= 1e-6 < plain  # out[3] is the target's own choice
 
 
 # --- the command line, its files and its errors ---------------------------------------------
@@ -335,7 +337,7 @@ def test_cli_bench_writes_json_csv_and_png(gemma_path, gemma_q2k_path, tmp_path,
 
     head = png.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
-    from spec_cli.plot import DPI, HEIGHT_IN, WIDTH_IN
+    from spec_cli.bench.plot import DPI, HEIGHT_IN, WIDTH_IN
 
     assert struct.unpack(">II", head[16:24]) == (round(WIDTH_IN * DPI), round(HEIGHT_IN * DPI))
 
@@ -365,12 +367,49 @@ def test_cli_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "x.png").exists()
 
 
+_WRITE_UNDER_A_SIZE_LIMIT = """
+import resource, sys
+from pathlib import Path
+from spec_cli.bench import Run, output
+from spec_cli.errors import SpecError
+
+class Result:  # what write_json and write_csv read, some 20 kB of it
+    runs = [Run("spec", "target", 0, "prompt", "code", 0, i, tokens=list(range(50))) for i in range(100)]
+    def to_dict(self):
+        return {"runs": [r.tokens for r in self.runs]}
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # Python ignores SIGXFSZ: a write past it fails with EFBIG
+for write, path in ((output.write_json, sys.argv[1]), (output.write_csv, sys.argv[2])):
+    try:
+        write(Result(), Path(path))
+    except SpecError as e:
+        print(e)
+"""
+
+
+def test_json_and_csv_are_written_whole_or_not_at_all(tmp_path):
+    """A write that fails half-way leaves the earlier file as it was, no temporary file, and one line that says what to do."""
+    import subprocess
+
+    old_json, old_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    old_json.write_text('{"earlier": "bench"}\n')
+    old_csv.write_text("earlier,bench\n")
+    proc = subprocess.run([sys.executable, "-c", _WRITE_UNDER_A_SIZE_LIMIT, str(old_json), str(old_csv)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    for line, path in zip(lines, (old_json, old_csv)):
+        assert f"cannot write {path}: File too large" in line and "ulimit -f" in line
+    assert old_json.read_text() == '{"earlier": "bench"}\n' and old_csv.read_text() == "earlier,bench\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]
+
 
 def test_lookup_peer_decodes_like_spec(pair):
     """llama-cpp-python's Llama, fed the same token ids, gives spec's greedy output (lookup: up to a near-tie)."""
-    from spec_cli.lookup_peer import LookupPeer
+    from spec_cli.bench.lookup_peer import LookupPeer
 
-    h = bench._Harness(pair, lambda s: None)
+    h = harness._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
     base = h.run_spec(toks, 0, 8)
     peer = LookupPeer(pair.target_path, n_ctx=128, n_threads=pair.target.n_threads)
@@ -381,8 +420,8 @@ def test_lookup_peer_decodes_like_spec(pair):
         peer.close()
     assert plain.tokens == base.tokens
     assert plain.seconds > 0 and lookup.seconds > 0
-    k = bench.first_difference(base.tokens, lookup.tokens)
-    assert k is None or h.tie_gap_at(toks, base.tokens[:k], base.tokens[k], lookup.tokens[k]) <= bench.TIE_TOLERANCE
+    k = checks.first_difference(base.tokens, lookup.tokens)
+    assert k is None or checks.tie_gap_at(pair.target, toks, base.tokens[:k], base.tokens[k], lookup.tokens[k]) <= checks.TIE_TOLERANCE
 
 
 def test_default_limit_cuts_the_bundled_suite_only():
@@ -453,7 +492,7 @@ def test_bench_ngram_and_auto_on_the_real_pair(pair):
     assert copy_ngram.rounds_by_drafter.get("ngram", 0) > 0 and copy_ngram.accepted > 0
     assert all(r.output_check in ("baseline", "same", "near-tie") for r in res.runs)
     auto_run = next(r for r in res.runs if r.drafter == "auto")
-    assert len(auto_run.accept_hist) == bench.AUTO_MAX_DRAFT + 1
+    assert len(auto_run.accept_hist) == AUTO_MAX_DRAFT + 1
     assert auto_run.strategy_notes and any("rounds by drafter" in n for n in auto_run.strategy_notes)
     assert sum(auto_run.lengths_used.values()) == auto_run.target_passes
     assert res.settings["drafters"] == ["ngram", "auto"] and res.settings["auto_cost_curve"] is not None
@@ -490,7 +529,7 @@ def test_cli_bench_ngram_and_auto_without_a_draft_model(gemma_path, tmp_path, ca
 
 # --- sampling: fake models, no llama.cpp ---------------------------------------------------
 
-SAMPLED = dict(sampling=bench.SamplingParams(temperature=0.8, top_k=5, top_p=0.9), seed=7)
+SAMPLED = dict(sampling=SamplingParams(temperature=0.8, top_k=5, top_p=0.9), seed=7)
 
 
 class _BenchFake:
@@ -525,19 +564,19 @@ def fake_bench(monkeypatch):
     """run_bench on fake models: the cost curve and the machine facts stubbed, every generation's options recorded."""
     from spec_cli.calibrate import CostCurve
 
-    monkeypatch.setattr(bench, "measure_costs", lambda *a, **k: CostCurve([1.0] * bench.COST_CURVE_MAX_K, 0.5, 0.6))
-    monkeypatch.setattr(bench, "machine_info", lambda threads: {"cpu_busy_share_at_start": None, "logical_cpus": 2})
+    monkeypatch.setattr(harness, "measure_costs", lambda *a, **k: CostCurve([1.0] * bench.COST_CURVE_MAX_K, 0.5, 0.6))
+    monkeypatch.setattr(harness, "machine_info", lambda threads: {"cpu_busy_share_at_start": None, "logical_cpus": 2})
     seen = []  # (sampling, seed) of every generation, warm-up included
 
-    class Engine(bench.Engine):
+    class Engine(harness.Engine):
         def generate(self, prompt, opts, *a, **k):
             seen.append((opts.sampling, opts.seed))
             return super().generate(prompt, opts, *a, **k)
 
-    monkeypatch.setattr(bench, "Engine", Engine)
+    monkeypatch.setattr(harness, "Engine", Engine)
     checked = []
-    real_check = bench._check_outputs
-    monkeypatch.setattr(bench, "_check_outputs", lambda *a: (checked.append(1), real_check(*a)))
+    real_check = harness.check_outputs
+    monkeypatch.setattr(harness, "check_outputs", lambda *a: (checked.append(1), real_check(*a)))
     return seen, checked
 
 
@@ -634,11 +673,11 @@ def test_cli_bench_under_sampling_skips_the_greedy_check(monkeypatch, fake_bench
     monkeypatch.setenv("SPEC_WIDTH", "160")
     monkeypatch.setattr(cli_bench, "load_pair", lambda *a, **k: _fake_pair())
 
-    def mismatch(h, prompts, tokenized, runs):
+    def mismatch(target, prompts, tokenized, runs):
         for r in runs:
             r.output_check = "MISMATCH" if r.mode == "speculative" else "baseline"
 
-    monkeypatch.setattr(bench, "_check_outputs", mismatch)
+    monkeypatch.setattr(harness, "check_outputs", mismatch)
     argv = ["bench", "--drafter", "model,tree", "--draft-lens", "2", "-n", "4", "-r", "1", "--no-warmup", "--limit", "1"]
     code, out, err = _main(argv, capsys)
     assert code != 0 and "greedy output(s) changed" in err

@@ -15,8 +15,8 @@ from ..bench import (
     BenchResult, BenchSettings, check_writable, load_prompts_file, load_suite, parse_draft_lens, parse_drafters,
     run_bench, write_csv, write_json,
 )  # fmt: skip
+from ..bench.reference import ENV_VAR
 from ..errors import SpecError
-from ..reference import ENV_VAR
 from ..sampling import SamplingParams
 from ..session import load_pair
 from . import app
@@ -63,7 +63,7 @@ def bench_cmd(
         if path is not None:
             check_writable(path, what)
     if plot_path is not None:
-        from ..plot import require_matplotlib
+        from ..bench.plot import require_matplotlib
 
         require_matplotlib()
 
@@ -93,7 +93,7 @@ def bench_cmd(
         write_csv(result, csv_path)
         ui.info(f"wrote {csv_path}")
     if plot_path is not None:
-        from ..plot import plot
+        from ..bench.plot import plot
 
         plot(result, plot_path)
         ui.info(f"wrote {plot_path}")

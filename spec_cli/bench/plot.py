@@ -7,13 +7,16 @@ length (or the best measured one), beside what the independence model expects.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
-from . import speedup
-from .bench import AUTO, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, TREE, BenchResult
-from .errors import SpecError
+from .. import speedup
+from ..errors import SpecError
+from ..files import write_bytes_atomic
+from .harness import BenchResult
+from .settings import AUTO, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, TREE
 
 WIDTH_IN, HEIGHT_IN, DPI = 11.0, 4.2, 100  # 1100 x 420 pixels
 
@@ -91,10 +94,9 @@ def plot(result: BenchResult, path: Path) -> None:
     bx.set_ylabel("share of rounds")
     bx.grid(alpha=0.3, axis="y")
 
-    try:
-        fig.savefig(path, format="png")
-    except OSError as e:
-        raise SpecError(f"cannot write plot {path}: {e.strerror}") from None
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_bytes_atomic(path, png.getvalue())
 
 
 def _nan(x: float | None) -> float:

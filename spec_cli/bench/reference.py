@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SpecError
+from ..errors import SpecError
 
 ENV_VAR = "SPEC_REFERENCE"
 SPECULATIVE_NAME = "llama-speculative-simple"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import SpecError
+from ..errors import SpecError
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""What a bench measures: the names of its engines, modes and drafters, and its settings.
+
+The names are the words of the JSON and CSV files (engine, mode, drafter), so they do not
+change lightly. Everything here is checked before a model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SpecError
+from ..sampling import SamplingParams
+
+DEFAULT_DRAFT_LENS = (1, 2, 3, 4, 6, 8)
+GREEDY = SamplingParams(temperature=0.0)
+
+SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
+TARGET, SPECULATIVE, LOOKUP = "target", "speculative", "lookup"
+# --drafter: model, ngram and tree are swept over the draft lengths; auto runs once, as
+# `spec run` does by default (drafter and length chosen round by round).
+MODEL, NGRAM, TREE, AUTO = "model", "ngram", "tree", "auto"
+DRAFTERS = (MODEL, NGRAM, TREE, AUTO)
+DEFAULT_DRAFTERS = (MODEL, NGRAM, AUTO)
+# --control: the target alone a second time, as its own configuration. Its "speedup" over
+# the first is pure measurement noise, the yardstick for every other ratio in the table.
+CONTROL = "control"
+
+
+@dataclass
+class BenchSettings:
+    draft_lens: tuple[int, ...] = DEFAULT_DRAFT_LENS
+    repeats: int = 2
+    max_tokens: int = 32
+    warmup: bool = True
+    limit: int | None = None  # use the first N prompts
+    reference: str | None = None  # path to llama-speculative-simple (or $SPEC_REFERENCE)
+    lookup: bool = False  # llama-cpp-python's prompt lookup against its plain decoding
+    drafters: tuple[str, ...] = DEFAULT_DRAFTERS
+    control: bool = True  # also run the target alone twice, to show the noise floor
+    sampling: SamplingParams = GREEDY  # greedy unless --temp > 0
+    seed: int = 0  # base seed under sampling; each (prompt, repeat) gets its own from it (run_seed)
+
+    def check(self) -> None:
+        try:
+            self.sampling.check()
+        except ValueError as e:
+            raise SpecError(str(e)) from None  # the words `spec run` uses
+        if self.seed < 0:
+            raise SpecError(f"--seed must be >= 0, got {self.seed}")
+        if not self.drafters:
+            raise SpecError("--drafter needs at least one of " + ", ".join(DRAFTERS))
+        for d in self.drafters:
+            if d not in DRAFTERS:
+                raise SpecError(f"--drafter takes {', '.join(DRAFTERS)} (comma-separated), got {d!r}")
+        if self.repeats < 1:
+            raise SpecError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.max_tokens < 1:
+            raise SpecError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.limit is not None and self.limit < 1:
+            raise SpecError(f"--limit must be at least 1, got {self.limit}")
+        if not self.draft_lens:
+            raise SpecError("--draft-lens needs at least one draft length")
+        for g in self.draft_lens:
+            if not 1 <= g <= 64:
+                raise SpecError(f"draft lengths must be between 1 and 64, got {g}")
+
+
+def run_seed(base: int, prompt_index: int, repeat: int) -> int:
+    """The sampling seed of one (prompt, repeat): fixed by the base seed, different for each.
+
+    Every configuration of the same prompt and repeat shares it (the warm-up is repeat -1),
+    so a bench with the same --seed samples the same way again.
+    """
+    return int(np.random.SeedSequence([base, prompt_index, repeat + 1]).generate_state(1)[0] >> 1)
+
+
+def parse_drafters(text: str) -> tuple[str, ...]:
+    """--drafter model,ngram,auto: the drafters to measure, in the order given, each once."""
+    names = [x.strip().lower() for x in text.split(",") if x.strip()]
+    for d in names:
+        if d not in DRAFTERS:
+            raise SpecError(f"--drafter takes {', '.join(DRAFTERS)} (comma-separated), got {d!r}")
+    if not names:
+        raise SpecError("--drafter needs at least one of " + ", ".join(DRAFTERS))
+    return tuple(dict.fromkeys(names))
+
+
+def parse_draft_lens(text: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(x) for x in text.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise SpecError(f"--draft-lens takes comma-separated integers such as 1,2,4,8, got {text!r}") from None
+    if not values:
+        raise SpecError("--draft-lens needs at least one draft length")
+    return tuple(values)
+

@@ -1,0 +1,232 @@
+"""From the runs to what to use: one summary per configuration, and the recommendation.
+
+Speedups are medians of ratios taken within a block of the schedule (each run against its
+own engine's target-only run on the same prompt and repeat, which ran moments before or
+after it), not ratios of pooled rates, so that drift over the minutes of a bench cancels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import speedup
+from ..calibrate import CostCurve
+from .schedule import Config, Run
+from .settings import AUTO, CONTROL, LLAMA_CPP, MODEL, SPEC, SPECULATIVE, TARGET
+
+# `auto` must not lose: a prompt below this share of the target alone counts as a loss.
+AUTO_FLOOR = 0.97
+
+
+@dataclass
+class ConfigSummary:
+    engine: str
+    mode: str
+    draft_len: int
+    label: str
+    runs: int
+    failed: int
+    tokens_per_second: float  # median over runs
+    speedup: float | None  # median over (prompt, repeat) of this run's tok/s over its own-engine baseline's
+    predicted: float | None  # median over runs of the model's speedup at each run's acceptance (spec only)
+    acceptance_rate: float | None  # accepted / drafted
+    alpha: float | None  # per-token acceptance fitted to the histogram
+    tokens_per_pass: float | None
+    accept_hist: list[int] | None
+    outside_decode: float | None  # share of wall time outside both models' passes, waits included (spec only)
+    vs_reference: float | None  # spec tok/s / llama.cpp tok/s, same draft length, median over (prompt, repeat)
+    mismatches: int = 0
+    near_ties: int = 0
+    drafter: str = ""
+    by_prompt: dict[str, float] = field(default_factory=dict)  # prompt id -> median over repeats of the speedup
+    worst_prompt: float | None = None  # the smallest of by_prompt
+    rounds_by_drafter: dict[str, int] | None = None  # summed over runs (spec speculative only)
+    lengths_used: dict[int, int] | None = None
+    strategy_notes: list[str] = field(default_factory=list)  # distinct notes, e.g. why a drafter was switched off
+
+
+
+def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> list[ConfigSummary]:
+    order: list[Config] = []
+    for r in runs:
+        if r.config not in order:
+            order.append(r.config)
+    control = Config(SPEC, TARGET, 0, CONTROL)
+    if control in order and Config(SPEC, TARGET) in order:  # shown right under the target, wherever it ran
+        order.remove(control)
+        order.insert(order.index(Config(SPEC, TARGET)) + 1, control)
+
+    def per_prompt(cfg: Config) -> dict[tuple[str, int], list[float]]:
+        # Keyed by prompt and repeat: a run is compared with its baseline from the same
+        # block of the schedule, which ran moments before or after it.
+        out: dict[tuple[str, int], list[float]] = {}
+        for r in runs:
+            if r.config == cfg and r.error is None and r.seconds > 0:
+                out.setdefault((r.prompt_id, r.repeat), []).append(r.tokens_per_second)
+        return out
+
+    summary = []
+    for cfg in order:
+        mine = [r for r in runs if r.config == cfg and r.error is None]
+        failed = sum(1 for r in runs if r.config == cfg and r.error is not None)
+        tps = speedup.median([r.tokens_per_second for r in mine]) if mine else float("nan")
+        base = per_prompt(cfg.baseline)
+        here = per_prompt(cfg)
+        sp = speedup.median_ratio(here, base) if base and mine else None
+        by_prompt: dict[str, float] = {}
+        if base and mine:
+            for pid in dict.fromkeys(r.prompt_id for r in mine):
+                x = speedup.median_ratio({k: v for k, v in here.items() if k[0] == pid}, base)
+                if np.isfinite(x):
+                    by_prompt[pid] = x
+        drafted = sum(r.drafted or 0 for r in mine)
+        accepted = sum(r.accepted or 0 for r in mine)
+        acc_rate = accepted / drafted if drafted else None
+        hist = alpha = pred = tpp = outside = vs_ref = None
+        if cfg.engine == SPEC:
+            passes = sum(r.target_passes or 0 for r in mine)
+            tpp = sum(r.generated for r in mine) / passes if passes else None
+            wall = sum(r.seconds for r in mine)
+            outside = sum(r.t_outside_decode or 0.0 for r in mine) / wall if wall > 0 else None
+            if cfg.mode == SPECULATIVE:
+                hist = list(np.sum([r.accept_hist for r in mine if r.accept_hist], axis=0).astype(int)) if mine else None
+                if cfg.kind == MODEL:
+                    # The Leviathan et al. model fits a draft model that always drafts g tokens;
+                    # n-gram proposals stop where the match ends, and auto changes g every round.
+                    alpha = speedup.acceptance_from_hist(hist, cfg.draft_len) if hist else None
+                    if np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
+                        pred = _predicted(mine, cfg.draft_len, cost)
+                    theirs = per_prompt(Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
+                else:
+                    theirs = {}
+            else:
+                pred = 1.0
+                theirs = per_prompt(Config(LLAMA_CPP, TARGET))
+            if theirs and mine:
+                vs_ref = speedup.median_ratio(here, theirs)
+        rounds = _sum_counts([r.rounds_by_drafter for r in mine])
+        lengths = _sum_counts([r.lengths_used for r in mine])
+        notes = list(dict.fromkeys(n for r in mine for n in (r.strategy_notes or []) if "drafter off:" in n))
+        summary.append(
+            ConfigSummary(
+                engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, label=cfg.label, runs=len(mine), failed=failed,
+                tokens_per_second=tps, speedup=sp, predicted=pred, acceptance_rate=acc_rate, alpha=alpha,
+                tokens_per_pass=tpp, accept_hist=[int(x) for x in hist] if hist is not None else None,
+                outside_decode=outside, vs_reference=vs_ref,
+                mismatches=sum(1 for r in mine if r.output_check == "MISMATCH"),
+                near_ties=sum(1 for r in mine if r.output_check == "near-tie"),
+                drafter=cfg.drafter, by_prompt=by_prompt, worst_prompt=min(by_prompt.values()) if by_prompt else None,
+                rounds_by_drafter=rounds, lengths_used=lengths, strategy_notes=notes,
+            )  # fmt: skip
+        )
+    return summary
+
+
+def _pooled_alpha(runs: list[Run]) -> float | None:
+    acc = rej = 0
+    for r in runs:
+        if r.engine == SPEC and r.mode == SPECULATIVE and r.config.kind == MODEL and r.accept_hist and r.error is None:
+            h = np.asarray(r.accept_hist)
+            acc += int((np.arange(h.size) * h).sum())
+            rej += int(h[: r.draft_len].sum())
+    return acc / (acc + rej) if acc + rej else None
+
+
+def _predicted(runs: Sequence[Run], g: int, cost: CostCurve) -> float | None:
+    """The prediction built the way the measured speedup is: one value per run, then the median.
+
+    Acceptance differs a lot from prompt to prompt (copying is easy, a story is not), and
+    the median of per-run speedups is not the speedup at the pooled acceptance rate, so
+    each run's acceptance goes through the model on its own.
+    """
+    preds = []
+    for r in runs:
+        a = speedup.acceptance_from_hist(r.accept_hist, g) if r.accept_hist else None
+        if a is not None:
+            preds.append(speedup.predicted_speedup(a, g, cost.target_ms, cost.draft_ms, cost.draft2_ms))
+    return speedup.median(preds) if preds else None
+
+
+def best_predicted(runs: Sequence[Run], cost: CostCurve) -> dict | None:
+    """The draft length the model predicts fastest at the acceptance pooled over the draft-model runs."""
+    alpha = _pooled_alpha(runs)
+    if alpha is None or not np.isfinite(cost.draft_ms):
+        return None
+    g, s = speedup.best_predicted(alpha, cost.target_ms, cost.draft_ms, cost.draft2_ms)
+    return {"alpha": alpha, "draft_len": g, "speedup": s}
+
+
+def _sum_counts(counts: Sequence[dict | None]):
+    total: dict = {}
+    for c in counts:
+        for k, v in (c or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return dict(sorted(total.items(), key=lambda kv: str(kv[0]))) if total else None
+
+
+def _how(s: ConfigSummary) -> str:
+    """The `spec run` options that reproduce a configuration."""
+    if s.drafter == AUTO:
+        return "--drafter auto"
+    return f"--drafter {s.drafter or MODEL} --draft-len {s.draft_len}"
+
+
+def recommend_overall(summary: Sequence[ConfigSummary]) -> dict:
+    """What to use on this machine, from the measured speedups of every spec configuration.
+
+    The draft-model sweep keeps its own verdict (`model`: the draft length to use, or
+    that it does not pay). The overall pick is the fastest configuration, except that
+    auto is preferred when it comes within AUTO_FLOOR of it: it adapts to the text, where
+    a fixed choice was only best on these prompts.
+    """
+    spec_rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE]
+    model = {s.draft_len: s.speedup for s in spec_rows if (s.drafter or MODEL) == MODEL}
+    model_rec = speedup.recommend(model) if model else None
+    cands = [s for s in spec_rows if s.speedup is not None and np.isfinite(s.speedup)]
+    out = {
+        "drafter": None, "draft_len": None, "speedup": float("nan"),
+        "model_draft_len": model_rec.draft_len if model_rec else None,
+        "model_message": model_rec.message if model_rec else None,
+    }  # fmt: skip
+    if not cands:
+        out["message"] = "no speculative configuration produced a measurement"
+        return out
+    best = max(cands, key=lambda s: (s.speedup, s.drafter == AUTO, -s.draft_len))
+    auto = next((s for s in cands if s.drafter == AUTO), None)
+    if auto is not None and auto.speedup >= AUTO_FLOOR * best.speedup:
+        best = auto
+
+    def worst(s: ConfigSummary) -> str:
+        return f", slowest prompt {s.worst_prompt:.2f}x" if s.worst_prompt is not None else ""
+
+    if best.speedup < speedup.MIN_WORTHWHILE_SPEEDUP and best is auto and auto.speedup >= AUTO_FLOOR:
+        # Little to gain on these prompts, but auto does not lose: it drafts only where
+        # its guesses land, and a user's own text may repeat itself more than these.
+        out.update(drafter=AUTO, draft_len=None, speedup=auto.speedup)
+        out["message"] = (
+            f"speculation gains little on these prompts with this pair: --drafter auto (the default) runs at "
+            f"{auto.speedup:.2f}x the target alone{worst(auto)}, drafting only where its guesses land; "
+            "no fixed configuration pays"
+        )
+        return out
+    if best.speedup < speedup.MIN_WORTHWHILE_SPEEDUP:
+        msg = (
+            f"speculation does not pay on this machine with this pair: the best configuration ({_how(best)}) "
+            f"runs at {best.speedup:.2f}x the target alone; use --no-spec"
+        )
+        if auto is not None and auto is not best:
+            msg += f"; --drafter auto: {auto.speedup:.2f}x{worst(auto)}"
+        out["message"] = msg
+        out["speedup"] = best.speedup
+        return out
+    out.update(drafter=best.drafter or MODEL, draft_len=best.draft_len or None, speedup=best.speedup)
+    msg = f"use {_how(best)}" + (" (the default)" if best.drafter == AUTO else "")
+    msg += f": {best.speedup:.2f}x the target alone{worst(best)}"
+    if auto is not None and auto is not best:
+        msg += f"; --drafter auto: {auto.speedup:.2f}x{worst(auto)}"
+    out["message"] = msg
+    return out
+
