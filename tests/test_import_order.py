@@ -59,3 +59,16 @@ def test_importing_spec_loads_llama_cpp_library_before_numpy():
     assert proc.returncode == 0, proc.stderr
     # the library is loaded, and neither numpy nor llama_cpp's Python package came with it
     assert proc.stdout.split() == ["True", "False", "False"]
+
+
+def test_the_bench_plot_child_never_loads_llama_cpp():
+    """`spec bench --plot` draws in a child started like this one: llama.cpp must stay out of it."""
+    code = (
+        "import sys, runpy\n"
+        "import spec_cli._preload as p, spec_cli.bench.plot, matplotlib.figure\n"
+        "print(p._handle is None, 'llama_cpp' in sys.modules)\n"
+    )
+    env = {**os.environ, "SPEC_NO_PRELOAD": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]

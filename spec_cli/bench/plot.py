@@ -101,3 +101,53 @@ def plot(result: BenchResult, path: Path) -> None:
 
 def _nan(x: float | None) -> float:
     return float("nan") if x is None else float(x)
+
+
+def plot_in_child(result: BenchResult, path: Path, timeout: float = 300.0) -> None:
+    """`plot`, in a fresh interpreter that never loads llama.cpp.
+
+    On a CUDA build, matplotlib imported into a process that had loaded llama.cpp
+    segfaulted (NOTES.md, "GPU"); a child that only unpickles the result and draws
+    cannot meet llama.cpp's libraries at all.
+    """
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix="spec-plot-", suffix=".pickle")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(result, f)
+        env = {**os.environ, "SPEC_NO_PRELOAD": "1", "MPLBACKEND": "Agg"}
+        cmd = [sys.executable, "-m", "spec_cli.bench.plot", tmp, str(path)]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SpecError(f"drawing {path} took over {timeout:.0f} s; the bench results are kept, rerun with --json to save them") from None
+    finally:
+        os.unlink(tmp)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise SpecError(f"could not draw {path}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+
+
+def _main(argv: list[str]) -> int:
+    import pickle
+
+    src, dst = argv
+    with open(src, "rb") as f:
+        result = pickle.load(f)
+    try:
+        plot(result, Path(dst))
+    except SpecError as e:
+        print(f"{e}", file=__import__("sys").stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))
