@@ -160,11 +160,15 @@ class Engine:
                 break
             cap = min(room, opts.max_tokens - len(run.out) - 1)
             prop, t_draft = self._propose(run, cap)
-            t_pass = target.decode_seconds
+            t_pass, t0 = target.decode_seconds, time.perf_counter()
             verdict = self._verify(run, prop, cap, room)
             t_pass = target.decode_seconds - t_pass
+            t1 = time.perf_counter()
+            run.stats.t_verify_other += t1 - t0 - t_pass
             self._observe(run, prop, verdict, t_pass, t_draft)
+            t2 = time.perf_counter()
             self._emit(run, verdict, on_text, on_span)
+            run.stats.t_emit += time.perf_counter() - t2
         self._release(run, run.stream.flush(), on_text, on_span)
         stats = run.stats
         stats.t_total = time.perf_counter() - t_start

@@ -23,6 +23,9 @@ class Stats:
     t_draft: float = 0.0  # inside the drafter (its llama_decode and its Python)
     t_draft_decode: float = 0.0  # of which the draft model's own passes (waits included)
     t_total: float = 0.0  # prefill excluded
+    # Time outside the passes, by where it goes (the rest of t_other is the loop itself):
+    t_verify_other: float = 0.0  # verification beside the target's pass: batch, ids or rows, acceptance rule
+    t_emit: float = 0.0  # pieces, the text stream, stop strings, the caller's printing
     stop_reason: str = ""
     seed: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -55,6 +58,16 @@ class Stats:
         """Time outside the two models' passes: Python, sampling, lookup, streaming."""
         return max(0.0, self.t_total - self.t_target - self.t_draft_decode)
 
+    @property
+    def t_drafter_other(self) -> float:
+        """The drafter's own work beside its model's passes (lookup, choosing, syncing)."""
+        return max(0.0, self.t_draft - self.t_draft_decode)
+
+    @property
+    def t_loop(self) -> float:
+        """What t_other leaves after drafting, verification and emission: the loop's own bookkeeping."""
+        return max(0.0, self.t_other - self.t_drafter_other - self.t_verify_other - self.t_emit)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(
@@ -62,5 +75,7 @@ class Stats:
             tokens_per_pass=self.tokens_per_pass,
             tokens_per_second=self.tokens_per_second,
             t_other=self.t_other,
+            t_drafter_other=self.t_drafter_other,
+            t_loop=self.t_loop,
         )
         return d

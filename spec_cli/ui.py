@@ -47,6 +47,27 @@ def write_text(piece: str) -> None:
     sys.stdout.flush()
 
 
+DRAFT_STYLE = "green"
+
+
+def write_span(piece: str, origin: str) -> None:
+    """Generated text, coloured on a terminal when it came from accepted drafts (`spec run --show-drafts`)."""
+    if out.is_terminal and origin == "draft":
+        out.print(piece, style=DRAFT_STYLE, end="", markup=False, highlight=False, soft_wrap=True)
+        out.file.flush()
+    else:
+        write_text(piece)
+
+
+def draft_legend(origins: list[str]) -> None:
+    n = sum(1 for o in origins if o == "draft")
+    if err.is_terminal:
+        err.print(f"[{DRAFT_STYLE}]green[/]: accepted drafts ({n} of {len(origins)} tokens); plain: the target's own tokens",
+                  markup=True, soft_wrap=True)  # fmt: skip
+    else:
+        err.print(f"{n} of {len(origins)} tokens came from accepted drafts", markup=False, soft_wrap=True)
+
+
 def summary_line(s: Stats) -> str:
     parts = [f"{s.generated} tokens", f"{s.tokens_per_second:.1f} tok/s"]
     if s.drafted:
@@ -81,6 +102,13 @@ def print_summary(s: Stats) -> None:
         f"target passes {s.t_target:.2f} s ({100 * s.t_target / tot:.0f}%) · draft passes {s.t_draft_decode:.2f} s "
         f"({100 * s.t_draft_decode / tot:.0f}%) · outside them {s.t_other:.2f} s ({100 * s.t_other / tot:.1f}%)",
     )
+    if s.generated:
+        per_token = 1e6 / s.generated
+        t.add_row(
+            "outside, per token",
+            f"drafter {s.t_drafter_other * per_token:.0f} µs · verification {s.t_verify_other * per_token:.0f} µs · "
+            f"text {s.t_emit * per_token:.0f} µs · loop {s.t_loop * per_token:.0f} µs",
+        )
     for note in s.notes:
         t.add_row("note", note)
     err.print()
