@@ -253,6 +253,9 @@ class Model:
         self.decode_calls = 0
         self.last_sync_evaluated = 0  # tokens the last sync() had to evaluate
         self._piece_buf = ctypes.create_string_buffer(256)
+        # Per-token lookups that every emitted token makes: cached, the vocabulary never changes.
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         # Backend sampling: a sampler chain on seq 0 runs inside llama.cpp's graph, so a pass
         # hands back token ids (or top-k candidates) instead of a logit row per position.
         self.backend_sampling = backend_sampling_available()
@@ -275,6 +278,14 @@ class Model:
         return list(buf[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:
+        if not special:
+            cached = self._pieces.get(token)
+            if cached is None:
+                cached = self._pieces[token] = self._piece(token, False)
+            return cached
+        return self._piece(token, True)
+
+    def _piece(self, token: int, special: bool) -> bytes:
         L = _lib()
         n = L.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
         if n < 0:
@@ -290,7 +301,10 @@ class Model:
         return _lib().llama_vocab_get_text(self._vocab, token) or b""
 
     def is_eog(self, token: int) -> bool:
-        return bool(_lib().llama_vocab_is_eog(self._vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(_lib().llama_vocab_is_eog(self._vocab, token))
+        return eog
 
     def vocab_info(self) -> VocabInfo:
         L = _lib()
@@ -705,7 +719,11 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
     try:
         rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
-            raise SpecError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
+            # llama.cpp only logs why; after a good source file, a full disk is the usual reason.
+            raise SpecError(
+                f"llama.cpp could not quantize {src.name} to {quant} (code {rc}); "
+                f"check that {dst.parent} is writable and has room for the new model, then run again"
+            )
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
