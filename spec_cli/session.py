@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backend import Model, check_compatible, gpu_offload_supported
+from .drafters.crossvocab import check_cross_vocab
 from .errors import SpecError
 from .presets import Notify, load_catalog, pair, resolve
 
@@ -72,6 +73,8 @@ class LoadedPair:
     draft: Model | None
     target_path: Path
     draft_path: Path | None
+    # The draft's vocabulary differs from the target's: it drafts text (drafters/crossvocab.py).
+    cross_vocab: bool = False
 
     def close(self) -> None:
         self.target.close()
@@ -90,6 +93,7 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
         target_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=choice.ngl, n_seq_max=n_seq, label="target"
     )
     draft = None
+    cross_vocab = False
     if draft_path is not None:
         try:
             ngl_draft = choice.ngl if choice.ngl_draft is None else choice.ngl_draft
@@ -97,13 +101,22 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
             if warning:
                 notify(warning)
             draft = Model(draft_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=ngl_draft, label="draft")
-            check_compatible(target, draft)
+            try:
+                check_compatible(target, draft)
+            except SpecError as refusal:
+                # Another family's draft: its text is re-tokenized for the target, where it can be.
+                check_cross_vocab(target, draft, refusal)
+                cross_vocab = True
+                notify(
+                    f"the draft {draft_path.name} has another vocabulary than the target {target_path.name}: "
+                    "its drafts are turned into text and re-tokenized for the target"
+                )
         except BaseException:
             target.close()
             if draft is not None:
                 draft.close()
             raise
-    return LoadedPair(target, draft, target_path, draft_path)
+    return LoadedPair(target, draft, target_path, draft_path, cross_vocab=cross_vocab)
 
 
 def offload_warning(ngl: int, ngl_draft: int, gpu: bool) -> str | None:
@@ -163,6 +176,7 @@ def build_strategy(
     from .calibrate import cached_costs
     from .drafters import ModelDrafter
     from .drafters.combined import CombinedDrafter
+    from .drafters.crossvocab import CrossVocabDrafter
     from .drafters.ngram import NgramDrafter
     from .drafters.tree import TreeDrafter
     from .strategy import AdaptiveStrategy, FixedStrategy
@@ -171,7 +185,13 @@ def build_strategy(
         return None
     if not 0.0 <= draft_min_p < 1.0:
         raise SpecError(f"--draft-min-p must be in [0, 1), got {draft_min_p}")
-    model = ModelDrafter(pair.draft, min_confidence=draft_min_p) if pair.draft is not None else None
+    model = None
+    if pair.draft is not None and pair.cross_vocab:
+        if choice.drafter == "tree":
+            raise SpecError("--drafter tree needs a draft with the target's vocabulary; use --drafter model or auto")
+        model = CrossVocabDrafter(pair.target, pair.draft, min_confidence=draft_min_p)
+    elif pair.draft is not None:
+        model = ModelDrafter(pair.draft, min_confidence=draft_min_p)
     ngram = NgramDrafter(max_ngram=4, min_ngram=2)
     if choice.drafter in ("model", "tree") and model is None:
         raise SpecError(f"--drafter {choice.drafter} needs a draft model; pass --draft MODEL")

@@ -201,6 +201,8 @@ class AdaptiveStrategy:
             lines.append(
                 f"{src.drafter.name}: acceptance estimate {c.acceptance:.2f}, decisions {_fmt(c.counts)}; last: {c.reason or '-'}"
             )
+            if hasattr(src.drafter, "describe"):
+                lines.extend(src.drafter.describe())
         return lines
 
 
