@@ -98,6 +98,7 @@ def build_info() -> dict:
         "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
         "gpu_offload": gpu_offload_supported(),
         "rpc": bool(L.llama_supports_rpc()),
+        "backend_sampling": backend_sampling_available(),
         "mmap": bool(L.llama_supports_mmap()),
         "max_devices": int(L.llama_max_devices()),
         "system_info": L.llama_print_system_info().decode("utf-8", "replace").strip(),

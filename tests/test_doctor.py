@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,6 +32,11 @@ def test_doctor_json_as_a_subprocess():
     assert report["threads"] >= 1
     assert set(report["paths"]) >= {"spec cache", "calibration cache", "Hugging Face cache"}
     assert isinstance(report["gpu_offload"], bool) and isinstance(report["rpc"], bool)
+    # the pinned llama.cpp has backend sampling, and SPEC_BACKEND_SAMPLING=0 reports it off
+    assert report["backend_sampling"] is True
+    off = subprocess.run([sys.executable, "-m", "spec_cli", "doctor", "--json", "--no-offload"], capture_output=True, text=True,
+                         timeout=120, check=False, env={**os.environ, "SPEC_BACKEND_SAMPLING": "0"})  # fmt: skip
+    assert json.loads(off.stdout)["backend_sampling"] is False
 
 
 def test_a_gpu_with_a_cpu_only_build_gets_the_reinstall_command(monkeypatch):
