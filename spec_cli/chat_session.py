@@ -19,7 +19,8 @@ from typing import Callable
 from .backend import Model
 from .chat import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
-from .drafters import ModelDrafter
+from .drafters.base import prepare
+from .drafters.crossvocab import drafter_for
 from .stats import Stats
 
 
@@ -65,7 +66,7 @@ class ChatSession:
         self.target = target
         self.draft = draft
         self.opts = opts
-        self.engine = Engine(target, ModelDrafter(draft) if draft is not None else None)
+        self.engine = Engine(target, drafter_for(target, draft) if draft is not None else None)
         info = target.vocab_info()
         self._bos_text = _special_text(target, info.bos)
         self._add_bos = info.add_bos
@@ -125,7 +126,8 @@ class ChatSession:
         if use_draft:
             # Bring the draft cache up to the prompt now, so that its cost is counted
             # like the target's; the drafter's own sync then finds it in place.
-            self.draft.sync(prompt[:-1], logits=False)
+            # (Through the drafter: one from another model family reads the prompt's text.)
+            prepare(self.engine.strategy or self.engine.drafter, prompt[:-1])
             draft_evaluated = self.draft.last_sync_evaluated
         gen = self.engine.generate(prompt, self.opts, on_text=on_text, should_stop=should_stop)
         interrupted = gen.stats.stop_reason == "interrupted"

@@ -155,6 +155,12 @@ NGRAM_PRIOR_WEIGHT = 4.0
 # text the way an n-gram's does, and a 32-token run has few rounds to relearn it in.
 MODEL_PRIOR = 0.7
 MODEL_DECAY = 0.98
+# A draft from another model family (issue 11) agrees with the target less often (0.6 to 0.67
+# per token for SmolLM2-135M drafting for Gemma-3-270M, BENCHMARKS.md), and a target token costs
+# it more than one draft step: its tokens are shorter (1.36 SmolLM2 tokens per Gemma token
+# there, with the step that shows the last token complete).
+XVOCAB_PRIOR = 0.6
+XVOCAB_STEPS = 1.4
 
 
 def build_strategy(
@@ -220,9 +226,10 @@ def build_strategy(
         sources.append((ngram, ngram_ctl, True))
     if choice.drafter in ("auto", "model") and model is not None:
         catch_up = costs.draft2_ms - costs.draft_ms if np.isfinite(costs.draft2_ms) else 0.0
+        steps, prior = (XVOCAB_STEPS, XVOCAB_PRIOR) if pair.cross_vocab else (1.0, MODEL_PRIOR)
         ctl = AdaptiveDraftLength(
-            cost, costs.draft_ms / 1000.0, AUTO_MAX_DRAFT, catch_up=max(0.0, catch_up) / 1000.0,
-            prior=MODEL_PRIOR, decay=MODEL_DECAY,
+            cost, steps * costs.draft_ms / 1000.0, AUTO_MAX_DRAFT, catch_up=max(0.0, catch_up) / 1000.0,
+            prior=prior, decay=MODEL_DECAY,
         )  # fmt: skip
         sources.append((model, ctl, False))
     return AdaptiveStrategy(sources)

@@ -139,3 +139,26 @@ def test_first_sampled_token_keeps_the_targets_distribution(target, xdraft):
     # The draft's point mass was proposed in most runs and the target turned it down in some:
     # the acceptance rule, not the draft, decided the first token.
     assert drafted >= runs // 2 and 0 < accepted < drafted, (drafted, accepted)
+
+
+def test_chat_with_a_draft_from_another_family(smollm2, target):
+    """The other way round: SmolLM2 (ChatML template) as the target, Gemma (SentencePiece, with a
+    BOS) as the draft. The reply is the target's own, and the second turn's draft catch-up only
+    reads the new turn's text."""
+    from spec_cli.chat_session import ChatSession
+
+    smollm2.reset()
+    gemma = target
+    alone = ChatSession(smollm2, None, GenerateOptions(max_tokens=24, draft_len=0))
+    chat = ChatSession(smollm2, gemma, GenerateOptions(max_tokens=24, draft_len=3))
+    assert isinstance(chat.engine.drafter, CrossVocabDrafter)
+    turns = []
+    for question in ("Name three colours.", "And three animals?"):
+        ref = alone.reply(question)
+        smollm2.reset()  # the two sessions share the target model
+        got = chat.reply(question)
+        assert_same_or_near_tie(smollm2, got.prompt, ref.tokens, got.tokens)
+        turns.append(got)
+        smollm2.reset()
+    assert sum(t.stats.drafted for t in turns) > 0
+    assert turns[1].draft_evaluated < len(gemma.tokens) // 2  # incremental, not the whole conversation again

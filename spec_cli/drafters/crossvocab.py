@@ -24,7 +24,7 @@ from ..errors import SpecError
 from ..sampling import SamplingParams
 from ..vocabmap import TextAlignment, Vocab, tokenize_exact
 from .base import Proposal
-from .model import top_probability
+from .model import ModelDrafter, top_probability
 
 # Draft tokens drafted per target token asked for, at most (plus a couple to see the
 # last target token end): a draft that writes a long word or a run of spaces gets no
@@ -63,6 +63,18 @@ def check_cross_vocab(target: Model, draft: Model, refusal: SpecError) -> None:
         draft.truncate(1)  # raises where the cache cannot be cut back (recurrent or hybrid models)
     finally:
         draft.reset()
+
+
+def drafter_for(target: Model, draft: Model, min_confidence: float = 0.0):
+    """The drafter for a draft model that load_pair accepted: ModelDrafter where the two share a
+    vocabulary, CrossVocabDrafter where they do not. Told apart by tokenizer type and size only
+    (check_compatible reads every token's text, a second or so for Gemma's 262,144): a pair that
+    matches in both but not in its texts drafts with ModelDrafter, which stays lossless (the
+    target verifies every token) and only loses acceptance."""
+    a, b = target.vocab_info(), draft.vocab_info()
+    if a.kind == b.kind and a.n_vocab == b.n_vocab:
+        return ModelDrafter(draft, min_confidence=min_confidence)
+    return CrossVocabDrafter(target, draft, min_confidence=min_confidence)
 
 
 class CrossVocabDrafter:
