@@ -84,6 +84,9 @@ def load_catalog(extra: Path | None = None) -> Catalog:
     for name, p in pairs.items():
         if "target" not in p:
             raise SpecError(f"models.toml: pair {name!r} has no target")
+        rpc = p.get("rpc")
+        if rpc is not None and not (isinstance(rpc, str) or (isinstance(rpc, list) and all(isinstance(x, str) for x in rpc))):
+            raise SpecError(f"models.toml: pair {name!r} has rpc = {rpc!r}; expected \"host:port,...\" or a list of them")
     return Catalog(models, pairs)
 
 
@@ -94,6 +97,12 @@ def pair(name: str, catalog: Catalog | None = None) -> tuple[str, str | None]:
         raise SpecError(f"unknown preset {name!r}; known presets: {known}")
     p = catalog.pairs[name]
     return p["target"], p.get("draft")
+
+
+def pair_rpc(name: str, catalog: Catalog | None = None) -> str | list[str] | None:
+    """The pair's `rpc` key: llama.cpp rpc-servers to run its target on (see README, RPC)."""
+    catalog = catalog or load_catalog()
+    return catalog.pairs.get(name, {}).get("rpc")
 
 
 def resolve(ref: str, notify: Notify = lambda s: None, catalog: Catalog | None = None) -> Path:

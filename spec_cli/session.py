@@ -8,7 +8,8 @@ from pathlib import Path
 from .backend import Model, check_compatible, gpu_offload_supported
 from .drafters.crossvocab import check_cross_vocab
 from .errors import SpecError
-from .presets import Notify, load_catalog, pair, resolve
+from .presets import Notify, load_catalog, pair, pair_rpc, resolve
+from .rpc import parse_endpoints
 
 DRAFTERS = ("auto", "model", "ngram", "tree")
 
@@ -26,16 +27,18 @@ class ModelChoice:
     no_spec: bool = False
     ctx: int = 4096
     threads: int | None = None
-    ngl: int = 0
+    ngl: int | None = None  # None: 0, or every layer when the target runs over RPC
     ngl_draft: int | None = None  # None: the same as ngl
     drafter: str = "auto"  # auto | model | ngram | tree
+    rpc: str | list[str] | None = None  # llama.cpp rpc-servers for the target (None: the preset's, if any)
+    rpc_draft: bool = False  # the draft over the same servers too
 
     def check(self) -> None:
         if self.ctx < 16:
             raise SpecError(f"--ctx must be at least 16 tokens, got {self.ctx}")
         if self.threads is not None and self.threads < 1:
             raise SpecError(f"--threads must be at least 1, got {self.threads}")
-        if self.ngl < -1 or (self.ngl_draft is not None and self.ngl_draft < -1):
+        if (self.ngl is not None and self.ngl < -1) or (self.ngl_draft is not None and self.ngl_draft < -1):
             raise SpecError("--ngl and --ngl-draft take a layer count, or -1 for all layers")
         if self.drafter not in DRAFTERS:
             raise SpecError(f"--drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
@@ -89,18 +92,34 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
     draft_path = resolve(draft_ref, notify) if draft_ref else None
     # Only a token tree needs the target to hold several sequences.
     n_seq = TREE_BRANCHES + 1 if choice.drafter == "tree" else 1
+    servers = rpc_servers(choice, default_preset)
+    if choice.rpc_draft and not servers:
+        raise SpecError("--rpc-draft needs RPC servers (--rpc HOST:PORT,...)")
+    ngl = choice.ngl if choice.ngl is not None else (-1 if servers else 0)
+    devices = None
+    if servers:
+        from .rpc import connect
+
+        devices = connect(servers)
     target = Model(
-        target_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=choice.ngl, n_seq_max=n_seq, label="target"
-    )
+        target_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=ngl, n_seq_max=n_seq, label="target",
+        devices=devices,
+    )  # fmt: skip
+    target.rpc_servers = tuple(servers)  # part of the calibration cache's key
     draft = None
     cross_vocab = False
     if draft_path is not None:
         try:
-            ngl_draft = choice.ngl if choice.ngl_draft is None else choice.ngl_draft
-            warning = offload_warning(choice.ngl, ngl_draft, gpu_offload_supported())
+            ngl_draft = ngl if choice.ngl_draft is None else choice.ngl_draft
+            warning = offload_warning(ngl, ngl_draft, gpu_offload_supported() and not servers)
             if warning:
                 notify(warning)
-            draft = Model(draft_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=ngl_draft, label="draft")
+            # Without --rpc-draft the draft keeps to this machine (devices None: the local ones).
+            draft = Model(
+                draft_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=ngl_draft, label="draft",
+                devices=devices if choice.rpc_draft else None,
+            )  # fmt: skip
+            draft.rpc_servers = tuple(servers) if choice.rpc_draft else ()
             try:
                 check_compatible(target, draft)
             except SpecError as refusal:
@@ -117,6 +136,14 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
                 draft.close()
             raise
     return LoadedPair(target, draft, target_path, draft_path, cross_vocab=cross_vocab)
+
+
+def rpc_servers(choice: ModelChoice, default_preset: str) -> list[str]:
+    """The RPC servers for the target: --rpc, else the `rpc` key of the pair in use."""
+    if choice.rpc is not None:
+        return parse_endpoints(choice.rpc)
+    name = choice.preset or (default_preset if choice.target is None else None)
+    return parse_endpoints(pair_rpc(name)) if name else []
 
 
 def offload_warning(ngl: int, ngl_draft: int, gpu: bool) -> str | None:

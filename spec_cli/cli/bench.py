@@ -20,7 +20,9 @@ from ..errors import SpecError
 from ..sampling import SamplingParams
 from ..session import load_pair
 from . import app
-from .options import Ctx, Draft, MaxTokens, Ngl, NglDraft, Preset, Seed, Target, Temp, Threads, TopK, TopP, model_choice
+from .options import (
+    Ctx, Draft, MaxTokens, Ngl, NglDraft, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP, model_choice,
+)
 
 
 @app.command("bench")
@@ -47,11 +49,16 @@ def bench_cmd(
     plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Draw speedup by draft length and the acceptance histogram to this PNG (needs matplotlib).")] = None,
     ctx: Ctx = 2048,
     threads: Threads = None,
-    ngl: Ngl = 0,
+    ngl: Ngl = None,
     ngl_draft: NglDraft = None,
+    rpc: Rpc = None,
+    rpc_draft: RpcDraft = False,
 ) -> None:
     """Target alone against speculative decoding over a sweep of draft lengths, interleaved; greedy unless --temp > 0."""
     drafters = parse_drafters(drafter)
+    if reference is not None and rpc is not None:
+        ui.info("--reference skipped: llama.cpp's programs would run the target on this machine, not over --rpc")
+        reference = None
     settings = BenchSettings(
         draft_lens=parse_draft_lens(draft_lens), repeats=repeats, max_tokens=max_tokens, warmup=warmup,
         limit=_limit(limit, prompts is None), reference=reference, lookup=lookup, drafters=drafters, control=control,
@@ -69,7 +76,7 @@ def bench_cmd(
 
     # What to load: a tree needs the target with several sequences; ngram alone needs no draft model.
     load_as = next((d for d in (TREE, MODEL, AUTO) if d in drafters), NGRAM)
-    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft, load_as)
+    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft, load_as, rpc, rpc_draft)
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
     try:

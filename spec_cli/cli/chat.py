@@ -29,7 +29,7 @@ from ..drafters import ModelDrafter
 from ..session import build_strategy, load_pair, parse_draft_len
 from . import app
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Seed, Target, Temp, Threads, TopK, TopP, model_choice,
+    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP, model_choice,
 )
 
 System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")]
@@ -51,8 +51,10 @@ def chat_cmd(
     seed: Seed = None,
     ctx: Ctx = 4096,
     threads: Threads = None,
-    ngl: Ngl = 0,
+    ngl: Ngl = None,
     ngl_draft: NglDraft = None,
+    rpc: Rpc = None,
+    rpc_draft: RpcDraft = False,
     no_spec: NoSpec = False,
 ) -> None:
     """Chat with the target model (default: the `chat` preset); /help lists the commands."""
@@ -66,7 +68,7 @@ def chat_cmd(
     opts.check()
     # The chat defaults to the draft model at a fixed length that /draft-len changes as it goes;
     # --drafter and --draft-len auto work as in `spec run`.
-    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter)
+    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
     choice.check()
     with ui.status("loading models"):
         pair = load_pair(choice, "chat", notify=ui.info)

@@ -22,13 +22,15 @@ TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 =
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 Ctx = Annotated[int, typer.Option("--ctx", help="Context size in tokens, for both models.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores up to 4, else half).")]
-Ngl = Annotated[int, typer.Option("--ngl", help="Target layers to offload to the GPU (-1 = all).")]
+Ngl = Annotated[Optional[int], typer.Option("--ngl", help="Target layers to offload to the GPU or the --rpc servers (-1 = all; default 0, all with --rpc).")]
 NglDraft = Annotated[Optional[int], typer.Option("--ngl-draft", help="Draft layers to offload to the GPU (-1 = all; default: the same as --ngl).")]
+Rpc = Annotated[Optional[str], typer.Option("--rpc", help="Run the target's offloaded layers on llama.cpp rpc-servers: HOST:PORT[,HOST:PORT...], split in proportion to their memory.")]
+RpcDraft = Annotated[bool, typer.Option("--rpc-draft", help="Offload the draft to the --rpc servers too (default: the draft runs on this machine).")]
 Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
 
 
-def model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter="auto") -> ModelChoice:
+def model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter="auto", rpc=None, rpc_draft=False) -> ModelChoice:
     return ModelChoice(
         target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft,
-        drafter=drafter,
+        drafter=drafter, rpc=rpc, rpc_draft=rpc_draft,
     )

@@ -16,7 +16,7 @@ from ..sampling import SamplingParams
 from ..session import build_strategy, load_pair, parse_draft_len
 from . import app
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Seed, Stop, Target, Temp, Threads, TopK, TopP,
+    Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, Stop, Target, Temp, Threads, TopK, TopP,
     model_choice,
 )
 
@@ -49,8 +49,10 @@ def run_cmd(
     seed: Seed = None,
     ctx: Ctx = 4096,
     threads: Threads = None,
-    ngl: Ngl = 0,
+    ngl: Ngl = None,
     ngl_draft: NglDraft = None,
+    rpc: Rpc = None,
+    rpc_draft: RpcDraft = False,
     stop: Stop = None,
     no_spec: NoSpec = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
@@ -66,7 +68,7 @@ def run_cmd(
     )
     opts.check()
     text = read_prompt(prompt)
-    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter)
+    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
     choice.check()
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
