@@ -9,7 +9,7 @@ import typer
 from ..session import ModelChoice
 
 Target = Annotated[Optional[str], typer.Option("--target", "-t", help="Target model: a .gguf path, a name from models.toml, or owner/repo:file.gguf.")]
-Draft = Annotated[Optional[str], typer.Option("--draft", "-d", help="Draft model, same forms as --target; it must share the target's vocabulary.")]
+Draft = Annotated[Optional[str], typer.Option("--draft", "-d", help="Draft model, same forms as --target; one from another model family drafts text that is re-tokenized for the target.")]
 Preset = Annotated[Optional[str], typer.Option("--preset", "-p", help="A target/draft pair from models.toml (see `spec models`).")]
 NoSpec = Annotated[bool, typer.Option("--no-spec", help="The target alone, through the same loop and settings: the baseline.")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
