@@ -108,13 +108,10 @@ def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callabl
     """The cost curve for this pair and machine, measured once and then read from the cache."""
     key = "|".join(str(x) for x in (CURVE_METHOD, platform.node(), os.cpu_count(), _identity(target), _identity(draft), max_k))
     path = cache_dir() / "calibration.json"
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
+    table = _read_table(path, notify)
+    cached = _curve(table[key]) if key in table else None
     prompt = target.tokenize(CALIBRATION_TEXT)
-    if key in table:
-        cached = CostCurve(**table[key])
+    if cached is not None:
         # A curve measured while the machine was busy (or on another power profile) would
         # steer every later run: check its first point against one quick pass and measure
         # again when the two disagree by more than 2x.
@@ -122,6 +119,8 @@ def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callabl
         if 0.5 <= now / cached.target_ms[0] <= 2.0:
             return cached
         notify(f"the cached cost curve is stale ({cached.target_ms[0]:.1f} ms per pass then, {now:.1f} ms now); measuring again")
+    elif key in table:
+        notify(f"the cached cost curve in {path} is damaged; measuring again (a few seconds)")
     else:
         notify("measuring this machine's cost curve once (a few seconds); it is cached for later runs")
     curve = measure_costs(target, draft, prompt, max_k)
@@ -132,3 +131,31 @@ def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callabl
     except (OSError, SpecError):
         pass  # a read-only cache only means measuring again next time
     return curve
+
+
+def _read_table(path, notify: Callable[[str], None]) -> dict:
+    """The calibration cache; a damaged one (cut short, edited, not JSON) is replaced whole on the next write."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        table = None
+    if not isinstance(table, dict):
+        notify(f"the calibration cache {path} is damaged; it is measured again and rewritten")
+        return {}
+    return table
+
+
+def _curve(entry) -> CostCurve | None:
+    """A cached entry as a CostCurve, or None when it is not one."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    try:
+        curve = CostCurve(**entry)
+    except TypeError:  # not a mapping, or other fields
+        return None
+    if not isinstance(curve.target_ms, list) or not curve.target_ms or not all(number(t) and 0 < t < float("inf") for t in curve.target_ms):
+        return None
+    return curve if number(curve.draft_ms) and number(curve.draft2_ms) else None

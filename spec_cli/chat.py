@@ -117,13 +117,16 @@ class Conversation:
 
     system: str | None = None
     messages: list[dict] = field(default_factory=list)
+    # The model files a loaded conversation was saved with ({"target": name, "draft": name or None}).
+    saved_with: dict | None = None
 
     def for_template(self, extra: Sequence[dict] = ()) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [dict(m) for m in self.messages] + [dict(m) for m in extra]
 
-    def to_json(self) -> dict:
-        return {"format": SAVE_FORMAT, "version": SAVE_VERSION, "system": self.system, "messages": self.messages}
+    def to_json(self, models: dict | None = None) -> dict:
+        data = {"format": SAVE_FORMAT, "version": SAVE_VERSION, "system": self.system, "messages": self.messages}
+        return data | ({"models": models} if models else {})
 
     @classmethod
     def from_json(cls, data) -> "Conversation":
@@ -151,28 +154,37 @@ class Conversation:
             if role not in ROLES:
                 raise ValueError(f"messages[{i}] has role {role!r}; expected one of {', '.join(ROLES)}")
             messages.append({"role": role, "content": m["content"]})
-        return cls(system=system or None, messages=messages)
+        models = data.get("models")
+        if models is not None and not (isinstance(models, dict) and all(isinstance(v, (str, type(None))) for v in models.values())):
+            raise ValueError("'models' must map 'target' and 'draft' to file names")
+        return cls(system=system or None, messages=messages, saved_with=models)
 
-    def save(self, path: str | Path) -> Path:
-        return write_text_atomic(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+    def save(self, path: str | Path, models: dict | None = None) -> Path:
+        return write_text_atomic(path, json.dumps(self.to_json(models), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Conversation":
         p = Path(path).expanduser()
+        if p.exists() and not p.is_file():  # a folder, or a FIFO that would block the read
+            raise SpecError(f"{p} is not a regular file; give the path of a file written by /save")
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as e:
-            raise SpecError(f"cannot read {p}: {e.strerror or e}") from None
+            raise SpecError(f"cannot read {p}: {e.strerror or e}; give the path of a file written by /save") from None
         except UnicodeDecodeError:
-            raise SpecError(f"{p} is not a text file") from None
+            raise SpecError(f"{p} is not a text file; give the path of a file written by /save") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise SpecError(f"{p} is not valid JSON (line {e.lineno}: {e.msg})") from None
+            raise SpecError(
+                f"{p} is not valid JSON (line {e.lineno}: {e.msg}); it is cut short or not a file written by /save"
+            ) from None
+        except RecursionError:
+            raise SpecError(f"{p} is not a saved chat: its JSON is nested too deeply; give the path of a file written by /save") from None
         try:
             return cls.from_json(data)
         except ValueError as e:
-            raise SpecError(f"{p} is not a saved chat: {e}") from None
+            raise SpecError(f"{p} is not a saved chat: {e}; give the path of a file written by /save") from None
 
 
 def drop_oldest_turn(messages: list[dict]) -> int:

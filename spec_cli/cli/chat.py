@@ -27,13 +27,14 @@ from ..sampling import SamplingParams
 from ..decode import Engine
 from ..drafters import ModelDrafter
 from ..session import build_strategy, load_pair, parse_draft_len
-from . import app
+from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP, model_choice,
 )
 
 System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")]
 MaxReply = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")]
+Load = Annotated[Optional[str], typer.Option("--load", help="Continue a conversation saved with /save.")]
 
 
 @app.command("chat")
@@ -42,6 +43,7 @@ def chat_cmd(
     draft: Draft = None,
     preset: Preset = None,
     system: System = None,
+    load: Load = None,
     max_tokens: MaxReply = 512,
     draft_len: DraftLen = "4",
     drafter: Drafter = "model",
@@ -66,6 +68,8 @@ def chat_cmd(
         seed=seed,
     )
     opts.check()
+    system = user_text(system, "--system") if system is not None else None
+    saved = Conversation.load(load) if load is not None else None  # before the models: a bad file fails fast
     # The chat defaults to the draft model at a fixed length that /draft-len changes as it goes;
     # --drafter and --draft-len auto work as in `spec run`.
     choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
@@ -77,7 +81,12 @@ def chat_cmd(
         if drafter != "model" or fixed_len is None:
             session.engine = Engine(pair.target, strategy=build_strategy(pair, choice, fixed_len, notify=ui.info))
         names = pair.target_path.name + (f" + draft {pair.draft_path.name}" if pair.draft_path else " (no speculation)")
-        Repl(session, names).run()
+        repl = Repl(session, names)
+        if saved is not None:
+            repl.adopt(saved, load)
+            if system is not None:
+                session.set_system(system)  # --system wins over the file's
+        repl.run()
     finally:
         pair.close()
 
@@ -92,6 +101,9 @@ class Repl:
     # --- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
+        if hasattr(sys.stdin, "reconfigure"):
+            # Bytes that are not UTF-8 arrive as surrogates, for user_text to refuse, whatever the locale.
+            sys.stdin.reconfigure(errors="surrogateescape")
         self._start_readline()
         s = self.session
         ui.note(f"spec chat · {self.names} · context {s.target.n_ctx} tokens")
@@ -106,6 +118,11 @@ class Repl:
                 text = self._read_message()
                 if text is None:
                     break
+                try:
+                    text = user_text(text, "the message")
+                except SpecError as e:
+                    ui.error(str(e))
+                    continue
                 if not text.strip():
                     continue
                 if is_command(text):
@@ -227,17 +244,29 @@ class Repl:
             s.opts.sampling = dataclasses.replace(s.opts.sampling, temperature=float(cmd.value))
             ui.note(f"temperature {cmd.value:g}" + (" (greedy)" if cmd.value == 0 else ""))
         elif cmd.name == "save":
-            path = s.conversation.save(cmd.arg)
+            models = {"target": s.target.path.name, "draft": s.draft.path.name if s.draft is not None else None}
+            path = s.conversation.save(cmd.arg, models=models)
             ui.note(f"saved {len(s.conversation.messages)} messages to {path}")
         elif cmd.name == "load":
-            conv = Conversation.load(cmd.arg)
-            s.replace(conv)
-            ui.note(
-                f"loaded {len(conv.messages)} messages"
-                + (" and a system prompt" if conv.system else "")
-                + f" from {Path(cmd.arg).expanduser()}; they replace the conversation"
-            )
+            self.adopt(Conversation.load(cmd.arg), cmd.arg)
         return False
+
+    def adopt(self, conv: Conversation, path: str) -> None:
+        """Continue a conversation read from a file (/load FILE, --load FILE) in place of this one."""
+        s = self.session
+        s.replace(conv)
+        ui.note(
+            f"loaded {len(conv.messages)} messages"
+            + (" and a system prompt" if conv.system else "")
+            + f" from {Path(path).expanduser()}; they replace the conversation"
+        )
+        # Only the target decides what the conversation says; another draft changes nothing but the speed.
+        saved = (conv.saved_with or {}).get("target")
+        if saved and saved != s.target.path.name:
+            ui.note(
+                f"note: it was saved with target {saved}; {s.target.path.name} continues it "
+                "(the messages are text, read again through this model's chat template)"
+            )
 
     def _stats(self) -> None:
         s, t = self.session, self.session.totals

@@ -14,7 +14,7 @@ from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..sampling import SamplingParams
 from ..session import build_strategy, load_pair, parse_draft_len
-from . import app
+from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, Stop, Target, Temp, Threads, TopK, TopP,
     model_choice,
@@ -25,11 +25,20 @@ def read_prompt(prompt: Optional[str]) -> str:
     if prompt is None or prompt == "-":
         if prompt is None and sys.stdin.isatty():
             raise SpecError('no prompt given; pass it as an argument (spec run "text") or pipe it in')
-        text = sys.stdin.read()
+        # Bytes, decoded here: a text stdin would fail or smuggle surrogates in, by locale.
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)
+        text = user_text(stdin.read(), "the prompt")
     else:
-        text = prompt
+        text = user_text(prompt, "the prompt")
     if not text.strip():
         raise SpecError("the prompt is empty")
+    return text
+
+
+def check_stop(text: str) -> str:
+    text = user_text(text, "--stop")
+    if not text:
+        raise SpecError("--stop needs some text to stop at, got an empty string (an unset shell variable?)")
     return text
 
 
@@ -64,19 +73,29 @@ def run_cmd(
         draft_len=fixed_len or 0,
         sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
         seed=seed,
-        stop=tuple(stop or ()),
+        stop=tuple(check_stop(s) for s in stop or ()),
     )
     opts.check()
     text = read_prompt(prompt)
     choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
     choice.check()
+    if max_tokens > ctx:
+        raise SpecError(
+            f"--max-tokens {max_tokens} is more than the context holds (--ctx {ctx} tokens, prompt included); "
+            "ask for fewer tokens or give a larger --ctx"
+        )
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
     try:
+        prompt_tokens = pair.target.tokenize(text)
+        if len(prompt_tokens) >= pair.target.n_ctx:  # said before measuring anything for a run that cannot start
+            raise SpecError(
+                f"the prompt is {len(prompt_tokens)} tokens but the context holds {pair.target.n_ctx}; "
+                "use a larger --ctx or a shorter prompt"
+            )
         with ui.status("preparing"):
             strategy = build_strategy(pair, choice, fixed_len, notify=ui.info, draft_min_p=draft_min_p)
         engine = Engine(pair.target, strategy=strategy)
-        prompt_tokens = pair.target.tokenize(text)
         try:
             result = engine.generate(prompt_tokens, opts, on_text=None if as_json else ui.write_text)
         except KeyboardInterrupt:
