@@ -118,6 +118,7 @@ class ChatSession:
         user_text: str,
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_span: Callable[[str, str], None] | None = None,
     ) -> TurnResult:
         user = {"role": "user", "content": user_text}
         text, prompt, dropped = self._fit(user)
@@ -129,7 +130,7 @@ class ChatSession:
             # (Through the drafter: one from another model family reads the prompt's text.)
             prepare(self.engine.strategy or self.engine.drafter, prompt[:-1])
             draft_evaluated = self.draft.last_sync_evaluated
-        gen = self.engine.generate(prompt, self.opts, on_text=on_text, should_stop=should_stop)
+        gen = self.engine.generate(prompt, self.opts, on_text=on_text, should_stop=should_stop, on_span=on_span)
         interrupted = gen.stats.stop_reason == "interrupted"
         kept = not (interrupted and not gen.text)
         if kept:

@@ -100,9 +100,9 @@ def bench_cmd(
         write_csv(result, csv_path)
         ui.info(f"wrote {csv_path}")
     if plot_path is not None:
-        from ..bench.plot import plot
+        from ..bench.plot import plot_in_child
 
-        plot(result, plot_path)
+        plot_in_child(result, plot_path)
         ui.info(f"wrote {plot_path}")
     mism = sum(s.mismatches for s in result.summary if s.engine == SPEC)
     if mism and result.settings["greedy"]:

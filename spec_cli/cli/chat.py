@@ -29,7 +29,7 @@ from ..drafters import ModelDrafter
 from ..session import build_strategy, load_pair, parse_draft_len
 from . import app, user_text
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP, model_choice,
+    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Target, Temp, Threads, TopK, TopP, model_choice,
 )
 
 System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")]
@@ -58,6 +58,7 @@ def chat_cmd(
     rpc: Rpc = None,
     rpc_draft: RpcDraft = False,
     no_spec: NoSpec = False,
+    show_drafts: ShowDrafts = False,
 ) -> None:
     """Chat with the target model (default: the `chat` preset); /help lists the commands."""
     fixed_len = parse_draft_len(draft_len)
@@ -81,7 +82,7 @@ def chat_cmd(
         if drafter != "model" or fixed_len is None:
             session.engine = Engine(pair.target, strategy=build_strategy(pair, choice, fixed_len, notify=ui.info))
         names = pair.target_path.name + (f" + draft {pair.draft_path.name}" if pair.draft_path else " (no speculation)")
-        repl = Repl(session, names)
+        repl = Repl(session, names, show_drafts=show_drafts)
         if saved is not None:
             repl.adopt(saved, load)
             if system is not None:
@@ -92,8 +93,9 @@ def chat_cmd(
 
 
 class Repl:
-    def __init__(self, session: ChatSession, names: str):
+    def __init__(self, session: ChatSession, names: str, show_drafts: bool = False):
         self.session = session
+        self.show_drafts = show_drafts
         self.names = names
         self.tty = sys.stdin.isatty()
         self._history_file: Path | None = None
@@ -170,12 +172,15 @@ class Repl:
         previous = signal.signal(signal.SIGINT, on_sigint)
         wrote = {"last": "\n"}
 
-        def on_text(piece: str) -> None:
-            ui.write_text(piece)
+        def on_span(piece: str, origin: str) -> None:
+            if self.show_drafts:
+                ui.write_span(piece, origin)
+            else:
+                ui.write_text(piece)
             wrote["last"] = piece[-1:] or wrote["last"]
 
         try:
-            result = self.session.reply(text, on_text=on_text, should_stop=lambda: stop["requested"])
+            result = self.session.reply(text, on_span=on_span, should_stop=lambda: stop["requested"])
         finally:
             signal.signal(signal.SIGINT, previous)
             if wrote["last"] != "\n":

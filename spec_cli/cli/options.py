@@ -26,6 +26,7 @@ Ngl = Annotated[Optional[int], typer.Option("--ngl", help="Target layers to offl
 NglDraft = Annotated[Optional[int], typer.Option("--ngl-draft", help="Draft layers to offload to the GPU (-1 = all; default: the same as --ngl).")]
 Rpc = Annotated[Optional[str], typer.Option("--rpc", help="Run the target's offloaded layers on llama.cpp rpc-servers: HOST:PORT[,HOST:PORT...], split in proportion to their memory.")]
 RpcDraft = Annotated[bool, typer.Option("--rpc-draft", help="Offload the draft to the --rpc servers too (default: the draft runs on this machine).")]
+ShowDrafts = Annotated[bool, typer.Option("--show-drafts/--no-show-drafts", help="Colour the text that came from accepted drafts (on a terminal; pipes and --json are unchanged).")]
 Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
 
 

@@ -16,7 +16,7 @@ from ..sampling import SamplingParams
 from ..session import build_strategy, load_pair, parse_draft_len
 from . import app, user_text
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, Stop, Target, Temp, Threads, TopK, TopP,
+    Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Stop, Target, Temp, Threads, TopK, TopP,
     model_choice,
 )
 
@@ -64,6 +64,7 @@ def run_cmd(
     rpc_draft: RpcDraft = False,
     stop: Stop = None,
     no_spec: NoSpec = False,
+    show_drafts: ShowDrafts = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
 ) -> None:
     """Continue PROMPT with the target model, drafting with the draft model."""
@@ -97,7 +98,12 @@ def run_cmd(
             strategy = build_strategy(pair, choice, fixed_len, notify=ui.info, draft_min_p=draft_min_p)
         engine = Engine(pair.target, strategy=strategy)
         try:
-            result = engine.generate(prompt_tokens, opts, on_text=None if as_json else ui.write_text)
+            if as_json:
+                result = engine.generate(prompt_tokens, opts)
+            elif show_drafts:
+                result = engine.generate(prompt_tokens, opts, on_span=ui.write_span)
+            else:
+                result = engine.generate(prompt_tokens, opts, on_text=ui.write_text)
         except KeyboardInterrupt:
             ui.write_text("\n")
             raise
@@ -106,6 +112,8 @@ def run_cmd(
                 "prompt": text,
                 "text": result.text,
                 "tokens": result.tokens,
+                # per token: "draft" (a draft the target accepted) or "target" (its own pick)
+                "origins": result.origins,
                 "target": str(pair.target_path),
                 "draft": str(pair.draft_path) if pair.draft_path else None,
                 "stats": result.stats.to_dict(),
@@ -113,6 +121,8 @@ def run_cmd(
             ui.write_text(json.dumps(payload) + "\n")
         else:
             ui.write_text("\n")
+            if show_drafts:
+                ui.draft_legend(result.origins)
             ui.print_summary(result.stats)
     finally:
         pair.close()
