@@ -9,6 +9,8 @@ keep the target's distribution.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from spec_cli.backend import VocabInfo
@@ -31,6 +33,7 @@ class TextModel(FakeModel):
         super().__init__(logits_fn, vocab.n_vocab, n_ctx=n_ctx, eog=vocab.eos)
         self.v = vocab
         self.add_bos = add_bos
+        self.path = Path("scripted.gguf")
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         ids = self.v.encode(text)
@@ -175,3 +178,30 @@ def test_sampling_keeps_the_targets_distribution():
     assert chi2 < dof + 4.5 * np.sqrt(2 * dof) + 10, (chi2, dof)
     # the draft's tokens were proposed as target tokens, and the target turned some down
     assert drafted >= runs and 0 < accepted < drafted
+
+
+def test_what_cannot_draft_across_vocabularies_is_still_refused():
+    import pytest
+
+    from spec_cli.drafters.crossvocab import check_cross_vocab
+    from spec_cli.errors import SpecError
+
+    refusal = SpecError("incompatible vocabularies: ...")
+    target, draft = make_pair()
+    check_cross_vocab(target, draft, refusal)  # two tokenizers that spell text: accepted
+
+    class Mute(TextModel):  # tokens with no text (an embedding model's, say)
+        def piece(self, token, special=False):
+            return b""
+
+    class Recurrent(TextModel):  # a cache that cannot be cut back
+        def truncate(self, n):
+            if n < len(self.tokens):
+                raise SpecError("draft model cannot roll back its cache (recurrent or hybrid architecture)")
+
+    mute = Mute(draft_vocab(), writer(draft_vocab(), DOC), add_bos=False)
+    with pytest.raises(SpecError, match="incompatible vocabularies.*same text"):
+        check_cross_vocab(target, mute, refusal)
+    recurrent = Recurrent(draft_vocab(), writer(draft_vocab(), DOC), add_bos=False)
+    with pytest.raises(SpecError, match="roll back"):
+        check_cross_vocab(target, recurrent, refusal)
