@@ -260,6 +260,13 @@ class Model:
         # Backend sampling: a sampler chain on seq 0 runs inside llama.cpp's graph, so a pass
         # hands back token ids (or top-k candidates) instead of a logit row per position.
         self.backend_sampling = backend_sampling_available()
+        # Top-k inside the graph sorts the whole vocabulary: on a GPU that beats copying the row
+        # out, but llama.cpp's CPU top-k ran slower than numpy's argpartition on the row (BENCHMARKS.md,
+        # issue 10), so on the CPU only greedy ids come from the graph unless SPEC_BACKEND_SAMPLING=all.
+        self.backend_top_k = self.backend_sampling and (
+            os.environ.get("SPEC_BACKEND_SAMPLING", "").strip().lower() == "all"
+            or (n_gpu_layers != 0 and bool(L.llama_supports_gpu_offload()))
+        )
         self._sampler = None  # the chain attached to seq 0, if any
         self._sampler_kind: tuple | None = None  # what it computes: ("argmax",) or ("top_k", k)
         self._sampler_refused: set[tuple] = set()  # kinds llama.cpp could not run in the graph
@@ -377,7 +384,7 @@ class Model:
         With backend sampling only the k candidates leave the device.
         """
         n = len(tokens)
-        if 0 < k < self.n_vocab and self._attach(("top_k", k)):
+        if 0 < k < self.n_vocab and self.backend_top_k and self._attach(("top_k", k)):
             self._append(tokens, rows)
             L = _lib()
             idx = range(n) if rows == "all" else (-1,)
@@ -392,10 +399,14 @@ class Model:
             return out
         return [top_k_of(row, k) for row in self.eval(tokens, logits=rows)]
 
-    def use_backend_sampling(self, on: bool) -> None:
-        """Turn backend sampling on or off for this model (off: numpy reads full rows)."""
+    def use_backend_sampling(self, on: bool, top_k: bool | None = None) -> None:
+        """Turn backend sampling on or off for this model (off: numpy reads full rows).
+
+        top_k: whether top-k candidates come from the graph too (None: as chosen at load).
+        """
         self._attach(None)
         self.backend_sampling = bool(on) and backend_sampling_available()
+        self.backend_top_k = self.backend_sampling and (top_k if top_k is not None else self.backend_top_k)
 
     @property
     def backend_sampler(self) -> str | None:

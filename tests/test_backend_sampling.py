@@ -25,13 +25,16 @@ def paths(target, draft):
     """Yields a function that puts both models on the backend (True) or numpy (False) path."""
 
     def use(backend: bool) -> None:
-        target.use_backend_sampling(backend)
-        draft.use_backend_sampling(backend)
+        # top-k from the graph too, which spec does by default only with a GPU
+        target.use_backend_sampling(backend, top_k=backend)
+        draft.use_backend_sampling(backend, top_k=backend)
         target.reset()
         draft.reset()
 
     yield use
-    use(True)
+    for m in (target, draft):
+        m.use_backend_sampling(True, top_k=False)
+        m.reset()
 
 
 def test_this_build_has_backend_sampling():
