@@ -149,3 +149,21 @@ def test_second_position_distribution():
             second.append(d[1] if n_acc == 2 else extra)
     freq = np.bincount(second, minlength=n) / len(second)
     assert 0.5 * np.abs(freq - p2.probs).sum() < 0.015
+
+
+def test_top_k_of_is_exactly_the_k_highest_whatever_the_spread():
+    """The threshold shortcut must return the same set as a full partition, peaked rows and flat ones alike."""
+    from spec_cli.sampling import top_k_of
+
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.choice([50, 1000, 70000]))
+        row = (rng.normal(size=n) * rng.choice([0.05, 1.0, 5.0, 40.0])).astype(np.float32)
+        if trial % 7 == 0:
+            row[:] = 0.0
+            row[rng.integers(n)] = 20.0  # one peak, the rest all tied far below it
+        k = int(rng.choice([1, 3, 40, 45]))
+        ids, vals = top_k_of(row, k)
+        assert len(ids) == k and len(set(ids.tolist())) == k
+        np.testing.assert_array_equal(vals, row[ids])
+        np.testing.assert_array_equal(np.sort(vals), np.sort(row)[-k:])
