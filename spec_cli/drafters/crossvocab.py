@@ -31,6 +31,8 @@ from .model import ModelDrafter, top_probability
 # further than this in one round.
 STEPS_PER_TOKEN = 2
 EXTRA_STEPS = 2
+# Tokens a sync evaluates in a round that follows one this drafter drafted (see propose).
+REGULAR_SYNC = 3
 
 
 def model_vocab(model: Model) -> Vocab:
@@ -110,8 +112,12 @@ class CrossVocabDrafter:
         logits = d.sync(dtoks)
         evaluated = d.last_sync_evaluated
         sync_seconds = d.decode_seconds - dec0
-        # Catch-up passes are not a price per token (as in ModelDrafter): only one-token passes are.
-        step_seconds = sync_seconds if evaluated == 1 else 0.0
+        # Every round the sync re-reads a token or three: the target's own token, and the last
+        # word where the two vocabularies split the accepted text differently. That is part of
+        # what drafting costs here, so it goes into the price per token; more is a catch-up on
+        # rounds this drafter sat out, which is not (as in ModelDrafter).
+        regular = evaluated <= REGULAR_SYNC
+        step_seconds = sync_seconds if regular else 0.0
         text = bytearray()
         tokens: list[int] = []
         drafted = 0
@@ -145,14 +151,14 @@ class CrossVocabDrafter:
         prop.decode_seconds = d.decode_seconds - dec0
         outside = wall - prop.decode_seconds
         self.outside_seconds += outside
-        # The price per proposed target token: the one-token draft passes and the aligning,
-        # so that the controller compares what a target token really costs to draft.
+        # The price per proposed target token: the round's draft passes and the aligning, so
+        # that the controller compares what a target token really costs to draft.
         if prop.tokens:
             prop.steps = len(prop.tokens)
             prop.step_seconds = step_seconds + outside
         prop.round_seconds = prop.decode_seconds + outside
-        if evaluated > 2:
-            prop.round_seconds += sync_seconds / evaluated - sync_seconds
+        if not regular:
+            prop.round_seconds += sync_seconds / evaluated - sync_seconds  # one token's share of the catch-up
         return prop
 
     def prepare(self, tokens: Sequence[int]) -> None:
