@@ -9,6 +9,7 @@
 #   SERVERS    number of loopback servers the target is split over (default 2)
 #   THREADS    CPU threads of each server (default 1)
 #   BASE_PORT  first server port (default 50252; proxies listen 100 above)
+#   OMP_WAIT_POLICY  default PASSIVE (see below)
 # Servers and proxies are started here and killed when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,10 @@ python="${PYTHON:-.venv/bin/python}"
 n="${SERVERS:-2}"
 threads="${THREADS:-1}"
 base="${BASE_PORT:-50252}"
+# Servers and client stand for separate hosts but share this machine's cores: OpenMP threads
+# that spin while they wait for work (llama.cpp's CPU backend) would take the cores from the
+# process whose turn it is. Here they wait passively; set OMP_WAIT_POLICY to override.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -106,6 +106,11 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
         devices=devices,
     )  # fmt: skip
     target.rpc_servers = tuple(servers)  # part of the calibration cache's key
+    if servers:
+        # Over RPC, backend sampling costs round trips per row (the ids are read row by row
+        # from the servers): verifying 8 tokens took 239 ms with it and 127 ms without at 5 ms
+        # of round-trip time (BENCHMARKS.md, issue 12). Full logit rows come back in one read.
+        target.use_backend_sampling(False)
     draft = None
     cross_vocab = False
     if draft_path is not None:
@@ -120,6 +125,8 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
                 devices=devices if choice.rpc_draft else None,
             )  # fmt: skip
             draft.rpc_servers = tuple(servers) if choice.rpc_draft else ()
+            if choice.rpc_draft:
+                draft.use_backend_sampling(False)
             try:
                 check_compatible(target, draft)
             except SpecError as refusal:

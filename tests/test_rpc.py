@@ -263,6 +263,8 @@ def test_greedy_over_two_servers_is_the_local_target_and_the_draft_stays_local(
     pair = load_pair(choice)
     try:
         assert pair.target.n_gpu_layers == -1  # --rpc without --ngl: every layer goes to the servers
+        # backend sampling would read every row's id from the servers, a round trip each
+        assert not pair.target.backend_sampling
         before = [s.cpu_seconds() for s in servers]
         pair.draft.eval(pair.draft.tokenize(PROMPTS[0] * 20), logits="last")
         assert [s.cpu_seconds() for s in servers] == before, "the draft ran on the RPC servers"
