@@ -43,6 +43,8 @@ from .sampling import SamplingParams
 
 # How much better another drafter's gain must be to take over from the last one's.
 STICKY = 1.1
+# Proposal.stopped values that mean the drafter's first guess was wrong although it proposed no token.
+WRONG_FIRST_GUESS = ("draft-eos", "mismatch")
 
 
 @dataclass
@@ -180,10 +182,17 @@ class AdaptiveStrategy:
             src.ctl.observe_pass(outcome.pass_tokens, outcome.pass_seconds)
         for src in self._consulted:
             if src is self._used:
-                if outcome.drafted:
+                drafted = outcome.drafted
+                if not drafted and not src.free and prop.stopped in WRONG_FIRST_GUESS:
+                    # A draft model that proposed nothing because its first guess was already
+                    # wrong (it ended the text, or contradicted it: drafters/crossvocab.py) spent
+                    # its time all the same: a round with one rejected draft. Counted as nothing,
+                    # a probe stayed due and was paid for again round after round.
+                    drafted = 1
+                if drafted:
                     drafting = outcome.draft_seconds if src.free else prop.round_seconds
                     src.ctl.observe_round(outcome.accepted + 1, outcome.pass_seconds + drafting)
-                src.ctl.update(outcome.drafted, outcome.accepted)
+                src.ctl.update(drafted, outcome.accepted)
                 if not src.free and prop.steps:
                     src.ctl.observe_draft(prop.steps, prop.step_seconds)
             else:

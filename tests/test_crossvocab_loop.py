@@ -205,3 +205,24 @@ def test_what_cannot_draft_across_vocabularies_is_still_refused():
     recurrent = Recurrent(draft_vocab(), writer(draft_vocab(), DOC), add_bos=False)
     with pytest.raises(SpecError, match="roll back"):
         check_cross_vocab(target, recurrent, refusal)
+
+
+def test_auto_counts_a_draft_that_ends_the_text_as_a_rejected_probe():
+    """The draft says "end" where the target goes on: no token is proposed, but the drafter's
+    first guess was wrong and its pass was paid. auto must book it as a rejected draft, or the
+    probe stays due and the draft is run again next round for nothing."""
+    from spec_cli.adaptive import AdaptiveDraftLength
+    from spec_cli.strategy import AdaptiveStrategy
+
+    tv, dv = target_vocab(), draft_vocab()
+    target = TextModel(tv, writer(tv, DOC), add_bos=True)
+    draft = TextModel(dv, lambda h: np.eye(dv.n_vocab, dtype=np.float32)[dv.eos] * 10, add_bos=False)  # always "end"
+    cost = [0.010, 0.012, 0.014]
+    ctl = AdaptiveDraftLength(cost, 0.002, 2, prior=0.9, probe_every=4)
+    strategy = AdaptiveStrategy([(CrossVocabDrafter(target, draft), ctl, False)])
+    res = Engine(target, strategy=strategy).generate(target.tokenize("The cat"), GenerateOptions(max_tokens=24))
+    assert res.tokens == Engine(TextModel(tv, writer(tv, DOC), add_bos=True)).generate(
+        target.tokenize("The cat"), GenerateOptions(max_tokens=24, draft_len=0)).tokens  # fmt: skip
+    assert ctl.acceptance < 0.9  # the wrong guesses were counted
+    # asked in a few rounds (the first, then probes), not in every round of the run
+    assert strategy.rounds["model (cross-vocab)"] <= 6 < res.stats.target_passes
