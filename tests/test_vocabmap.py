@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec_cli.vocabmap import TextAlignment, Vocab, is_split_point, tokenize_exact, utf8_complete
+from spec_cli.vocabmap import (
+    TextAlignment,
+    Vocab,
+    is_split_point,
+    tokenize_exact,
+    utf8_complete,
+)
 from tests.scripted_vocab import WORD_LIST, ScriptedVocab, draft_vocab, target_vocab
 
 
