@@ -65,8 +65,18 @@ def default_threads() -> int:
 
 
 def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
-    return bool(_lib().llama_supports_gpu_offload())
+    """Whether this llama.cpp build sees a GPU it can offload layers to (CUDA, Metal, Vulkan, ...).
+
+    llama_supports_gpu_offload() also says yes for a CPU build with the RPC backend (RPC
+    servers are offload targets), so the devices ggml reports decide where it can tell.
+    """
+    L = _lib()
+    if not L.llama_supports_gpu_offload():
+        return False
+    devices = _devices()
+    if devices is None:
+        return True  # ggml's library not found: trust llama.cpp's answer
+    return any(d["type"] in ("GPU", "integrated GPU") for d in devices)
 
 
 def backend_sampling_available() -> bool:
@@ -122,6 +132,16 @@ def build_info() -> dict:
     ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
     for i in range(ggml.ggml_backend_reg_count()):
         info["backends"].append(ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode())
+    info["devices"] = _devices() or []
+    return info
+
+
+def _devices() -> list[dict] | None:
+    """The devices ggml sees (CPU, GPUs, RPC servers added so far), None without its library."""
+    ggml = _ggml_library(Path(_lib().__file__).parent / "lib")
+    if ggml is None:
+        return None
+    out: list[dict] = []
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
@@ -136,14 +156,14 @@ def build_info() -> dict:
         dev = ggml.ggml_backend_dev_get(i)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        info["devices"].append({
+        out.append({
             "name": ggml.ggml_backend_dev_name(dev).decode(),
             "description": (ggml.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace"),
             "type": _DEVICE_TYPES.get(ggml.ggml_backend_dev_type(dev), "unknown"),
             "free_bytes": int(free.value),
             "total_bytes": int(total.value),
         })  # fmt: skip
-    return info
+    return out
 
 
 def _ggml_library(lib_dir: Path):
@@ -265,7 +285,7 @@ class Model:
         # issue 10), so on the CPU only greedy ids come from the graph unless SPEC_BACKEND_SAMPLING=all.
         self.backend_top_k = self.backend_sampling and (
             os.environ.get("SPEC_BACKEND_SAMPLING", "").strip().lower() == "all"
-            or (n_gpu_layers != 0 and bool(L.llama_supports_gpu_offload()))
+            or (n_gpu_layers != 0 and gpu_offload_supported())
         )
         self._sampler = None  # the chain attached to seq 0, if any
         self._sampler_kind: tuple | None = None  # what it computes: ("argmax",) or ("top_k", k)

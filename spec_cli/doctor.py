@@ -30,7 +30,7 @@ def gpu_present() -> str | None:
 
 
 def reinstall_command(gpu: str) -> str:
-    cmake = '-DGGML_CUDA=on' if gpu == "NVIDIA" else '-DGGML_METAL=on'
+    cmake = ('-DGGML_CUDA=on' if gpu == "NVIDIA" else '-DGGML_METAL=on') + ' -DGGML_RPC=on'
     return f'CMAKE_ARGS="{cmake}" pip install --force-reinstall --no-cache-dir {PIN}'
 
 

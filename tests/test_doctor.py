@@ -32,6 +32,8 @@ def test_doctor_json_as_a_subprocess():
     assert report["threads"] >= 1
     assert set(report["paths"]) >= {"spec cache", "calibration cache", "Hugging Face cache"}
     assert isinstance(report["gpu_offload"], bool) and isinstance(report["rpc"], bool)
+    # GPU offload means a GPU device: an RPC-enabled CPU build must not claim it
+    assert report["gpu_offload"] == any(d["type"] in ("GPU", "integrated GPU") for d in report["devices"])
     # the pinned llama.cpp has backend sampling, and SPEC_BACKEND_SAMPLING=0 reports it off
     assert report["backend_sampling"] is True
     off = subprocess.run([sys.executable, "-m", "spec_cli", "doctor", "--json", "--no-offload"], capture_output=True, text=True,
@@ -44,5 +46,5 @@ def test_a_gpu_with_a_cpu_only_build_gets_the_reinstall_command(monkeypatch):
     real = doctor.build_info
     monkeypatch.setattr(doctor, "build_info", lambda: {**real(), "gpu_offload": False})
     report = doctor.diagnose(check_offload=False)
-    assert any('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36' in a
+    assert any('CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36' in a
                for a in report["advice"])
