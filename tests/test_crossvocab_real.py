@@ -162,3 +162,17 @@ def test_chat_with_a_draft_from_another_family(smollm2, target):
         smollm2.reset()
     assert sum(t.stats.drafted for t in turns) > 0
     assert turns[1].draft_evaluated < len(gemma.tokens) // 2  # incremental, not the whole conversation again
+
+
+def test_chat_draft_len_keeps_the_cross_vocab_drafter(smollm2, target):
+    """/draft-len after an auto start (no fixed drafter in the engine) must not fall back to
+    ModelDrafter, which would feed the draft the target's token ids."""
+    from spec_cli.chat_session import ChatSession
+    from spec_cli.cli.chat import Repl
+    from spec_cli.decode import Engine
+
+    session = ChatSession(smollm2, target, GenerateOptions(max_tokens=8, draft_len=0))
+    session.engine = Engine(smollm2)  # what an auto strategy leaves: no drafter of its own
+    Repl(session, "test")._command("/draft-len 2")
+    assert session.opts.draft_len == 2
+    assert isinstance(session.engine.drafter, CrossVocabDrafter)

@@ -25,7 +25,7 @@ from ..errors import SpecError
 from ..presets import spec_home
 from ..sampling import SamplingParams
 from ..decode import Engine
-from ..drafters import ModelDrafter
+from ..drafters.crossvocab import drafter_for
 from ..session import build_strategy, load_pair, parse_draft_len
 from . import app, user_text
 from .options import (
@@ -243,7 +243,7 @@ class Repl:
             if s.draft is None and cmd.value:
                 raise SpecError("no draft model is loaded (--no-spec); /draft-len can only be 0")
             s.opts.draft_len = int(cmd.value)
-            s.engine = Engine(s.target, s.engine.drafter or ModelDrafter(s.draft) if s.draft is not None else None)
+            s.engine = Engine(s.target, s.engine.drafter or drafter_for(s.target, s.draft) if s.draft is not None else None)
             ui.note(f"draft length {s.opts.draft_len}" + (" (target alone)" if cmd.value == 0 else ""))
         elif cmd.name == "temp":
             s.opts.sampling = dataclasses.replace(s.opts.sampling, temperature=float(cmd.value))
