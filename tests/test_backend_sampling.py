@@ -14,6 +14,7 @@ from spec_cli.backend import backend_sampling_available
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
 from spec_cli.sampling import SamplingParams, shape, top_k_of
+from tests.chisquare import first_token_chi2
 from tests.neartie import TIE_TOLERANCE, assert_same_or_near_tie
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
@@ -133,9 +134,6 @@ def test_first_sampled_token_keeps_target_distribution_on_backend_top_k(target, 
     assert target.backend_sampler == "top_k" and draft.backend_sampler == "top_k"
     firsts = np.array(firsts)
     assert not np.isin(firsts, p.ids, invert=True).any(), "emitted a token outside the target's top-k"
-    obs = np.array([(firsts == t).sum() for t in p.ids], dtype=float)
-    exp = p.probs * runs
-    big = exp >= 5
-    chi2 = ((obs[big] - exp[big]) ** 2 / exp[big]).sum() + (obs[~big].sum() - exp[~big].sum()) ** 2 / max(exp[~big].sum(), 1e-9)
+    chi2, obs, exp = first_token_chi2(firsts, p, runs)
     # 99.9% quantile of chi-square with <= 8 degrees of freedom is < 26.2
     assert chi2 < 26.2, (chi2, obs, exp)

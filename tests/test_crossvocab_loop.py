@@ -18,6 +18,7 @@ from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.crossvocab import CrossVocabDrafter
 from spec_cli.sampling import SamplingParams
 from spec_cli.strategy import FixedStrategy
+from tests.chisquare import masked_chi2, softmax
 from tests.fakes import FakeModel
 from tests.scripted_vocab import ScriptedVocab, draft_vocab, target_vocab
 
@@ -164,17 +165,10 @@ def test_sampling_keeps_the_targets_distribution():
         drafted += res.stats.drafted
         accepted += res.stats.accepted
 
-    def softmax(z):
-        e = np.exp(z - z.max())
-        return e / e.sum()
-
     prompt = TextModel(tv, soft, add_bos=True).tokenize(prompt_text)
     p0 = softmax(soft(prompt).astype(np.float64))[words]
     expected = np.array([[p0[a] * softmax(soft(prompt + [words[a]]).astype(np.float64))[words][b] for b in range(4)] for a in range(4)])
-    exp = expected * runs
-    mask = exp > 5
-    chi2 = (((counts - exp) ** 2 / exp)[mask]).sum()
-    dof = mask.sum() - 1
+    chi2, dof = masked_chi2(counts, expected * runs)
     assert chi2 < dof + 4.5 * np.sqrt(2 * dof) + 10, (chi2, dof)
     # the draft's tokens were proposed as target tokens, and the target turned some down
     assert drafted >= runs and 0 < accepted < drafted

@@ -16,6 +16,7 @@ from spec_cli.drafters.crossvocab import CrossVocabDrafter, model_vocab
 from spec_cli.sampling import SamplingParams, shape
 from spec_cli.session import LoadedPair, ModelChoice, build_strategy
 from spec_cli.vocabmap import TextAlignment
+from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
 
 pytestmark = pytest.mark.slow
@@ -130,10 +131,7 @@ def test_first_sampled_token_keeps_the_targets_distribution(target, xdraft):
         accepted += res.stats.accepted
     firsts = np.array(firsts)
     assert not np.isin(firsts, p.ids, invert=True).any(), "emitted a token outside the target's top-k"
-    obs = np.array([(firsts == t).sum() for t in p.ids], dtype=float)
-    exp = p.probs * runs
-    big = exp >= 5
-    chi2 = ((obs[big] - exp[big]) ** 2 / exp[big]).sum() + (obs[~big].sum() - exp[~big].sum()) ** 2 / max(exp[~big].sum(), 1e-9)
+    chi2, obs, exp = first_token_chi2(firsts, p, runs)
     # 99.9% quantile of chi-square with <= 8 degrees of freedom is < 26.2
     assert chi2 < 26.2, (chi2, obs, exp)
     # The draft's point mass was proposed in most runs and the target turned it down in some:

@@ -9,6 +9,7 @@ from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
+from tests.chisquare import masked_chi2, softmax
 from tests.fakes import FakeModel, soft_lm, table_lm
 
 V = 16
@@ -155,18 +156,11 @@ def test_sampled_loop_keeps_target_distribution():
         return counts
 
     # exact target probabilities of the pair (x0, x1)
-    def softmax(z):
-        e = np.exp(z - z.max())
-        return e / e.sum()
-
     p0 = softmax(tgt([1]).astype(np.float64))
     expected = np.array([[p0[a] * softmax(tgt([1, a]).astype(np.float64))[b] for b in range(n_vocab)] for a in range(n_vocab)])
     for use_draft in (False, True):
         obs = histogram(use_draft)
-        exp = expected * runs
-        mask = exp > 5
-        chi2 = (((obs - exp) ** 2 / exp)[mask]).sum()
-        dof = mask.sum() - 1
+        chi2, dof = masked_chi2(obs, expected * runs)
         # 99.9th percentile of chi-square is below dof + 4.5 * sqrt(2 dof) + 10 for these sizes
         assert chi2 < dof + 4.5 * np.sqrt(2 * dof) + 10, (use_draft, chi2, dof)
     # and the draft really disagreed with the target (otherwise the test proves nothing)
@@ -191,18 +185,11 @@ def test_sampled_loop_with_the_ngram_drafter_keeps_target_distribution():
         drafted += res.stats.drafted
         accepted += res.stats.accepted
 
-    def softmax(z):
-        e = np.exp(z - z.max())
-        return e / e.sum()
-
     p0 = softmax(tgt(prompt).astype(np.float64))
     expected = np.array(
         [[p0[a] * softmax(tgt(prompt + [a]).astype(np.float64))[b] for b in range(n_vocab)] for a in range(n_vocab)]
     )
-    exp = expected * runs
-    mask = exp > 5
-    chi2 = (((counts - exp) ** 2 / exp)[mask]).sum()
-    dof = mask.sum() - 1
+    chi2, dof = masked_chi2(counts, expected * runs)
     assert chi2 < dof + 4.5 * np.sqrt(2 * dof) + 10, (chi2, dof)
     # The drafts were really used, and the target really turned some down (else nothing was tested).
     assert drafted >= runs and 0 < accepted < drafted
