@@ -83,7 +83,8 @@ def backend_sampling_available() -> bool:
     """Whether passes can hand back token ids picked inside llama.cpp's graph (backend sampling).
 
     Needs a llama.cpp with llama_set_sampler (experimental there); SPEC_BACKEND_SAMPLING=0
-    turns it off, so that the numpy path can be compared with it or fallen back to.
+    turns it off, so that the numpy path can be compared with it or fallen back to. A model
+    uses it where it is offloaded to a GPU, or everywhere with SPEC_BACKEND_SAMPLING=all (Model).
     """
     if os.environ.get("SPEC_BACKEND_SAMPLING", "1").strip().lower() in ("0", "off", "no", "false"):
         return False
@@ -279,14 +280,14 @@ class Model:
         self._eog: dict[int, bool] = {}
         # Backend sampling: a sampler chain on seq 0 runs inside llama.cpp's graph, so a pass
         # hands back token ids (or top-k candidates) instead of a logit row per position.
-        self.backend_sampling = backend_sampling_available()
-        # Top-k inside the graph sorts the whole vocabulary: on a GPU that beats copying the row
-        # out, but llama.cpp's CPU top-k ran slower than numpy's argpartition on the row (BENCHMARKS.md,
-        # issue 10), so on the CPU only greedy ids come from the graph unless SPEC_BACKEND_SAMPLING=all.
-        self.backend_top_k = self.backend_sampling and (
+        # It pays where a row is dear to copy out: on a GPU. On the CPU the sampler's graph nodes cost
+        # more than they save (BENCHMARKS.md, issue 10: greedy plain decoding at 0.92x of numpy's argmax
+        # on the full row, top-k at 0.90x), so there it is used only with SPEC_BACKEND_SAMPLING=all.
+        self.backend_sampling = backend_sampling_available() and (
             os.environ.get("SPEC_BACKEND_SAMPLING", "").strip().lower() == "all"
             or (n_gpu_layers != 0 and gpu_offload_supported())
         )
+        self.backend_top_k = self.backend_sampling
         self._sampler = None  # the chain attached to seq 0, if any
         self._sampler_kind: tuple | None = None  # what it computes: ("argmax",) or ("top_k", k)
         self._sampler_refused: set[tuple] = set()  # kinds llama.cpp could not run in the graph

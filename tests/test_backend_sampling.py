@@ -32,15 +32,32 @@ def paths(target, draft):
         target.reset()
         draft.reset()
 
+    before = [(m.backend_sampling, m.backend_top_k) for m in (target, draft)]
     yield use
-    for m in (target, draft):
-        m.use_backend_sampling(True, top_k=False)
+    for m, (on, top_k) in zip((target, draft), before):
+        m.use_backend_sampling(on, top_k=top_k)
         m.reset()
 
 
 def test_this_build_has_backend_sampling():
     # The pinned llama.cpp has it; if this fails, every other test here ran the numpy path twice.
     assert backend_sampling_available()
+
+
+def test_a_model_on_the_cpu_reads_rows_unless_told_otherwise(smollm2_path, monkeypatch):
+    """On the CPU the sampler's graph nodes cost more than the row copy they save, so a model
+    that is not offloaded to a GPU uses numpy unless SPEC_BACKEND_SAMPLING=all says otherwise."""
+    from spec_cli.backend import Model
+
+    for env, expected in (("1", False), ("all", True)):
+        monkeypatch.setenv("SPEC_BACKEND_SAMPLING", env)
+        m = Model(smollm2_path, n_ctx=64, n_gpu_layers=0)
+        try:
+            assert (m.backend_sampling, m.backend_top_k) == (expected, expected), env
+            assert m.eval_argmax(m.tokenize("Hello"), rows="last").shape == (1,)
+            assert m.backend_sampler == ("argmax" if expected else None)
+        finally:
+            m.close()
 
 
 def _rows(target, prompt, cont):

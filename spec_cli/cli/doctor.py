@@ -40,7 +40,7 @@ def doctor_cmd(
         ["backends compiled in", ", ".join(r["backends"]) or "-"],
         ["GPU offload support", yes[r["gpu_offload"]]],
         ["RPC support", yes[r["rpc"]]],
-        ["backend sampling", yes[r["backend_sampling"]] + (" (ids and top-k candidates picked in llama.cpp's graph)" if r["backend_sampling"] else " (numpy reads full logit rows)")],
+        ["backend sampling", yes[r["backend_sampling"]] + (" (ids and top-k candidates picked in llama.cpp's graph for models on a GPU; on the CPU numpy reads the rows, which is faster there)" if r["backend_sampling"] else " (numpy reads full logit rows)")],
         ["GPU on this machine", r["gpu_present"] or "none found"],
         ["GPU offload check", offload_line],
         ["threads spec uses", str(r["threads"])],
