@@ -93,6 +93,11 @@ def cost_curve(points: Mapping[int, float], k_max: int = 16) -> np.ndarray:
 PROBE_OPTIMISM = 2.0
 # Rounds off before the first probe after speculation turned itself off.
 RECHECK_AFTER = 2
+# What trying a drafter may cost (see AdaptiveDraftLength._may_try): the time its measured
+# rounds lost against plain decoding may reach EXPLORE_ALLOWANCE plain passes plus
+# EXPLORE_SHARE of the plain passes the run has had so far.
+EXPLORE_ALLOWANCE = 0.5
+EXPLORE_SHARE = 0.02
 
 
 class AdaptiveDraftLength:
@@ -148,6 +153,10 @@ class AdaptiveDraftLength:
         self._m_tok = 0.0  # decayed tokens yielded by the rounds this drafter drafted
         self._m_sec = 0.0  # decayed seconds those rounds took
         self._m_rounds = 0.0  # decayed count of those rounds
+        # Seconds the rounds this drafter drafted lost against plain decoding (negative: won),
+        # never decayed, and the rounds this controller has been asked about.
+        self._lost = 0.0
+        self._rounds = 0
         self._acc = 0.0  # decayed count of accepted drafts
         self._rej = 0.0  # decayed count of rejections
         # Once off, only fresh evidence (a probe, or shadow drafts fed to update) turns
@@ -212,14 +221,32 @@ class AdaptiveDraftLength:
         s = predicted_speedups(a, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)
         return int(np.argmax(s[1:])) + 1
 
+    def _may_try(self, pending: float = 0.0) -> bool:
+        """Whether a probe, or turning speculation back on, fits the budget for trying.
+
+        Neither is decided on evidence that it pays: a probe is a guess, and turning on
+        again follows a few lucky rounds. Near break-even (a draft that pays on some text
+        and not on other) each costs a little, and on a short run they added up to 5-15 %
+        (BENCHMARKS.md, issue 11). So the time they lose is bounded: what the measured
+        rounds lost, all told, may be at most EXPLORE_ALLOWANCE plain passes plus
+        EXPLORE_SHARE of the run so far. A drafter that has paid overall (nothing lost)
+        is never held back; one that keeps losing gets a try every so often, so a change
+        in the text is still found. `pending` is what the try costs before it drafts (a
+        draft model catching up on the rounds it sat out), counted as lost up front."""
+        budget = (EXPLORE_ALLOWANCE + EXPLORE_SHARE * self._rounds) * self.cost[0]
+        return self._lost + pending <= budget
+
     def best_speedup(self) -> float:
         """The gain of the best draft length now (prediction blended with measurement; no side effects)."""
         return self._gain()[1]
 
-    def choose(self) -> int:
-        """The draft length for this round; 0 means plain decoding. Sets reason and predicted."""
+    def choose(self, pending: float = 0.0) -> int:
+        """The draft length for this round; 0 means plain decoding. Sets reason and predicted.
+
+        pending: seconds drafting would spend first, whatever it drafts (see _may_try)."""
         self._acc *= self.decay
         self._rej *= self.decay
+        self._rounds += 1
         a = self.acceptance
         g, best = self._gain()
         # Hysteresis: turning on needs a clear gain (min_gain), staying on only a gain.
@@ -228,7 +255,8 @@ class AdaptiveDraftLength:
         staying = self._was_on
         pays = g > 0 and best >= (1.0 if staying else self.min_gain)
         fresh, self._fresh = self._fresh, False
-        if pays and (self._on or fresh):
+        held = pays and not staying and not self._may_try(pending)
+        if pays and (self._on or fresh) and not held:
             if self._last_g:
                 # Lengthen a draft one token a round: a long draft chosen on a few rounds of
                 # evidence is the costliest way to learn the estimate was too high.
@@ -243,7 +271,7 @@ class AdaptiveDraftLength:
             self._interval, self._since = min(self._interval, RECHECK_AFTER), 0
         self._on = self._was_on = False
         self._since += 1
-        if g > 0 and self.probe_every > 0 and self._since >= self._interval:
+        if g > 0 and self.probe_every > 0 and self._since >= self._interval and self._may_try(pending):
             self._last = "probe"
             g = self._probe_length()
             self.reason, self.predicted = f"probe g={g}: predicted {best:.2f}x (a={a:.2f}{self._measured_note()})", best
@@ -252,6 +280,12 @@ class AdaptiveDraftLength:
         self._last = "off"
         if g == 0:
             self.reason = "off: no room to draft"
+        elif held:
+            self.reason = (
+                f"off: predicted {best:.2f}x (g={g}, a={a:.2f}{self._measured_note()}), but its rounds have lost "
+                f"{self._lost / self.cost[0]:.1f} plain passes so far, and trying again costs "
+                f"{pending / self.cost[0]:.1f} more: more than trying may cost"
+            )
         else:
             self.reason = f"off: predicted {best:.2f}x at best (g={g}, a={a:.2f}{self._measured_note()})"
         self.predicted = 1.0
@@ -296,12 +330,17 @@ class AdaptiveDraftLength:
         if 1 <= k <= len(self.cost) and seconds > 0:
             self.cost[k - 1] += self.cost_weight * (seconds - self.cost[k - 1])
 
-    def observe_round(self, tokens: int, seconds: float) -> None:
+    def observe_round(self, tokens: int, seconds: float, spent: float | None = None) -> None:
         """A round this drafter drafted: the tokens it yielded (accepted + the target's own)
         and the seconds it took (the target pass and the drafting). Old rounds fade by
-        `decay` per measured round, not per round off, so the measurement survives a pause."""
+        `decay` per measured round, not per round off, so the measurement survives a pause.
+
+        spent (default: seconds) is the round's whole wall time, where `seconds` leaves out
+        a draft model's catch-up on rounds it sat out: not a cost of drafting on, so not in
+        the rate, but a cost of trying again after a pause, so in what trying has lost."""
         if tokens < 1 or seconds <= 0:
             return
+        self._lost += (seconds if spent is None else max(spent, seconds)) - tokens * self.cost[0]
         d = self.decay
         self._m_tok = d * self._m_tok + tokens
         self._m_sec = d * self._m_sec + seconds

@@ -31,6 +31,7 @@ look several times dearer than it is and switched it off where it paid.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -43,6 +44,9 @@ from .sampling import SamplingParams
 
 # How much better another drafter's gain must be to take over from the last one's.
 STICKY = 1.1
+# Context tokens a draft model reads in a round after one it drafted (the accepted drafts and the
+# target's token); more is a catch-up on rounds it sat out.
+CATCH_UP_FROM = 3
 # Proposal.stopped values that mean the drafter's first guess was wrong although it proposed no token.
 WRONG_FIRST_GUESS = ("draft-eos", "mismatch")
 
@@ -96,6 +100,15 @@ class _Source:
     ctl: AdaptiveDraftLength
     free: bool  # drafting costs (next to) nothing: its guesses can be checked in every round
     shadow: list[int] = field(default_factory=list)
+    # A draft model's cache: the context length it last read, and seconds per context token
+    # when it reads several at once (measured on the prompt, then on each catch-up).
+    synced: int = 0
+    catch_up: float = 0.0
+
+    def pending(self, context_len: int) -> float:
+        """What drafting now would spend catching up before it drafts (0 for a free drafter)."""
+        lag = context_len - self.synced
+        return lag * self.catch_up if not self.free and lag > CATCH_UP_FROM else 0.0
 
 
 class AdaptiveStrategy:
@@ -121,11 +134,16 @@ class AdaptiveStrategy:
         self._consulted: list[_Source] = []
         self._used: _Source | None = None
         self._previous: _Source | None = None  # the last drafter that drafted
+        self._lag = self._ctx_len = 0  # the drafter used this round: its catch-up, the context length
 
     def prepare(self, tokens: Sequence[int]) -> None:
         for src in self.sources:
             if not src.free:
+                t0 = time.perf_counter()
                 prepare(src.drafter, tokens)
+                if len(tokens) > CATCH_UP_FROM:
+                    src.catch_up = (time.perf_counter() - t0) / len(tokens)
+                src.synced = len(tokens) + 1
 
     def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         self._consulted, self._used = [], None
@@ -152,7 +170,7 @@ class AdaptiveStrategy:
             src = self.sources[i]
             self._consulted.append(src)
             if chosen is None:
-                g = min(src.ctl.choose(), cap)
+                g = min(src.ctl.choose(src.pending(len(context))), cap)
                 if g > 0:
                     chosen = i, g
                     continue
@@ -162,6 +180,7 @@ class AdaptiveStrategy:
             return Proposal()
         i, g = chosen
         src = self.sources[i]
+        self._lag, self._ctx_len = len(context) - src.synced, len(context)
         if i in guesses:
             prop = guesses[i]
             prop.tokens = prop.tokens[:g]
@@ -189,9 +208,18 @@ class AdaptiveStrategy:
                     # its time all the same: a round with one rejected draft. Counted as nothing,
                     # a probe stayed due and was paid for again round after round.
                     drafted = 1
+                if not src.free:
+                    if self._lag > CATCH_UP_FROM:
+                        # the part of the round's drafting that round_seconds leaves out
+                        extra = max(0.0, outcome.draft_seconds - prop.round_seconds) / self._lag
+                        src.catch_up += 0.3 * (extra - src.catch_up) if src.catch_up else extra
+                    # its cache now holds the context and the drafts it evaluated (all but the last)
+                    src.synced = self._ctx_len + min(outcome.accepted, max(len(prop.tokens) - 1, 0))
                 if drafted:
                     drafting = outcome.draft_seconds if src.free else prop.round_seconds
-                    src.ctl.observe_round(outcome.accepted + 1, outcome.pass_seconds + drafting)
+                    src.ctl.observe_round(
+                        outcome.accepted + 1, outcome.pass_seconds + drafting, spent=outcome.pass_seconds + outcome.draft_seconds
+                    )
                 src.ctl.update(drafted, outcome.accepted)
                 if not src.free and prop.steps:
                     src.ctl.observe_draft(prop.steps, prop.step_seconds)

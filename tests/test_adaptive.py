@@ -358,3 +358,34 @@ def test_draft_length_grows_a_token_a_round():
         gs.append(g)
     assert gs[:7] == [2, 3, 4, 5, 6, 7, 8]
     assert best[2] == 8  # without the ramp it would have drafted 8 in the third round
+
+
+def test_trying_a_drafter_that_loses_costs_a_bounded_share_of_the_run():
+    # Off by prediction, but every probe accepts all it drafts, which keeps bringing it back;
+    # every round it drafts measures 0.7x. The probes and the returns after them may lose no
+    # more than the budget for trying (EXPLORE_ALLOWANCE passes plus EXPLORE_SHARE of the
+    # run) and one try.
+    from spec_cli.adaptive import EXPLORE_ALLOWANCE, EXPLORE_SHARE
+
+    rounds = 400
+    ctl = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=8, prior=0.5)
+    assert ctl.best_speedup() < ctl.min_gain
+    gs = drive_measured(ctl, rounds, lambda g: (g + 1) * STANDIN[0] / 0.7)
+    worst_try = max((g + 1) * STANDIN[0] / 0.7 - (g + 1) * STANDIN[0] for g in gs)
+    assert ctl._lost <= (EXPLORE_ALLOWANCE + EXPLORE_SHARE * rounds) * STANDIN[0] + worst_try
+    assert sum(g > 0 for g in gs[200:]) >= 2  # it still tries now and then
+    assert "more than trying may cost" in ctl.reason or ctl.reason.startswith("off")
+
+
+def test_a_try_that_must_catch_up_first_counts_the_catch_up():
+    # A probe is due, but drafting would first cost 3 plain passes of catch-up: more than
+    # the budget for trying allows, so no probe; with nothing to catch up, the probe goes ahead.
+    ctl = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=8, prior=0.5, min_gain=1.5)
+    assert ctl.choose(pending=3 * STANDIN[0]) == 0
+    assert ctl.choose(pending=0.0) > 0 and ctl.reason.startswith("probe")
+
+
+def test_a_drafter_that_pays_is_never_held_back():
+    ctl = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=8, prior=0.9)
+    gs = drive_measured(ctl, 100, lambda g: (g + 1) * STANDIN[0] / 1.5)
+    assert all(g > 0 for g in gs) and ctl._lost < 0
