@@ -130,6 +130,13 @@ _servers: dict[str, list[int]] = {}  # endpoint -> its ggml devices (the registr
 _arrays: list = []  # device lists handed to llama.cpp, kept alive
 _watched: list[str] = []  # endpoints the abort handler names
 _abort_handler = None  # kept alive: ggml holds a raw pointer to it
+_last_words: list = []  # callables run before the process ends on a lost server (chat saves its conversation)
+
+
+def on_lost(fn) -> None:
+    """Run fn() before a lost RPC server ends the process; a string it returns is added to the error line."""
+    if fn not in _last_words:
+        _last_words.append(fn)
 
 
 def _ggml():
@@ -243,7 +250,15 @@ def _watch(endpoints: Sequence[str]) -> None:
             sys.stdout.flush()
         except Exception:  # noqa: BLE001  (exiting anyway)
             pass
-        sys.stderr.write("\nerror: " + lost_server_message(list(_watched), text) + "\n")
+        line = lost_server_message(list(_watched), text)
+        for fn in list(_last_words):
+            try:
+                said = fn()
+            except Exception as e:  # noqa: BLE001  (the error line must still be written)
+                said = f"could not save what was open: {e}"
+            if said:
+                line += "; " + said
+        sys.stderr.write("\nerror: " + line + "\n")
         sys.stderr.flush()
         # Runs on llama.cpp's RPC thread, and the thread that waits for it cannot be woken:
         # the only way on is out. _exit skips interpreter teardown, which would wait for it.

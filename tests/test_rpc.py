@@ -365,3 +365,98 @@ def test_the_rpc_server_launcher_reports_a_port_in_use(rpc_build, servers):
     p = subprocess.run([sys.executable, "-m", "spec_cli.rpc_server", "--port", str(servers[0].port)], capture_output=True, text=True,
                        timeout=60, cwd=ROOT)  # fmt: skip
     assert p.returncode == 2 and f"could not serve on 127.0.0.1:{servers[0].port}" in p.stderr, (p.returncode, p.stderr)
+
+
+@pytest.mark.slow
+def test_the_draft_over_the_servers_with_the_target_local(servers, smollm2_path, smollm2_q2k_path, local_target, local_outputs):
+    """--rpc-draft: the draft's layers go to the servers too; greedy output is still the target's."""
+    from spec_cli.decode import Engine, GenerateOptions
+    from spec_cli.drafters import ModelDrafter
+    from spec_cli.session import ModelChoice, load_pair
+    from tests.neartie import assert_same_or_near_tie
+
+    eps = ",".join(s.endpoint for s in servers)
+    choice = ModelChoice(target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=512, rpc=eps, rpc_draft=True)
+    pair = load_pair(choice)
+    try:
+        before = [s.cpu_seconds() for s in servers]
+        pair.draft.eval(pair.draft.tokenize(PROMPTS[0] * 20), logits="last")
+        assert sum(s.cpu_seconds() for s in servers) > sum(before), "the draft did not run on the RPC servers"
+        p = PROMPTS[1]
+        toks = pair.target.tokenize(p)
+        pair.target.reset()
+        pair.draft.reset()
+        res = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
+        assert res.stats.accepted > 0
+        assert_same_or_near_tie(local_target, toks, local_outputs[p], res.tokens)
+    finally:
+        pair.close()
+
+
+def test_rpc_draft_without_servers_is_refused_in_one_line(smollm2_path):
+    p = spec("run", "--rpc-draft", "-t", str(smollm2_path), "-n", "4", "Hi", timeout=120)
+    assert_one_line_error(p, "--rpc-draft needs RPC servers")
+
+
+@pytest.mark.slow
+def test_a_server_killed_during_a_chat_reply_saves_the_conversation(rpc_build, smollm2_path, tmp_path):
+    """The chat ends in one line naming the server, and what was said (the open message and the
+    reply so far) is in a file that `spec chat --load` reads back."""
+    victims = [Server(tmp_path), Server(tmp_path)]
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SPEC_CACHE": str(cache), "SPEC_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "spec_cli", "chat", "--rpc", ",".join(s.endpoint for s in victims), "-t", str(smollm2_path),
+           "--no-spec", "--ctx", "1024", "-n", "400"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    ask = "Write a long story about a lighthouse keeper and her daughter."
+    try:
+        proc.stdin.write((ask + "\n").encode())
+        proc.stdin.flush()
+        first = proc.stdout.read(40)  # the reply is streaming
+        assert first and proc.poll() is None, proc.stderr.read()[-2000:]
+        victims[0].proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for s in victims:
+            s.stop()
+    err = err.decode()
+    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: RPC server {victims[0].endpoint} went away"), err[-2000:]
+    saved = list((cache / "chats").glob("lost-*.json"))
+    assert len(saved) == 1 and f"spec chat --load {saved[0]}" in last, (last, saved)
+    data = json.loads(saved[0].read_text())
+    assert data["messages"][0] == {"role": "user", "content": ask}
+    reply = data["messages"][1]
+    assert reply["role"] == "assistant" and reply["content"].startswith(first.decode("utf-8", "ignore")), (reply, first)
+    assert data["models"]["target"] == smollm2_path.name
+    # and it loads
+    p = spec("chat", "-t", str(smollm2_path), "--no-spec", "--load", str(saved[0]), input="/exit\n", timeout=120)
+    assert p.returncode == 0 and "loaded 2 messages" in p.stderr, p.stderr[-2000:]
+
+
+def test_the_chat_rescue_keeps_the_open_message_and_never_overwrites(tmp_path, monkeypatch):
+    """What a lost server leaves behind, without a server: Repl._rescue on a conversation in progress."""
+    from types import SimpleNamespace
+
+    from spec_cli.chat import Conversation
+    from spec_cli.cli.chat import Repl
+
+    monkeypatch.setenv("SPEC_CACHE", str(tmp_path))
+    named = SimpleNamespace(path=Path("t.gguf"))
+    session = SimpleNamespace(conversation=Conversation(system="Be brief.", messages=[]), target=named, draft=None)
+    repl = Repl(session, "t.gguf")
+    assert repl._rescue() is None  # nothing said yet: no file
+    session.conversation.messages += [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    repl._open = ("And then?", ["Once", " upon"])
+    said = [repl._rescue(), repl._rescue()]
+    files = [Path(s.split("--load ", 1)[1].split("`")[0]) for s in said]
+    assert files[0] != files[1] and set(files) == set((tmp_path / "chats").glob("lost-*.json")), (files, said)
+    conv = Conversation.load(files[0])
+    assert conv.system == "Be brief." and conv.saved_with == {"target": "t.gguf", "draft": None}
+    assert conv.messages[2:] == [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Once upon"}]
+    assert len(session.conversation.messages) == 2  # the live conversation is untouched

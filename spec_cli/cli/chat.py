@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,7 +23,7 @@ from ..chat import Command, Conversation, InputAssembler, help_text, is_command,
 from ..chat_session import ChatSession, TurnResult
 from ..decode import GenerateOptions
 from ..errors import SpecError
-from ..presets import spec_home
+from ..presets import cache_dir, spec_home
 from ..sampling import SamplingParams
 from ..decode import Engine
 from ..drafters.crossvocab import drafter_for
@@ -99,6 +100,8 @@ class Repl:
         self.names = names
         self.tty = sys.stdin.isatty()
         self._history_file: Path | None = None
+        # The message being answered and the reply's text so far, for _rescue.
+        self._open: tuple[str, list[str]] | None = None
 
     # --- the loop ---------------------------------------------------------------
 
@@ -107,6 +110,9 @@ class Repl:
             # Bytes that are not UTF-8 arrive as surrogates, for user_text to refuse, whatever the locale.
             sys.stdin.reconfigure(errors="surrogateescape")
         self._start_readline()
+        from .. import rpc
+
+        rpc.on_lost(self._rescue)
         s = self.session
         ui.note(f"spec chat · {self.names} · context {s.target.n_ctx} tokens")
         if s.template.fallback:
@@ -172,7 +178,10 @@ class Repl:
         previous = signal.signal(signal.SIGINT, on_sigint)
         wrote = {"last": "\n"}
 
+        self._open = (text, [])
+
         def on_span(piece: str, origin: str) -> None:
+            self._open[1].append(piece)
             if self.show_drafts:
                 ui.write_span(piece, origin)
             else:
@@ -182,10 +191,37 @@ class Repl:
         try:
             result = self.session.reply(text, on_span=on_span, should_stop=lambda: stop["requested"])
         finally:
+            self._open = None
             signal.signal(signal.SIGINT, previous)
             if wrote["last"] != "\n":
                 ui.write_text("\n")
         self._report(result)
+
+    def _rescue(self) -> str | None:
+        """Save the conversation, the open message and the reply so far included, when the
+        process must end on the spot (an RPC server went away): what to run to go on from it."""
+        s = self.session
+        conv = Conversation(system=s.conversation.system, messages=[dict(m) for m in s.conversation.messages])
+        if self._open is not None:
+            user, pieces = self._open
+            conv.messages.append({"role": "user", "content": user})
+            if "".join(pieces):
+                conv.messages.append({"role": "assistant", "content": "".join(pieces)})
+        if not conv.messages:
+            return None
+        folder = cache_dir() / "chats"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = "lost-" + time.strftime("%Y%m%d-%H%M%S")
+        path, n = folder / f"{stem}.json", 1
+        while path.exists():  # never over an earlier one
+            n += 1
+            path = folder / f"{stem}-{n}.json"
+        conv.save(path, models=self._models())
+        return f"the conversation ({len(conv.messages)} messages) is saved; `spec chat --load {path}` goes on from it"
+
+    def _models(self) -> dict:
+        s = self.session
+        return {"target": s.target.path.name, "draft": s.draft.path.name if s.draft is not None else None}
 
     def _report(self, r: TurnResult) -> None:
         s = self.session
@@ -249,8 +285,7 @@ class Repl:
             s.opts.sampling = dataclasses.replace(s.opts.sampling, temperature=float(cmd.value))
             ui.note(f"temperature {cmd.value:g}" + (" (greedy)" if cmd.value == 0 else ""))
         elif cmd.name == "save":
-            models = {"target": s.target.path.name, "draft": s.draft.path.name if s.draft is not None else None}
-            path = s.conversation.save(cmd.arg, models=models)
+            path = s.conversation.save(cmd.arg, models=self._models())
             ui.note(f"saved {len(s.conversation.messages)} messages to {path}")
         elif cmd.name == "load":
             self.adopt(Conversation.load(cmd.arg), cmd.arg)
