@@ -145,8 +145,15 @@ class AdaptiveStrategy:
             if not src.free:
                 t0 = time.perf_counter()
                 prepare(src.drafter, tokens)
-                if len(tokens) > CATCH_UP_FROM:
-                    src.catch_up = (time.perf_counter() - t0) / len(tokens)
+                seconds = time.perf_counter() - t0
+                # Per context token: per draft token evaluated, times draft tokens per context token
+                # (another family's tokenizer splits the text differently). A prepare that found the
+                # cache already in place (chat prepares before the engine does) says nothing.
+                model = getattr(src.drafter, "model", None)
+                evaluated = model.last_sync_evaluated if model is not None else len(tokens)
+                cached = model.n_past if model is not None else len(tokens)
+                if evaluated > CATCH_UP_FROM and tokens:
+                    src.catch_up = seconds / evaluated * cached / len(tokens)
                 src.synced = len(tokens) + 1
 
     def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:

@@ -144,3 +144,19 @@ def test_the_drafters_of_auto_share_one_budget_for_trying():
     strat.prepare([1, 2])
     strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0))
     assert strat.budget.rounds == 1
+
+
+def test_a_prepare_that_finds_the_draft_in_place_keeps_the_catch_up_price():
+    # The chat prepares the draft before the engine does; the engine's prepare then evaluates
+    # nothing and must not make a catch-up look free.
+    draft = FakeModel(table_lm(CYCLE, V), V, cost=draft_cost)
+    strat, _, _ = standin_auto(draft)
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
+    strat.prepare(prompt)
+    src = next(s for s in strat.sources if not s.free)
+    price = src.catch_up
+    assert price > 0 and src.synced == len(prompt) + 1
+    strat.prepare(prompt)
+    assert src.catch_up == price
+    assert src.pending(len(prompt) + 1) == 0.0  # nothing to catch up
+    assert src.pending(len(prompt) + 11) == pytest.approx(10 * price)
