@@ -7,8 +7,15 @@ the user's machine leaks in and derived drafts are made fresh (a few seconds).
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
+
+# The Ctrl-C tests send SIGINT to spec, in this process and in children. A shell that starts
+# the suite in the background (`.ci/run &` without job control) hands it SIGINT ignored, which
+# children inherit and Python then leaves ignored: those tests would fail for the shell's sake.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
