@@ -34,10 +34,11 @@ still comes from the prediction, which knows how the gain moves with g.
 
 Trying is bounded: a probe, or turning speculation on again after a pause, is a guess
 that may lose, and near break-even the guesses added up to 5-20 % of a short run. What
-the measured rounds lost against plain decoding, all told (a draft model's catch-up on
-the rounds it sat out included), may reach half a plain pass plus 2 % of the run; past
-that no new try starts until the run has grown enough (`_may_try`). AdaptiveStrategy
-keeps one such budget for all its drafters.
+a drafter's measured rounds lost against plain decoding, all told (a draft model's
+catch-up on the rounds it sat out included), may reach half a plain pass plus 2 % of
+the run; past that it tries nothing new until the run has grown enough (`_may_try`).
+Each drafter has its own such budget: one shared by the n-gram lookup and the draft
+model measured no better, and held the draft model back where it paid (BENCHMARKS.md).
 
 Simulated (before the measured blend, the probe sizing and the one-token ramp were
 added) on the CPU curve of NOTES.md with i.i.d. acceptance: when drafts never
@@ -51,7 +52,6 @@ numpy only; no model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -108,16 +108,6 @@ EXPLORE_ALLOWANCE = 0.5
 EXPLORE_SHARE = 0.02
 
 
-@dataclass
-class TryBudget:
-    """The ledger behind AdaptiveDraftLength._may_try: seconds the measured rounds lost against
-    plain decoding (negative: won), and the rounds of the run so far. One controller keeps its
-    own; AdaptiveStrategy gives all of its drafters one, so that together they stay within it."""
-
-    lost: float = 0.0
-    rounds: int = 0
-
-
 class AdaptiveDraftLength:
     """Picks g each round from the cost curve and an acceptance estimate it keeps up to date.
 
@@ -171,9 +161,10 @@ class AdaptiveDraftLength:
         self._m_tok = 0.0  # decayed tokens yielded by the rounds this drafter drafted
         self._m_sec = 0.0  # decayed seconds those rounds took
         self._m_rounds = 0.0  # decayed count of those rounds
-        # What trying has lost, never decayed (see _may_try); counted here unless shared.
-        self.budget = TryBudget()
-        self.counts_rounds = True
+        # Seconds the rounds this drafter drafted lost against plain decoding (negative: won),
+        # never decayed, and the rounds this controller has been asked about.
+        self._lost = 0.0
+        self._rounds = 0
         self._acc = 0.0  # decayed count of accepted drafts
         self._rej = 0.0  # decayed count of rejections
         # Once off, only fresh evidence (a probe, or shadow drafts fed to update) turns
@@ -238,14 +229,6 @@ class AdaptiveDraftLength:
         s = predicted_speedups(a, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)
         return int(np.argmax(s[1:])) + 1
 
-    def share_budget(self, budget: TryBudget) -> None:
-        """Draw on a budget for trying shared with other drafters; its owner counts the rounds."""
-        self.budget, self.counts_rounds = budget, False
-
-    @property
-    def _lost(self) -> float:
-        return self.budget.lost
-
     def _may_try(self, pending: float = 0.0) -> bool:
         """Whether a probe, or turning speculation back on, fits the budget for trying.
 
@@ -258,7 +241,7 @@ class AdaptiveDraftLength:
         is never held back; one that keeps losing gets a try every so often, so a change
         in the text is still found. `pending` is what the try costs before it drafts (a
         draft model catching up on the rounds it sat out), counted as lost up front."""
-        budget = (EXPLORE_ALLOWANCE + EXPLORE_SHARE * self.budget.rounds) * self.cost[0]
+        budget = (EXPLORE_ALLOWANCE + EXPLORE_SHARE * self._rounds) * self.cost[0]
         return self._lost + pending <= budget
 
     def best_speedup(self) -> float:
@@ -271,8 +254,7 @@ class AdaptiveDraftLength:
         pending: seconds drafting would spend first, whatever it drafts (see _may_try)."""
         self._acc *= self.decay
         self._rej *= self.decay
-        if self.counts_rounds:
-            self.budget.rounds += 1
+        self._rounds += 1
         a = self.acceptance
         g, best = self._gain()
         # Hysteresis: turning on needs a clear gain (min_gain), staying on only a gain.
@@ -366,7 +348,7 @@ class AdaptiveDraftLength:
         the rate, but a cost of trying again after a pause, so in what trying has lost."""
         if tokens < 1 or seconds <= 0:
             return
-        self.budget.lost += (seconds if spent is None else max(spent, seconds)) - tokens * self.cost[0]
+        self._lost += (seconds if spent is None else max(spent, seconds)) - tokens * self.cost[0]
         d = self.decay
         self._m_tok = d * self._m_tok + tokens
         self._m_sec = d * self._m_sec + seconds

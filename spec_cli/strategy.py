@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .adaptive import AdaptiveDraftLength, TryBudget, predicted_speedups
+from .adaptive import AdaptiveDraftLength, predicted_speedups
 from .drafters.base import Drafter, Proposal, prepare
 from .sampling import SamplingParams
 
@@ -128,10 +128,6 @@ class AdaptiveStrategy:
                 )
                 continue
             self.sources.append(_Source(d, c, free))
-        # One budget for trying, whichever drafter tries: each alone would let the two lose twice as much.
-        self.budget = TryBudget()
-        for src in self.sources:
-            src.ctl.share_budget(self.budget)
         self.name = "auto(" + "+".join(s.drafter.name for s in self.sources) + ")" if self.sources else "auto(none)"
         self.rounds: Counter = Counter()
         self.lengths: Counter = Counter()
@@ -158,7 +154,6 @@ class AdaptiveStrategy:
 
     def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         self._consulted, self._used = [], None
-        self.budget.rounds += 1
         for src in self.sources:
             src.shadow = []
         if cap <= 0:

@@ -9,7 +9,6 @@ from spec_cli.adaptive import AdaptiveDraftLength
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
 from spec_cli.drafters.ngram import NgramDrafter
-from spec_cli.sampling import SamplingParams
 from spec_cli.strategy import AdaptiveStrategy, FixedStrategy
 from tests.fakes import FakeModel, sequence_lm, table_lm
 
@@ -134,16 +133,6 @@ def test_the_drafter_with_the_higher_predicted_gain_goes_first():
     # a fixed "lookup first" order would let the lookup draft whenever it matches (most
     # rounds, with 11 symbols); by predicted gain it drafts in only a few
     assert strat.rounds["ngram"] <= 0.15 * strat.rounds["model"]
-
-
-def test_the_drafters_of_auto_share_one_budget_for_trying():
-    # Each alone could lose its own allowance; together they must stay within one.
-    draft = FakeModel(table_lm(CYCLE, V), V, cost=draft_cost)
-    strat, ngram_ctl, model_ctl = standin_auto(draft)
-    assert ngram_ctl.budget is model_ctl.budget is strat.budget
-    strat.prepare([1, 2])
-    strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0))
-    assert strat.budget.rounds == 1
 
 
 def test_a_prepare_that_finds_the_draft_in_place_keeps_the_catch_up_price():
