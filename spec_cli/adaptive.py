@@ -234,7 +234,7 @@ class AdaptiveDraftLength:
 
         Neither is decided on evidence that it pays: a probe is a guess, and turning on
         again follows a few lucky rounds. Near break-even (a draft that pays on some text
-        and not on other) each costs a little, and on a short run they added up to 5-15 %
+        and not on other) each costs a little, and on a short run they added up to 5-20 %
         (BENCHMARKS.md, issue 11). So the time they lose is bounded: what the measured
         rounds lost, all told, may be at most EXPLORE_ALLOWANCE plain passes plus
         EXPLORE_SHARE of the run so far. A drafter that has paid overall (nothing lost)
