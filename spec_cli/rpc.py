@@ -139,6 +139,12 @@ def on_lost(fn) -> None:
         _last_words.append(fn)
 
 
+def forget(fn) -> None:
+    """Undo on_lost(fn)."""
+    if fn in _last_words:
+        _last_words.remove(fn)
+
+
 def _ggml():
     """ggml's library as llama-cpp-python ships it, with the signatures used here declared."""
     global _ggml_lib

@@ -18,15 +18,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import ui
+from .. import rpc, ui
 from ..chat import Command, Conversation, InputAssembler, help_text, is_command, parse_command
 from ..chat_session import ChatSession, TurnResult
-from ..decode import GenerateOptions
+from ..decode import Engine, GenerateOptions
+from ..drafters.crossvocab import drafter_for
 from ..errors import SpecError
 from ..presets import cache_dir, spec_home
 from ..sampling import SamplingParams
-from ..decode import Engine
-from ..drafters.crossvocab import drafter_for
 from ..session import build_strategy, load_pair, parse_draft_len
 from . import app, user_text
 from .options import (
@@ -110,8 +109,6 @@ class Repl:
             # Bytes that are not UTF-8 arrive as surrogates, for user_text to refuse, whatever the locale.
             sys.stdin.reconfigure(errors="surrogateescape")
         self._start_readline()
-        from .. import rpc
-
         rpc.on_lost(self._rescue)
         s = self.session
         ui.note(f"spec chat · {self.names} · context {s.target.n_ctx} tokens")
@@ -142,6 +139,7 @@ class Repl:
                 except SpecError as e:
                     ui.error(str(e))
         finally:
+            rpc.forget(self._rescue)
             self._save_readline()
 
     def _read_message(self) -> str | None:
