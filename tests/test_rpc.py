@@ -321,20 +321,23 @@ def test_spec_chat_names_a_server_that_never_answers(rpc_build, servers, smollm2
     assert_one_line_error(p, f"RPC server 127.0.0.1:{port}", "no answer to the handshake")
 
 
-@pytest.mark.slow
-def test_a_server_killed_mid_generation_ends_the_run_in_one_line(rpc_build, smollm2_path, smollm2_q2k_path, tmp_path):
-    """llama.cpp aborts the process on a lost RPC connection; spec's abort hook makes that one line and exit 2."""
+def _kill_a_server_mid_reply(tmp_path, argv, target, cache, victim, stdin=None):
+    """`spec ARGV` with `target` on two fresh servers; once the reply streams, SIGKILL server
+    `victim`. Checks that spec ends in exit 2 with one line naming that server and no
+    traceback; returns (the first bytes streamed, that line, the servers)."""
     victims = [Server(tmp_path), Server(tmp_path)]
-    cache = tmp_path / "cache"
-    env = {**os.environ, "SPEC_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "spec_cli", "run", "--rpc", ",".join(s.endpoint for s in victims), "-t", str(smollm2_path),
-           "-d", str(smollm2_q2k_path), "--ctx", "1024", "-n", "400", STORY]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    env = {**os.environ, "SPEC_CACHE": str(cache), "SPEC_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "spec_cli", argv[0], "--rpc", ",".join(s.endpoint for s in victims), "-t", str(target), *argv[1:]]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=ROOT)  # fmt: skip
     try:
+        if stdin:
+            proc.stdin.write(stdin.encode())
+            proc.stdin.flush()
         first = proc.stdout.read(40)  # the reply is streaming: generation is under way
         assert first and proc.poll() is None, proc.stderr.read()[-2000:]
-        victims[1].proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
+        victims[victim].proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -345,7 +348,17 @@ def test_a_server_killed_mid_generation_ends_the_run_in_one_line(rpc_build, smol
     assert proc.returncode == 2, (proc.returncode, err[-2000:])
     assert "Traceback" not in err and "ggml_print_backtrace" not in err, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"error: RPC server {victims[1].endpoint} went away"), err[-2000:]
+    assert last.startswith(f"error: RPC server {victims[victim].endpoint} went away"), err[-2000:]
+    return first, last, victims
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_generation_ends_the_run_in_one_line(rpc_build, smollm2_path, smollm2_q2k_path, tmp_path):
+    """llama.cpp aborts the process on a lost RPC connection; spec's abort hook makes that one line and exit 2."""
+    cache = tmp_path / "cache"
+    first, last, victims = _kill_a_server_mid_reply(
+        tmp_path, ["run", "-d", str(smollm2_q2k_path), "--ctx", "1024", "-n", "400", STORY], smollm2_path, cache, victim=1
+    )
     assert victims[0].endpoint not in last
     # The cost curve was measured and cached before the run; the cache is whole, nothing half-written.
     assert json.loads((cache / "calibration.json").read_text())
@@ -402,31 +415,11 @@ def test_rpc_draft_without_servers_is_refused_in_one_line(smollm2_path):
 def test_a_server_killed_during_a_chat_reply_saves_the_conversation(rpc_build, smollm2_path, tmp_path):
     """The chat ends in one line naming the server, and what was said (the open message and the
     reply so far) is in a file that `spec chat --load` reads back."""
-    victims = [Server(tmp_path), Server(tmp_path)]
     cache = tmp_path / "cache"
-    env = {**os.environ, "SPEC_CACHE": str(cache), "SPEC_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "spec_cli", "chat", "--rpc", ",".join(s.endpoint for s in victims), "-t", str(smollm2_path),
-           "--no-spec", "--ctx", "1024", "-n", "400"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     ask = "Write a long story about a lighthouse keeper and her daughter."
-    try:
-        proc.stdin.write((ask + "\n").encode())
-        proc.stdin.flush()
-        first = proc.stdout.read(40)  # the reply is streaming
-        assert first and proc.poll() is None, proc.stderr.read()[-2000:]
-        victims[0].proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for s in victims:
-            s.stop()
-    err = err.decode()
-    assert proc.returncode == 2, (proc.returncode, err[-2000:])
-    assert "Traceback" not in err, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"error: RPC server {victims[0].endpoint} went away"), err[-2000:]
+    first, last, _ = _kill_a_server_mid_reply(
+        tmp_path, ["chat", "--no-spec", "--ctx", "1024", "-n", "400"], smollm2_path, cache, victim=0, stdin=ask + "\n"
+    )
     saved = list((cache / "chats").glob("lost-*.json"))
     assert len(saved) == 1 and f"spec chat --load {saved[0]}" in last, (last, saved)
     data = json.loads(saved[0].read_text())
