@@ -33,7 +33,7 @@ def main() -> None:
     for rep in range(args.repeats + 1):  # the first round warms both paths up and is not counted
         for name, params in samplings.items():
             for path in ("backend", "numpy"):
-                target.use_backend_sampling(path == "backend", top_k=path == "backend")
+                target.use_backend_sampling(path == "backend")
                 target.reset()
                 opts = GenerateOptions(max_tokens=args.tokens, draft_len=0, sampling=params, seed=rep)
                 s = Engine(target).generate(prompt, opts).stats

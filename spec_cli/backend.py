@@ -281,13 +281,12 @@ class Model:
         # Backend sampling: a sampler chain on seq 0 runs inside llama.cpp's graph, so a pass
         # hands back token ids (or top-k candidates) instead of a logit row per position.
         # It pays where a row is dear to copy out: on a GPU. On the CPU the sampler's graph nodes cost
-        # more than they save (BENCHMARKS.md, issue 10: greedy plain decoding at 0.92x of numpy's argmax
-        # on the full row, top-k at 0.90x), so there it is used only with SPEC_BACKEND_SAMPLING=all.
+        # more than they save (BENCHMARKS.md, issue 10: greedy plain decoding at 0.92x-0.97x of numpy's
+        # argmax on the full row, top-k at 0.92x), so there it is used only with SPEC_BACKEND_SAMPLING=all.
         self.backend_sampling = backend_sampling_available() and (
             os.environ.get("SPEC_BACKEND_SAMPLING", "").strip().lower() == "all"
             or (n_gpu_layers != 0 and gpu_offload_supported())
         )
-        self.backend_top_k = self.backend_sampling
         self._sampler = None  # the chain attached to seq 0, if any
         self._sampler_kind: tuple | None = None  # what it computes: ("argmax",) or ("top_k", k)
         self._sampler_refused: set[tuple] = set()  # kinds llama.cpp could not run in the graph
@@ -405,7 +404,7 @@ class Model:
         With backend sampling only the k candidates leave the device.
         """
         n = len(tokens)
-        if 0 < k < self.n_vocab and self.backend_top_k and self._attach(("top_k", k)):
+        if 0 < k < self.n_vocab and self._attach(("top_k", k)):
             self._append(tokens, rows)
             L = _lib()
             idx = range(n) if rows == "all" else (-1,)
@@ -420,14 +419,10 @@ class Model:
             return out
         return [top_k_of(row, k) for row in self.eval(tokens, logits=rows)]
 
-    def use_backend_sampling(self, on: bool, top_k: bool | None = None) -> None:
-        """Turn backend sampling on or off for this model (off: numpy reads full rows).
-
-        top_k: whether top-k candidates come from the graph too (None: as chosen at load).
-        """
+    def use_backend_sampling(self, on: bool) -> None:
+        """Turn backend sampling on or off for this model (off: numpy reads full rows)."""
         self._attach(None)
         self.backend_sampling = bool(on) and backend_sampling_available()
-        self.backend_top_k = self.backend_sampling and (top_k if top_k is not None else self.backend_top_k)
 
     @property
     def backend_sampler(self) -> str | None:

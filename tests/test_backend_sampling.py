@@ -26,16 +26,16 @@ def paths(target, draft):
     """Yields a function that puts both models on the backend (True) or numpy (False) path."""
 
     def use(backend: bool) -> None:
-        # top-k from the graph too, which spec does by default only with a GPU
-        target.use_backend_sampling(backend, top_k=backend)
-        draft.use_backend_sampling(backend, top_k=backend)
+        # the backend path on the CPU too, where spec uses it only with SPEC_BACKEND_SAMPLING=all
+        target.use_backend_sampling(backend)
+        draft.use_backend_sampling(backend)
         target.reset()
         draft.reset()
 
-    before = [(m.backend_sampling, m.backend_top_k) for m in (target, draft)]
+    before = [m.backend_sampling for m in (target, draft)]
     yield use
-    for m, (on, top_k) in zip((target, draft), before):
-        m.use_backend_sampling(on, top_k=top_k)
+    for m, on in zip((target, draft), before):
+        m.use_backend_sampling(on)
         m.reset()
 
 
@@ -53,9 +53,12 @@ def test_a_model_on_the_cpu_reads_rows_unless_told_otherwise(smollm2_path, monke
         monkeypatch.setenv("SPEC_BACKEND_SAMPLING", env)
         m = Model(smollm2_path, n_ctx=64, n_gpu_layers=0)
         try:
-            assert (m.backend_sampling, m.backend_top_k) == (expected, expected), env
+            assert m.backend_sampling == expected, env
             assert m.eval_argmax(m.tokenize("Hello"), rows="last").shape == (1,)
             assert m.backend_sampler == ("argmax" if expected else None)
+            m.reset()
+            assert len(m.eval_top_k(m.tokenize("Hello"), 40, rows="last")[0][0]) == 40
+            assert m.backend_sampler == ("top_k" if expected else None)
         finally:
             m.close()
 
