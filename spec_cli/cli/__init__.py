@@ -20,7 +20,6 @@ app = typer.Typer(
 )
 
 
-
 def user_text(value: str | bytes, what: str) -> str:
     """Text the user gave (a prompt, a --stop string, a chat message), refused unless it is UTF-8 without NUL.
 
