@@ -164,7 +164,15 @@ def test_top_k_of_is_exactly_the_k_highest_whatever_the_spread():
             row[rng.integers(n)] = 20.0  # one peak, the rest all tied far below it
         elif trial % 7 == 1:
             row = np.round(row).astype(np.float32)  # many ties, some of them at the threshold
-        k = int(rng.choice([1, 3, 40, 45]))
+        elif trial % 7 == 2:
+            row[rng.random(n) < 0.98] = -np.inf  # a masked vocabulary: the sample's threshold is -inf
+        elif trial % 7 == 3:
+            # The row's best tokens exactly where top_k_of samples (every 97th): its threshold
+            # then lets fewer than k through and the margin has to take over.
+            on_sample = np.arange(0, n, 97)[:30]
+            row[on_sample] = row.max() + 1.0 + rng.random(len(on_sample)).astype(np.float32)
+        k = int(rng.choice([1, 3, 40, 45, 200, 1000]))
+        k = min(k, n - 1)
         ids, vals = top_k_of(row, k)
         assert len(ids) == k and len(set(ids.tolist())) == k
         np.testing.assert_array_equal(vals, row[ids])

@@ -65,6 +65,32 @@ def test_rollback_forgets_rejected_tokens(target):
     assert float(np.abs(with_intruder - fresh).max()) > 1.0
 
 
+def test_logit_rows_are_each_pass_own_after_the_buffer_grows(target):
+    """Model keeps numpy views of llama.cpp's logits buffer from pass to pass. Each eval must
+    return that pass's rows, also after a pass with more output rows than before made
+    llama.cpp reallocate (move) the buffer, and a smaller pass after it."""
+    import llama_cpp
+
+    def fresh(n):  # the rows as llama.cpp hands them out now, wrapped anew
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(target._ctx), shape=(n, target.n_vocab)).copy()
+
+    toks = target.tokenize("The quick brown fox jumps over the lazy dog, and then the dog")
+    target.reset()
+    passes = [(toks[:1], "last"), (toks[1:3], "all"), (toks[3:4], "all"), (toks[4:], "all"), ([toks[4]], "last")]
+    seen = []
+    for i, (chunk, mode) in enumerate(passes):
+        if i == 4:
+            target.truncate(4)  # back to a one-row pass, after the big one
+        rows = target.eval(chunk, logits=mode)
+        n = len(chunk) if mode == "all" else 1
+        assert rows.shape == (n, target.n_vocab)
+        np.testing.assert_array_equal(rows, fresh(n))
+        seen.append(rows[-1].copy())
+    # each pass left different rows behind, so a stale view would have failed above
+    for a, b in zip(seen, seen[1:]):
+        assert float(np.abs(a - b).max()) > 0.1
+
+
 def test_draft_cache_is_not_refilled_each_round(target, draft, baselines):
     toks, _ = baselines[PROMPTS[1]]
     before = draft.decode_calls
