@@ -27,7 +27,7 @@ import numpy as np
 from .backend import Model
 from .drafters.base import Drafter, Proposal
 from .errors import SpecError
-from .sampling import Dist, SamplingParams, shape, shape_top_k
+from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
 from .strategy import FixedStrategy, RoundOutcome
 from .textstream import TextStream
@@ -83,6 +83,16 @@ def target_dists(target: Model, tokens: Sequence[int], params: SamplingParams) -
     return [shape(row, params) for row in target.eval(tokens, logits="all")]
 
 
+def target_sample(target: Model, tokens: Sequence[int], params: SamplingParams, rng: np.random.Generator) -> int:
+    """Evaluate `tokens` and draw the next token from the target's distribution after the last one."""
+    if 0 < params.top_k < target.n_vocab:
+        ids, z = target.eval_top_k(tokens, params.top_k, rows="last")[0]
+    else:
+        z = target.eval(tokens, logits="last")[0]
+        ids = np.arange(len(z))
+    return sample_top_k(ids, z, params, rng)
+
+
 def verify_chain(
     target: Model, context: Sequence[int], drafts: list[int], q: list[Dist], params: SamplingParams, rng: np.random.Generator
 ) -> Verdict:
@@ -90,6 +100,9 @@ def verify_chain(
     tokens = [context[-1], *drafts]
     if params.greedy:
         n_acc, extra = accept_greedy(drafts, target.eval_argmax(tokens))
+    elif not drafts:
+        # Nothing to judge: one draw from the target's distribution, as accept_sampled would make it.
+        n_acc, extra = 0, target_sample(target, tokens, params, rng)
     else:
         n_acc, extra = accept_sampled(drafts, q[: len(drafts)], target_dists(target, tokens, params), rng)
     target.truncate(len(context) + n_acc)

@@ -166,6 +166,26 @@ def shape_top_k(ids: np.ndarray, logits: np.ndarray, params: SamplingParams) -> 
     return Dist(ids.astype(np.int64, copy=False), probs)
 
 
+def sample_top_k(ids: np.ndarray, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """The token `shape_top_k(ids, logits, params).sample(rng)` draws, without building the Dist.
+
+    A round with no draft to judge (plain decoding) needs one draw, not probabilities: the
+    same ids ascending, the same cumulative weights (not normalized: the uniform is scaled
+    by their total instead) and the same single uniform from rng, in half the numpy calls.
+    top-p needs the normalized, sorted distribution and goes through shape_top_k.
+    """
+    if params.top_p < 1.0:
+        return shape_top_k(ids, logits, params).sample(rng)
+    ids = np.asarray(ids)
+    order = ids.argsort()
+    z = np.asarray(logits)[order].astype(np.float64)
+    z /= params.temperature
+    z -= z.max()
+    cdf = np.exp(z, out=z).cumsum()
+    i = int(cdf.searchsorted(rng.random() * cdf[-1], side="right"))
+    return int(ids[order[i if i < len(order) else -1]])
+
+
 def residual(p: Dist, q: Dist) -> Dist:
     """normalize(max(p - q, 0)): where to sample after a draft token is rejected.
 

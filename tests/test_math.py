@@ -177,3 +177,25 @@ def test_top_k_of_is_exactly_the_k_highest_whatever_the_spread():
         assert len(ids) == k and len(set(ids.tolist())) == k
         np.testing.assert_array_equal(vals, row[ids])
         np.testing.assert_array_equal(np.sort(vals), np.sort(row)[-k:])
+
+
+def test_sample_top_k_draws_what_the_distribution_draws():
+    """The plain-decoding shortcut must make the very draw shape_top_k(...).sample makes from the same
+    random state: same token for every seed, whatever order the candidates come in (llama.cpp's graph
+    and numpy hand them over in different orders), with and without top-p."""
+    from spec_cli.sampling import sample_top_k, shape_top_k
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        k = int(rng.choice([1, 2, 40, 300]))
+        ids = rng.choice(262144, size=k, replace=False)
+        z = (rng.normal(size=k) * rng.choice([0.3, 2.0, 8.0])).astype(np.float32)
+        params = SamplingParams(temperature=float(rng.choice([0.2, 0.8, 1.5])), top_k=k, top_p=float(rng.choice([1.0, 0.9])))
+        drawn = [sample_top_k(ids, z, params, np.random.default_rng(s)) for s in range(200)]
+        reference = [shape_top_k(ids, z, params).sample(np.random.default_rng(s)) for s in range(200)]
+        assert drawn == reference, (trial, k, params)
+        # and the draws follow the distribution's probabilities (the comparison above has teeth)
+        d = shape_top_k(ids, z, params)
+        if k <= 40 and params.temperature >= 0.8:
+            counts = np.array([drawn.count(int(t)) for t in d.ids])
+            assert np.abs(counts / 200 - d.probs).max() < 0.15

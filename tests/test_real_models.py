@@ -130,6 +130,27 @@ def test_first_sampled_token_keeps_target_distribution(target, draft):
     assert chi2_q > chi2
 
 
+def test_plain_sampled_decoding_keeps_target_distribution(target):
+    """Chi-square: without drafts (--no-spec, or auto's rounds without one) the token drawn
+    follows the target's shaped distribution, on the draw-only path plain decoding takes."""
+    params = SamplingParams(temperature=1.0, top_k=8)
+    prompt = target.tokenize("The capital of France is")
+    row = target.sync(prompt).copy()
+    p = shape(row, params)
+    flat = shape(row, SamplingParams(temperature=3.0, top_k=8))
+    assert 0.5 * np.abs(p.probs - flat.probs_at(p.ids)).sum() > 0.15, "temperatures too alike for the power check"
+
+    runs = 400
+    engine = Engine(target)
+    firsts = np.array([engine.generate(prompt, GenerateOptions(max_tokens=1, seed=s, sampling=params)).tokens[0] for s in range(runs)])
+    assert not np.isin(firsts, p.ids, invert=True).any(), "emitted a token outside the target's top-k"
+    chi2, obs, exp = first_token_chi2(firsts, p, runs)
+    assert chi2 < 26.2, (chi2, obs, exp)  # 99.9 % quantile for <= 8 degrees of freedom
+    # the same logits at a higher temperature fail it: the test can tell distributions apart
+    chi2_flat, _, _ = first_token_chi2(firsts, flat, runs)
+    assert chi2_flat > 26.2, (chi2_flat, obs)
+
+
 def test_same_seed_same_sampled_text(target, draft):
     prompt = target.tokenize("Once upon a time")
     opts = GenerateOptions(max_tokens=24, draft_len=3, seed=42, sampling=SamplingParams(temperature=0.9, top_k=40, top_p=0.95))
