@@ -399,7 +399,7 @@ class Model:
         """The last pass's n output rows of logits, as a view into llama.cpp's buffer.
 
         Wrapping a ctypes pointer in an array (np.ctypeslib.as_array) cost ~55 µs right after
-        a pass, when none of its code is in the caches: a third of what plain decoding spends
+        a pass, when none of its code is in the caches: a quarter of what plain decoding spent
         outside the target's passes. The buffer moves only when llama.cpp grows it, so a view
         per row count is kept until its address changes, and a lookup is all a pass costs.
         """

@@ -147,13 +147,7 @@ def shape_top_k(ids: np.ndarray, logits: np.ndarray, params: SamplingParams) -> 
     then cuts inside the k. This is what makes backend top-k (only k candidates leave
     llama.cpp) lossless.
     """
-    ids = np.asarray(ids)
-    order = ids.argsort()  # the ids are distinct: any sort gives the same order
-    ids = ids[order]
-    z = np.asarray(logits)[order].astype(np.float64)
-    z /= params.temperature
-    z -= z.max()
-    probs = np.exp(z, out=z)
+    ids, probs = _weights(ids, logits, params.temperature)
     probs /= probs.sum()
     if params.top_p < 1.0:
         by_prob = np.argsort(-probs, kind="stable")
@@ -176,14 +170,20 @@ def sample_top_k(ids: np.ndarray, logits: np.ndarray, params: SamplingParams, rn
     """
     if params.top_p < 1.0:
         return shape_top_k(ids, logits, params).sample(rng)
-    ids = np.asarray(ids)
-    order = ids.argsort()
-    z = np.asarray(logits)[order].astype(np.float64)
-    z /= params.temperature
-    z -= z.max()
-    cdf = np.exp(z, out=z).cumsum()
+    ids, weights = _weights(ids, logits, params.temperature)
+    cdf = weights.cumsum()
     i = int(cdf.searchsorted(rng.random() * cdf[-1], side="right"))
-    return int(ids[order[i if i < len(order) else -1]])
+    return int(ids[i if i < len(ids) else -1])
+
+
+def _weights(ids: np.ndarray, logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ids ascending, each with exp((z - max z) / temperature): probabilities before normalizing."""
+    ids = np.asarray(ids)
+    order = ids.argsort()  # the ids are distinct: any sort gives the same order
+    z = np.asarray(logits)[order].astype(np.float64)
+    z /= temperature
+    z -= z.max()
+    return ids[order], np.exp(z, out=z)
 
 
 def residual(p: Dist, q: Dist) -> Dist:
