@@ -654,12 +654,44 @@ def test_reference_gets_the_sampling_settings_and_each_runs_seed(fake_bench, tmp
     assert all(r.output_check == "not-checked" for r in res.runs)
 
 
+def test_reference_ngram_mod_row_without_a_draft_model(fake_bench, tmp_path, monkeypatch):
+    """llama.cpp's ngram-mod runs beside spec's n-gram and auto drafters, with no draft model needed;
+    auto's 'vs ref' is against it. Without a draft model, llama.cpp's draft-model rows are left out."""
+    from spec_cli.calibrate import CostCurve
+
+    # auto's calibration reads model files; the fakes have none
+    monkeypatch.setattr(harness, "cached_costs", lambda *a, **k: CostCurve([1.0] * 9, float("nan"), float("nan")))
+    log = tmp_path / "args.log"
+    spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{SPECULATIVE_OUT}\nEOF\n')
+    _fake_binary(tmp_path, "llama-completion", f"cat <<'EOF'\n{PLAIN_OUT}\nEOF\n")
+    res = run_bench(_fake_pair(with_draft=False), TWO, tiny(draft_lens=(2,), drafters=("ngram", "auto"), reference=str(spec_bin)))
+    labels = [s.label for s in res.summary]
+    assert "llama.cpp: ngram-mod" in labels and "llama.cpp: target only" in labels
+    assert not any(s.engine == "llama.cpp" and s.drafter != "ngram" and s.mode == "speculative" for s in res.summary)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2  # one ngram-mod run per prompt
+    assert all("--spec-type ngram-mod" in ln and "-md" not in ln.split() for ln in lines)
+    by = {s.label: s for s in res.summary}
+    ref = by["llama.cpp: ngram-mod"]
+    assert ref.tokens_per_second == pytest.approx(40.0) and ref.speedup == pytest.approx(40.0 / 62.0)
+    auto = by["spec: auto"]
+    assert auto.vs_reference == pytest.approx(auto.tokens_per_second / 40.0)
+    assert by["spec: n-gram, draft length 2"].vs_reference is None  # no llama.cpp row at its draft length
+    assert any("draft-model rows skipped" in n for n in res.notes)
+    # only the model drafter: no ngram-mod row
+    res = run_bench(_fake_pair(), ONE, tiny(draft_lens=(1,), reference=str(spec_bin)))
+    assert "llama.cpp: ngram-mod" not in [s.label for s in res.summary]
+
+
 def test_reference_commands_greedy_unchanged_and_sampled():
     ref = reference.Reference(Path("/bin/llama-speculative-simple"), Path("/bin/llama-completion"))
     s = reference.ReferenceSettings(target=Path("t.gguf"), draft=Path("d.gguf"), max_tokens=8, ctx=512, threads=2)
     common = ["-n", "8", "--temp", "0", "--seed", "0", "-c", "512", "-t", "2", "-ngl", "0"]
     assert reference.plain_command(ref, s)[-len(common):] == common  # greedy: what it always passed
     sampled = replace(s, temp=0.7, top_k=0, top_p=1.0, seed=11)
+    ngram = reference.ngram_command(ref, s)
+    assert ngram[:5] == ["/bin/llama-speculative-simple", "-m", "t.gguf", "--spec-type", "ngram-mod"]
+    assert ngram[-len(common):] == common and "-md" not in ngram
     args = reference.speculative_command(ref, sampled, 3)
     i = args.index("--samplers")
     assert args[i : i + 12] == ["--samplers", "top_k;temperature;top_p", "--temp", "0.7", "--top-k", "0", "--top-p", "1.0",

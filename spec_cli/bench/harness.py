@@ -40,6 +40,7 @@ from .settings import (
     GREEDY,
     LLAMA_CPP,
     MODEL,
+    NGRAM,
     SPEC,
     SPECULATIVE,
     TARGET,
@@ -126,7 +127,7 @@ def run_bench(
         )
 
     reference, ref_settings, peer = _peers(pair, settings, tokenized, notes, notify)
-    configs = configurations(settings, reference, peer is not None)
+    configs = configurations(settings, reference, peer is not None, pair.draft is not None)
     plan = schedule(len(prompts), configs, settings.repeats)
     warm = configs if settings.warmup else []
     n_blocks = settings.repeats * len(prompts)
@@ -151,6 +152,8 @@ def run_bench(
                 s = replace(ref_settings, max_tokens=max_tokens, seed=seed if seed is not None else ref_settings.seed)
                 if cfg.mode == TARGET:
                     r = ref_mod.run_plain(reference, s, prompt.text)
+                elif cfg.drafter == NGRAM:
+                    r = ref_mod.run_ngram(reference, s, prompt.text)
                 else:
                     r = ref_mod.run_speculative(reference, s, prompt.text, cfg.draft_len)
                 return Run(**base, generated=r.generated, seconds=r.seconds, tokens_per_second=r.tokens_per_second,
@@ -239,12 +242,12 @@ def _peers(pair: LoadedPair, settings: BenchSettings, tokenized: list, notes: li
         notes.append(f"reference skipped: {e}")
         notify(f"warning: {e}; the bench goes on without llama.cpp's reference")
     if reference is not None and pair.draft is None:
-        reference = None
-        notes.append("reference skipped: llama-speculative-simple needs a draft model")
+        notes.append("llama.cpp's draft-model rows skipped: no draft model (its target-only and ngram-mod rows still run)")
     if reference is not None:
         ref_settings = ref_mod.ReferenceSettings(
-            target=pair.target_path, draft=pair.draft_path, max_tokens=settings.max_tokens,
-            ctx=target.n_ctx, threads=target.n_threads, ngl=target.n_gpu_layers, ngl_draft=pair.draft.n_gpu_layers,
+            target=pair.target_path, draft=pair.draft_path if pair.draft is not None else None, max_tokens=settings.max_tokens,
+            ctx=target.n_ctx, threads=target.n_threads, ngl=target.n_gpu_layers,
+            ngl_draft=pair.draft.n_gpu_layers if pair.draft is not None else 0,
             temp=settings.sampling.temperature, top_k=settings.sampling.top_k, top_p=settings.sampling.top_p,
         )  # fmt: skip
         if not greedy:

@@ -37,7 +37,8 @@ def plot(result: BenchResult, path: Path) -> None:
                       key=lambda s: s.draft_len)  # fmt: skip
 
     spec_rows = rows(MODEL)
-    ref_rows = sorted((s for s in result.summary if s.engine == LLAMA_CPP and s.mode == SPECULATIVE), key=lambda s: s.draft_len)
+    ref_rows = sorted((s for s in result.summary if s.engine == LLAMA_CPP and s.mode == SPECULATIVE and s.drafter != NGRAM),
+                      key=lambda s: s.draft_len)  # fmt: skip
 
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
     ax, bx = fig.subplots(1, 2)

@@ -1,7 +1,9 @@
 """llama.cpp's own programs as the yardstick for `spec bench`.
 
-`llama-speculative-simple` is llama.cpp's reference speculative decoder (target plus a
-draft model, `--spec-type draft-simple`), and `llama-completion` its plain decoder.
+`llama-speculative-simple` is llama.cpp's reference speculative decoder: with a draft
+model (`--spec-type draft-simple`), and without one, drafting from the context with
+`--spec-type ngram-mod` (its defaults), the yardstick for spec's n-gram and auto drafters.
+`llama-completion` is its plain decoder.
 scripts/build-reference.sh builds both from the llama.cpp revision vendored in the
 pinned llama-cpp-python. They are run as subprocesses and their own timing lines are
 parsed, so what they report is what they measured, with no Python in the loop.
@@ -141,7 +143,7 @@ def parse_plain(output: str) -> ReferenceRun:
 @dataclass
 class ReferenceSettings:
     target: Path
-    draft: Path
+    draft: Path | None  # None: no draft model, so only the target-only and ngram-mod rows
     max_tokens: int
     ctx: int
     threads: int
@@ -182,6 +184,11 @@ def speculative_command(ref: Reference, s: ReferenceSettings, draft_len: int) ->
     ]  # fmt: skip
 
 
+def ngram_command(ref: Reference, s: ReferenceSettings) -> list[str]:
+    # ngram-mod with llama.cpp's own defaults, as a user of llama.cpp would run it
+    return [str(ref.speculative), "-m", str(s.target), "--spec-type", "ngram-mod", *_common_args(s)]
+
+
 def plain_command(ref: Reference, s: ReferenceSettings) -> list[str]:
     assert ref.plain is not None
     return [str(ref.plain), "-m", str(s.target), "-no-cnv", "--no-display-prompt", *_common_args(s)]
@@ -189,6 +196,10 @@ def plain_command(ref: Reference, s: ReferenceSettings) -> list[str]:
 
 def run_speculative(ref: Reference, s: ReferenceSettings, prompt: str, draft_len: int) -> ReferenceRun:
     return parse_speculative(_run(speculative_command(ref, s, draft_len), prompt))
+
+
+def run_ngram(ref: Reference, s: ReferenceSettings, prompt: str) -> ReferenceRun:
+    return parse_speculative(_run(ngram_command(ref, s), prompt))
 
 
 def run_plain(ref: Reference, s: ReferenceSettings, prompt: str) -> ReferenceRun:

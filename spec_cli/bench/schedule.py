@@ -49,6 +49,8 @@ class Config:
             what = "prompt lookup"
         elif self.kind == AUTO:
             what = "auto"
+        elif self.kind == NGRAM and self.engine == LLAMA_CPP:
+            what = "ngram-mod"
         elif self.kind == NGRAM:
             what = f"n-gram, draft length {self.draft_len}"
         elif self.kind == TREE:
@@ -61,6 +63,10 @@ class Config:
     def baseline(self) -> Config:
         """The configuration this one's speedup is measured against (same engine, no drafts)."""
         return Config(self.engine, TARGET, 0)
+
+
+# llama-speculative-simple --spec-type ngram-mod, with its own draft lengths
+REF_NGRAM = Config(LLAMA_CPP, SPECULATIVE, 0, NGRAM)
 
 
 @dataclass
@@ -101,8 +107,12 @@ class Run:
         return Config(self.engine, self.mode, self.draft_len, self.drafter)
 
 
-def configurations(settings: BenchSettings, reference: Reference | None, lookup: bool) -> list[Config]:
-    """One block's configurations: spec's target alone and drafters, then the peers that are there."""
+def configurations(settings: BenchSettings, reference: Reference | None, lookup: bool, draft_model: bool = True) -> list[Config]:
+    """One block's configurations: spec's target alone and drafters, then the peers that are there.
+
+    llama.cpp's draft-model rows need a draft model; its ngram-mod row (no draft length: its
+    defaults) runs where spec's n-gram or auto drafter does.
+    """
     configs = [Config(SPEC, TARGET)]
     for d in settings.drafters:
         if d == AUTO:
@@ -112,7 +122,10 @@ def configurations(settings: BenchSettings, reference: Reference | None, lookup:
     if reference is not None:
         if reference.plain is not None:
             configs.append(Config(LLAMA_CPP, TARGET))
-        configs += [Config(LLAMA_CPP, SPECULATIVE, g) for g in settings.draft_lens]
+        if draft_model:
+            configs += [Config(LLAMA_CPP, SPECULATIVE, g) for g in settings.draft_lens]
+        if NGRAM in settings.drafters or AUTO in settings.drafters:
+            configs.append(REF_NGRAM)
     if lookup:
         configs += [Config(LLAMA_CPP_PYTHON, TARGET), Config(LLAMA_CPP_PYTHON, LOOKUP)]
     if settings.control:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import speedup
 from ..calibrate import CostCurve
-from .schedule import Config, Run
+from .schedule import REF_NGRAM, Config, Run
 from .settings import AUTO, CONTROL, LLAMA_CPP, MODEL, SPEC, SPECULATIVE, TARGET
 
 # `auto` must not lose: a prompt below this share of the target alone counts as a loss.
@@ -100,6 +100,8 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
                     if np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
                         pred = _predicted(mine, cfg.draft_len, cost)
                     theirs = per_prompt(Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
+                elif cfg.kind == AUTO:
+                    theirs = per_prompt(REF_NGRAM)  # auto against llama.cpp's context drafter
                 else:
                     theirs = {}
             else:

@@ -136,6 +136,8 @@ def _short(s) -> str:
         what = "lookup"
     elif s.drafter == AUTO:
         what = "auto"
+    elif s.drafter == NGRAM and s.engine == LLAMA_CPP:
+        what = "ngram-mod"
     elif s.drafter in (NGRAM, TREE):
         what = f"{s.drafter} g={s.draft_len}"
     else:
@@ -189,7 +191,7 @@ def render(result: BenchResult) -> None:
         "tok/s: median over runs · speedup: median over prompts and repeats of tok/s over the same engine's target-only run"
         " · pred.: from the cost curve and acceptance (draft model) · accept: drafted tokens accepted · outside: wall time"
         " outside the two models' passes (llama_decode and the wait for its results)" + (" · ref: llama.cpp's llama-speculative-simple (llama-completion for the target)"
-           " · vs ref: spec tok/s over llama.cpp's at the same draft length" if has_ref else "")
+           " · vs ref: spec tok/s over llama.cpp's at the same draft length (auto: over its ngram-mod)" if has_ref else "")
         + (" · lcp: llama-cpp-python's Llama, plain and with prompt lookup" if any(s.engine != SPEC and s.engine != LLAMA_CPP for s in result.summary) else "")
     )
     if hists:
