@@ -250,14 +250,25 @@ def local_outputs(local_target):
     return out
 
 
+def _speculate_like_the_local_target(pair, prompt, local_target, local_outputs) -> None:
+    """Greedy speculation on `pair` from fresh caches: some drafts accepted, and the local target's output."""
+    from spec_cli.decode import Engine, GenerateOptions
+    from spec_cli.drafters import ModelDrafter
+    from tests.neartie import assert_same_or_near_tie
+
+    toks = pair.target.tokenize(prompt)
+    pair.target.reset()
+    pair.draft.reset()
+    res = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
+    assert res.stats.accepted > 0
+    assert_same_or_near_tie(local_target, toks, local_outputs[prompt], res.tokens)
+
+
 @pytest.mark.slow
 def test_greedy_over_two_servers_is_the_local_target_and_the_draft_stays_local(
     servers, smollm2_path, smollm2_q2k_path, local_target, local_outputs
 ):
-    from spec_cli.decode import Engine, GenerateOptions
-    from spec_cli.drafters import ModelDrafter
     from spec_cli.session import ModelChoice, load_pair
-    from tests.neartie import assert_same_or_near_tie
 
     choice = ModelChoice(target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=512, rpc=",".join(s.endpoint for s in servers))
     pair = load_pair(choice)
@@ -269,12 +280,7 @@ def test_greedy_over_two_servers_is_the_local_target_and_the_draft_stays_local(
         pair.draft.eval(pair.draft.tokenize(PROMPTS[0] * 20), logits="last")
         assert [s.cpu_seconds() for s in servers] == before, "the draft ran on the RPC servers"
         for p in PROMPTS:
-            toks = pair.target.tokenize(p)
-            pair.target.reset()
-            pair.draft.reset()
-            res = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
-            assert res.stats.accepted > 0
-            assert_same_or_near_tie(local_target, toks, local_outputs[p], res.tokens)
+            _speculate_like_the_local_target(pair, p, local_target, local_outputs)
         # both servers computed their share of the target
         assert all(s.cpu_seconds() > b for s, b in zip(servers, before)), [s.cpu_seconds() for s in servers]
     finally:
@@ -383,10 +389,7 @@ def test_the_rpc_server_launcher_reports_a_port_in_use(rpc_build, servers):
 @pytest.mark.slow
 def test_the_draft_over_the_servers_with_the_target_local(servers, smollm2_path, smollm2_q2k_path, local_target, local_outputs):
     """--rpc-draft: the draft's layers go to the servers too; greedy output is still the target's."""
-    from spec_cli.decode import Engine, GenerateOptions
-    from spec_cli.drafters import ModelDrafter
     from spec_cli.session import ModelChoice, load_pair
-    from tests.neartie import assert_same_or_near_tie
 
     eps = ",".join(s.endpoint for s in servers)
     choice = ModelChoice(target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=512, rpc=eps, rpc_draft=True)
@@ -395,13 +398,7 @@ def test_the_draft_over_the_servers_with_the_target_local(servers, smollm2_path,
         before = [s.cpu_seconds() for s in servers]
         pair.draft.eval(pair.draft.tokenize(PROMPTS[0] * 20), logits="last")
         assert sum(s.cpu_seconds() for s in servers) > sum(before), "the draft did not run on the RPC servers"
-        p = PROMPTS[1]
-        toks = pair.target.tokenize(p)
-        pair.target.reset()
-        pair.draft.reset()
-        res = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
-        assert res.stats.accepted > 0
-        assert_same_or_near_tie(local_target, toks, local_outputs[p], res.tokens)
+        _speculate_like_the_local_target(pair, PROMPTS[1], local_target, local_outputs)
     finally:
         pair.close()
 
