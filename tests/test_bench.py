@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spec_cli import bench
@@ -757,3 +758,27 @@ def test_bench_under_sampling_on_the_real_pair(pair):
     assert s.runs == 2 and s.acceptance_rate is not None and 0.0 <= s.acceptance_rate <= 1.0
     assert s.mismatches == 0 and all(r.output_check == "not-checked" for r in res.runs)
     assert res.settings["greedy"] is False
+
+
+def test_a_prompt_the_target_ends_at_once_is_named_and_left_out_of_the_figures(fake_bench):
+    """A model that ends the text before its first token (an instruct model on a raw prompt) gives 0 tok/s there."""
+    from tests.fakes import soft_lm
+
+    lm = soft_lm(16, seed=3)
+    first = {p.id: int(np.argmax(lm(_BenchFake.tokenize(None, p.text)))) for p in TWO.prompts}
+    assert first["a"] != first["b"]
+    pair = _fake_pair()
+    pair.target.eog = pair.draft.eog = first["a"]  # prompt "a" ends at once, "b" does not
+    res = run_bench(pair, TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model",)))
+
+    assert {r.generated for r in res.runs if r.prompt_id == "a"} == {0}
+    assert all(r.generated > 0 for r in res.runs if r.prompt_id == "b")
+    [note] = [n for n in res.notes if "generated no token" in n]
+    assert "on a " in note and "left out" in note
+    for s in res.summary:
+        rates = [r.tokens_per_second for r in res.runs if r.prompt_id == "b" and r.config == Config(s.engine, s.mode, s.draft_len, s.drafter)]
+        assert s.tokens_per_second == pytest.approx(float(np.median(rates)))  # prompt b's rate, not pulled down by a's zeros
+        assert set(s.by_prompt) <= {"b"}
+    # Every prompt generating: no such note.
+    res = run_bench(_fake_pair(), TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model",)))
+    assert not any("generated no token" in n for n in res.notes)

@@ -194,6 +194,13 @@ def run_bench(
     cost = median_curve(curves)
     if peer is not None:
         peer.close()
+    silent = [p.id for p in prompts if not any(r.generated for r in runs if r.prompt_id == p.id and r.config == Config(SPEC, TARGET))]
+    if silent and any(r.config == Config(SPEC, TARGET) and r.error is None for r in runs):
+        notes.append(
+            f"the target alone generated no token on {', '.join(silent)} (it ended the text at once); "
+            "nothing was measured there, so it is left out of tok/s and speedups (an instruct model may need its chat "
+            "format: spec chat, or your own --prompts)"
+        )  # fmt: skip
 
     if greedy:
         check_outputs(target, prompts, tokenized, runs)

@@ -64,7 +64,7 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
         # block of the schedule, which ran moments before or after it.
         out: dict[tuple[str, int], list[float]] = {}
         for r in runs:
-            if r.config == cfg and r.error is None and r.seconds > 0:
+            if r.config == cfg and r.error is None and r.seconds > 0 and r.generated > 0:
                 out.setdefault((r.prompt_id, r.repeat), []).append(r.tokens_per_second)
         return out
 
@@ -72,7 +72,9 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
     for cfg in order:
         mine = [r for r in runs if r.config == cfg and r.error is None]
         failed = sum(1 for r in runs if r.config == cfg and r.error is not None)
-        tps = speedup.median([r.tokens_per_second for r in mine]) if mine else float("nan")
+        # A run that generated nothing (the model ended the text at once) has no rate to speak of.
+        rates = [r.tokens_per_second for r in mine if r.generated > 0]
+        tps = speedup.median(rates) if rates else float("nan")
         base = per_prompt(cfg.baseline)
         here = per_prompt(cfg)
         sp = speedup.median_ratio(here, base) if base and mine else None

@@ -241,7 +241,7 @@ def _render_by_prompt(result: BenchResult) -> None:
     base_tps: dict[str, list[float]] = {}
     if base is not None:
         for r in result.runs:
-            if r.engine == SPEC and r.mode == "target" and r.drafter != CONTROL and r.error is None:
+            if r.engine == SPEC and r.mode == "target" and r.drafter != CONTROL and r.error is None and r.generated > 0:
                 base_tps.setdefault(r.prompt_id, []).append(r.tokens_per_second)
     cols = ["prompt", "kind", "target tok/s"] + [_short(s) for s in heads]
     rows = []
