@@ -112,12 +112,14 @@ def test_drafter_protocol():
     prop = d.propose([4, 5, 6, 7, 4, 5], 2, P, RNG)
     assert prop.tokens == [6, 7]
     assert prop.q is None and prop.stopped is None
-    assert d.last_ngram == 2
+    assert d.last_ngram == 2 and d.guess_kind == "short"  # a match shorter than max_ngram
     assert [q.argmax() for q in prop.q_dists()] == [6, 7]
+    d.propose([4, 5, 6, 7, 4, 5, 6], 2, P, RNG)
+    assert d.last_ngram == 3 and d.guess_kind == "long"
 
     prop = d.propose([1, 2, 3], 4, P, RNG)
     assert prop.tokens == [] and prop.stopped == "no-match"
-    assert d.last_ngram == 0
+    assert d.last_ngram == 0 and d.guess_kind is None
 
     assert d.propose([4, 5, 6, 7, 4, 5], 0, P, RNG).tokens == []
 

@@ -8,8 +8,10 @@ import pytest
 from spec_cli.adaptive import AdaptiveDraftLength
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
+from spec_cli.drafters.base import Proposal
 from spec_cli.drafters.ngram import NgramDrafter
-from spec_cli.strategy import AdaptiveStrategy, FixedStrategy
+from spec_cli.sampling import SamplingParams
+from spec_cli.strategy import AdaptiveStrategy, FixedStrategy, RoundOutcome
 from tests.fakes import FakeModel, sequence_lm, table_lm
 
 V = 32
@@ -149,3 +151,67 @@ def test_a_prepare_that_finds_the_draft_in_place_keeps_the_catch_up_price():
     assert src.catch_up == price
     assert src.pending(len(prompt) + 1) == 0.0  # nothing to catch up
     assert src.pending(len(prompt) + 11) == pytest.approx(10 * price)
+
+
+class _StubDrafter:
+    """Proposes n copies of one token; `guess_kind` as the lookup names its matches."""
+
+    def __init__(self, name, token, guess_kind=None):
+        self.name, self.token, self.guess_kind = name, token, guess_kind
+
+    def propose(self, context, n, params, rng):
+        return Proposal(tokens=[self.token] * n)
+
+    def reset(self):
+        pass
+
+
+def test_the_lookup_goes_first_by_the_acceptance_of_its_kind_of_match():
+    """Long matches right, short ones wrong: the lookup's one estimate is middling and a steady
+    draft model predicts more, yet in a round with a long match the lookup drafts first."""
+    cost = [standin_target_cost(k) for k in range(1, 10)]
+    lookup_ctl = AdaptiveDraftLength(cost, 0.0, g_max=8, probe_every=0, prior_weight=4.0)
+    for hit in [1] * 6 + [0] * 10:
+        lookup_ctl.update(1, hit)
+    model_ctl = AdaptiveDraftLength(cost, 0.017, g_max=8)
+    for _ in range(10):
+        model_ctl.update(8, 8)
+    lookup = _StubDrafter("ngram", 5)
+    strat = AdaptiveStrategy([(lookup, lookup_ctl, True), (_StubDrafter("model", 6), model_ctl, False)])
+    src = strat.sources[0]
+    assert model_ctl.best_speedup() > lookup_ctl.best_speedup()
+
+    def first(kind):
+        lookup.guess_kind = kind
+        strat._previous = None  # no turn kept from an earlier call
+        return strat.propose([1, 2, 3], 8, SamplingParams(), np.random.default_rng(0)).source
+
+    assert first(None) == "model"  # no kinds: ordered by the one estimate, as before
+    src.kinds = {"long": [30.0, 1.0], "short": [2.0, 10.0]}
+    assert first("long") == "ngram"
+    assert first("short") == "model"
+    src.kind = "long"
+    long_gain = src.order_gain()
+    src.kind = "short"
+    assert src.order_gain() < lookup_ctl.best_speedup() < long_gain
+
+
+def test_kind_evidence_comes_from_drafted_rounds_and_shadow_guesses():
+    cost = [standin_target_cost(k) for k in range(1, 10)]
+    lookup = _StubDrafter("ngram", 5, "long")
+    model_ctl = AdaptiveDraftLength(cost, 0.017, g_max=8)
+    for _ in range(10):
+        model_ctl.update(8, 8)
+    strat = AdaptiveStrategy([(lookup, AdaptiveDraftLength(cost, 0.0, g_max=8, probe_every=0), True),
+                              (_StubDrafter("model", 6), model_ctl, False)])  # fmt: skip
+    src = strat.sources[0]
+    prop = strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0))
+    assert prop.source == "model" and src.shadow == [5]  # the lookup's guess kept for a check
+    strat.observe(prop, RoundOutcome(drafted=4, accepted=4, target_next=5, pass_tokens=5, pass_seconds=0.05, draft_seconds=0.07))
+    assert src.kinds == {"long": [1.0, 0.0]}  # its shadow guess was right
+    lookup.guess_kind = "short"
+    strat.observe(strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0)),
+                  RoundOutcome(drafted=4, accepted=1, target_next=7, pass_tokens=5, pass_seconds=0.05, draft_seconds=0.07))  # fmt: skip
+    assert src.kinds["short"] == [0.0, 1.0]  # wrong this time
+    assert src.kinds["long"][0] == pytest.approx(0.95)  # older evidence fades
+    assert "ngram: acceptance estimate" in strat.describe()[1] and "(by kind of match: long 0." in strat.describe()[1]

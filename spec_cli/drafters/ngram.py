@@ -115,6 +115,19 @@ class NgramDrafter:
                 return Proposal(tokens=[int(context[c + i % period]) for i in range(n)])
         return Proposal(stopped="no-match")
 
+    @property
+    def guess_kind(self) -> str | None:
+        """What kind of guess the last proposal was: "long" (a match of max_ngram tokens), "short", None (no match).
+
+        A guess behind a long match is right far more often (on the bench suite's outputs the
+        first token was right 0.90-0.93 of the time after a 4-token match, 0.52-0.74 after a 2-
+        or 3-token one), so `auto` weighs a guess by its kind when it decides which drafter goes
+        first (strategy.py).
+        """
+        if self.last_ngram == 0:
+            return None
+        return "long" if self.last_ngram >= self.max_ngram else "short"
+
     def reset(self) -> None:
         self.last_ngram = 0
         self._seen = []
