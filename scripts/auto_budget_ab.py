@@ -9,35 +9,20 @@ Prints each one's tokens/s over the first target run, medians over the repeats.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from importlib import resources
+
+from auto_ab_setup import PROMPTS, setup
 
 from spec_cli import adaptive
-from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.sampling import SamplingParams
-from spec_cli.session import ModelChoice, build_strategy, load_pair
+from spec_cli.decode import Engine
+from spec_cli.session import build_strategy
 
-PROMPTS = ["code-binary-search", "fact-photosynthesis", "story-lighthouse", "structured-json-book", "copy-fix-spelling"]
 MODES = ("target", "auto", "auto without budget", "target again")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="standin-gemma-smollm2")
-    ap.add_argument("--temp", type=float, default=0.0)
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    suite = resources.files("spec_cli").joinpath("data/bench_prompts.jsonl").read_text()
-    texts = {d["id"]: d["prompt"] for d in map(json.loads, suite.splitlines()) if "id" in d}
-    choice = ModelChoice(preset=args.preset, ctx=2048)
-    pair = load_pair(choice, "default")
-    opts = GenerateOptions(max_tokens=args.tokens, sampling=SamplingParams(temperature=args.temp), seed=1)
+    args, texts, choice, pair, opts = setup(MODES, "standin-gemma-smollm2", 32, 22)
     allowance = adaptive.EXPLORE_ALLOWANCE
-    print(f"{args.preset}, temp {args.temp}, {args.tokens} tokens, {args.repeats} repeats; tok/s over the target alone")
-    print(f"{'prompt':24}" + "".join(f"{m:>22}" for m in MODES[1:]))
     try:
         for pid in PROMPTS:
             prompt = pair.target.tokenize(texts[pid])

@@ -13,16 +13,13 @@ ratio taken run by run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from importlib import resources
 
-from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.sampling import SamplingParams
-from spec_cli.session import ModelChoice, build_strategy, load_pair
+from auto_ab_setup import PROMPTS, setup
 
-PROMPTS = ["code-binary-search", "fact-photosynthesis", "story-lighthouse", "structured-json-book", "copy-fix-spelling"]
+from spec_cli.decode import Engine
+from spec_cli.session import build_strategy
+
 MODES = ("target", "auto", "auto, ordered by one estimate", "target again")
 
 
@@ -37,19 +34,7 @@ def strategy_for(mode: str, pair, choice):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--temp", type=float, default=0.0)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    suite = resources.files("spec_cli").joinpath("data/bench_prompts.jsonl").read_text()
-    texts = {d["id"]: d["prompt"] for d in map(json.loads, suite.splitlines()) if "id" in d}
-    choice = ModelChoice(preset=args.preset, ctx=2048)
-    pair = load_pair(choice, "default")
-    opts = GenerateOptions(max_tokens=args.tokens, sampling=SamplingParams(temperature=args.temp), seed=1)
-    print(f"{args.preset}, temp {args.temp}, {args.tokens} tokens, {args.repeats} repeats; tok/s over the target alone")
-    print(f"{'prompt':24}" + "".join(f"{m:>28}" for m in MODES[1:]))
+    args, texts, choice, pair, opts = setup(MODES, "default", 64, 28)
     paired = []
     try:
         for pid in PROMPTS:
