@@ -253,7 +253,9 @@ class Engine:
         run.stats.record_round(run.drafted, n_acc)
         if run.strategy is not None:
             target_next = verdict.accepted[0] if n_acc else verdict.extra
-            outcome = RoundOutcome(run.drafted, n_acc, target_next, run.drafted + 1, t_pass, t_draft, verdict.path)
+            outcome = RoundOutcome(
+                run.drafted, n_acc, target_next, run.drafted + 1, t_pass, t_draft, verdict.path, [*verdict.accepted, verdict.extra]
+            )  # fmt: skip
             run.strategy.observe(prop, outcome)
 
     def _emit(self, run: _Run, verdict: Verdict, on_text, on_span) -> None:

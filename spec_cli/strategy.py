@@ -13,7 +13,7 @@ measured costs), so the n-gram lookup goes first on text that repeats and the
 draft model first where the lookup's guesses do not land. The lookup costs
 microseconds, so its guess is always made: when it is not the one drafted, or
 its controller has switched it off, the guess is still checked against the
-token the target produced ("shadow" evidence) at no cost, and it comes back when
+tokens the target produced ("shadow" evidence) at no cost, and it comes back when
 its guesses start landing.
 
 Each round also tells the drafter that drafted it what it measured: tokens
@@ -64,6 +64,9 @@ class RoundOutcome:
     pass_seconds: float
     draft_seconds: float  # wall time of the proposal, catch-up included
     path: list[int] | None = None  # for a token tree: the accepted nodes, from the root down
+    # every token the target put after the context this round (accepted drafts, then its own);
+    # None: only target_next is known
+    target_tokens: list[int] | None = None
 
 
 class FixedStrategy:
@@ -226,7 +229,7 @@ class AdaptiveStrategy:
                     chosen = i, g
                     continue
             if i in guesses:
-                src.shadow = guesses[i].tokens[:1]
+                src.shadow = guesses[i].tokens[: src.ctl.g_max]
         if chosen is None:
             return Proposal()
         i, g = chosen
@@ -278,11 +281,11 @@ class AdaptiveStrategy:
             else:
                 src.ctl.update(0, 0)
                 if src.shadow:
-                    # The guess nobody verified, checked against what the target produced:
-                    # the same evidence a one-token draft would have given, at no cost.
-                    hit = int(src.shadow[0] == outcome.target_next)
-                    src.ctl.update(1, hit)
-                    src.kind_evidence(1, hit)
+                    # The guess nobody verified, checked against what the target produced: the
+                    # evidence a draft as long as the tokens known would have given, at no cost.
+                    drafted, accepted = shadow_evidence(src.shadow, outcome.target_tokens or [outcome.target_next])
+                    src.ctl.update(drafted, accepted)
+                    src.kind_evidence(drafted, accepted)
 
     def describe(self) -> list[str]:
         lines = [f"rounds by drafter: {_fmt(self.rounds)}; draft lengths used: {_fmt(self.lengths)}"]
@@ -297,6 +300,23 @@ class AdaptiveStrategy:
             if hasattr(src.drafter, "describe"):
                 lines.extend(src.drafter.describe())
         return lines
+
+
+def shadow_evidence(guess: Sequence[int], truth: Sequence[int]) -> tuple[int, int]:
+    """(drafted, accepted) that drafting `guess` would have shown, where `truth` is what the target produced.
+
+    Only as many positions as the target produced tokens can be judged: a round where another
+    drafter had 7 drafts accepted shows the lookup's first 8 guesses right or wrong. Judged the
+    way a drafted round is (adaptive.py): right up to a first miss at j is j acceptances and one
+    rejection; right all through is acceptances only. Under sampling a deterministic guess equal
+    to the target's sampled token is as likely as its acceptance (probability p of that token),
+    so the evidence means the same there.
+    """
+    n = min(len(guess), len(truth))
+    for j in range(n):
+        if guess[j] != truth[j]:
+            return j + 1, j
+    return n, n
 
 
 def _fmt(counter) -> str:
