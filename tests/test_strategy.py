@@ -11,7 +11,12 @@ from spec_cli.drafters import ModelDrafter
 from spec_cli.drafters.base import Proposal
 from spec_cli.drafters.ngram import NgramDrafter
 from spec_cli.sampling import SamplingParams
-from spec_cli.strategy import AdaptiveStrategy, FixedStrategy, RoundOutcome, shadow_evidence
+from spec_cli.strategy import (
+    AdaptiveStrategy,
+    FixedStrategy,
+    RoundOutcome,
+    shadow_evidence,
+)
 from tests.fakes import FakeModel, sequence_lm, table_lm
 
 V = 32
