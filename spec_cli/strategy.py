@@ -218,7 +218,10 @@ class AdaptiveStrategy:
         # round keeps its turn unless another is clearly better: switching has a price the
         # gains do not show (the draft model catching up on what the lookup drafted).
         last = self._previous
-        candidates.sort(key=lambda i: -self.sources[i].order_gain() * (STICKY if self.sources[i] is last else 1.0))
+        if len(candidates) > 1:
+            # (a gain costs ~20-60 µs of numpy to predict: not worth it with nothing to order,
+            # as with the lookup alone on every round it has a guess)
+            candidates.sort(key=lambda i: -self.sources[i].order_gain() * (STICKY if self.sources[i] is last else 1.0))
         chosen = None
         for i in candidates:
             src = self.sources[i]
