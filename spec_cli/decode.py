@@ -252,10 +252,8 @@ class Engine:
         n_acc = len(verdict.accepted)
         run.stats.record_round(run.drafted, n_acc)
         if run.strategy is not None:
-            target_next = verdict.accepted[0] if n_acc else verdict.extra
-            outcome = RoundOutcome(
-                run.drafted, n_acc, target_next, run.drafted + 1, t_pass, t_draft, verdict.path, [*verdict.accepted, verdict.extra]
-            )  # fmt: skip
+            tokens = [*verdict.accepted, verdict.extra]
+            outcome = RoundOutcome(run.drafted, n_acc, tokens, run.drafted + 1, t_pass, t_draft, verdict.path)
             run.strategy.observe(prop, outcome)
 
     def _emit(self, run: _Run, verdict: Verdict, on_text, on_span) -> None:

@@ -59,14 +59,12 @@ KIND_DECAY = 0.95
 class RoundOutcome:
     drafted: int
     accepted: int
-    target_next: int  # the token the target put right after the context (accepted draft or its own)
+    # every token the target put after the context this round: the accepted drafts, then its own
+    target_tokens: list[int]
     pass_tokens: int  # rows in the verification batch
     pass_seconds: float
     draft_seconds: float  # wall time of the proposal, catch-up included
     path: list[int] | None = None  # for a token tree: the accepted nodes, from the root down
-    # every token the target put after the context this round (accepted drafts, then its own);
-    # None: only target_next is known
-    target_tokens: list[int] | None = None
 
 
 class FixedStrategy:
@@ -286,7 +284,7 @@ class AdaptiveStrategy:
                 if src.shadow:
                     # The guess nobody verified, checked against what the target produced: the
                     # evidence a draft as long as the tokens known would have given, at no cost.
-                    drafted, accepted = shadow_evidence(src.shadow, outcome.target_tokens or [outcome.target_next])
+                    drafted, accepted = shadow_evidence(src.shadow, outcome.target_tokens)
                     src.ctl.update(drafted, accepted)
                     src.kind_evidence(drafted, accepted)
 
