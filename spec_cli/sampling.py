@@ -63,9 +63,7 @@ class Dist:
         cdf = self._cdf
         if cdf is None:
             cdf = self._cdf = self.probs.cumsum()
-        i = int(cdf.searchsorted(rng.random() * cdf[-1], side="right"))
-        ids = self.ids
-        return int(ids[i if i < len(ids) else -1])
+        return _draw(self.ids, cdf, rng)
 
     def argmax(self) -> int:
         return int(self.ids[int(np.argmax(self.probs))])
@@ -171,7 +169,11 @@ def sample_top_k(ids: np.ndarray, logits: np.ndarray, params: SamplingParams, rn
     if params.top_p < 1.0:
         return shape_top_k(ids, logits, params).sample(rng)
     ids, weights = _weights(ids, logits, params.temperature)
-    cdf = weights.cumsum()
+    return _draw(ids, weights.cumsum(), rng)
+
+
+def _draw(ids: np.ndarray, cdf: np.ndarray, rng: np.random.Generator) -> int:
+    """Inverse-CDF draw of one id; cdf is the running sum of the ids' weights, normalized or not."""
     i = int(cdf.searchsorted(rng.random() * cdf[-1], side="right"))
     return int(ids[i if i < len(ids) else -1])
 
