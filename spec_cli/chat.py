@@ -286,7 +286,7 @@ COMMANDS = (
     CommandSpec("stats", "/stats", "statistics of the last reply and of the session", "none"),
     CommandSpec("reset", "/reset", "forget the conversation (the system prompt stays)", "none"),
     CommandSpec("system", "/system [TEXT]", "show or set the system prompt", "optional"),
-    CommandSpec("draft-len", "/draft-len N", "tokens drafted per round (0 = target alone)", "required"),
+    CommandSpec("draft-len", "/draft-len N|auto", "tokens drafted per round (0 = target alone, auto = chosen each round)", "required"),
     CommandSpec("temp", "/temp X", "sampling temperature (0 = greedy)", "required"),
     CommandSpec("save", "/save FILE", "write the conversation to FILE as JSON", "required"),
     CommandSpec("load", "/load FILE", "replace the conversation with one saved by /save", "required"),
@@ -300,7 +300,7 @@ _BY_NAME = {c.name: c for c in COMMANDS}
 class Command:
     name: str
     arg: str = ""
-    value: float | int | None = None  # the parsed number for /draft-len and /temp
+    value: float | int | None = None  # the parsed number for /draft-len (None: auto) and /temp
 
 
 def is_command(text: str) -> bool:
@@ -332,11 +332,13 @@ def parse_command(text: str) -> Command:
     if spec.arg == "required" and not arg:
         raise SpecError(f"/{name} needs an argument (usage: {spec.usage})")
     value: float | int | None = None
-    if name == "draft-len":
+    if name == "draft-len" and arg.lower() == "auto":
+        value = None
+    elif name == "draft-len":
         try:
             value = int(arg)
         except ValueError:
-            raise SpecError(f"/draft-len takes a whole number, got {arg!r}") from None
+            raise SpecError(f"/draft-len takes a whole number or 'auto', got {arg!r}") from None
         if not 0 <= value <= 64:
             raise SpecError(f"/draft-len must be between 0 and 64, got {value}")
     elif name == "temp":

@@ -9,19 +9,30 @@ would make `Model.sync` re-evaluate everything after it. When the new rendering
 does not start with the old one (a template that rewrites earlier turns, an
 edited system prompt, dropped turns, a /load) the whole text is tokenized
 again and `sync` still keeps whatever prefix matches.
+
+The speculation strategy lives across turns too: one Engine holds it from turn to
+turn, so what `--draft-len auto` learns in one reply (acceptance estimates,
+measured costs, its decisions) is where the next reply starts. A new strategy
+comes only from `/draft-len`, through the factory the session was given.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .backend import Model
 from .chat import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
 from .drafters.base import prepare
 from .drafters.crossvocab import drafter_for
+from .errors import SpecError
 from .stats import Stats
+from .strategy import FixedStrategy
+
+# A draft length (None: auto) -> the strategy that drafts at it (None: the target alone).
+StrategyFactory = Callable[[int | None], object | None]
 
 
 @dataclass
@@ -62,21 +73,56 @@ class Totals:
 
 
 class ChatSession:
-    def __init__(self, target: Model, draft: Model | None, opts: GenerateOptions, system: str | None = None):
+    """The conversation, its prompt building and its turns.
+
+    `strategy_for(draft_len)` builds the strategy for a draft length (None: auto); the
+    session asks it once at the start (for `auto`, else for opts.draft_len) and again on
+    each `set_draft_len`. Without one, the draft model drafts at a fixed length (the
+    drafter `drafter_for` picks), and auto is not on offer: `spec chat` passes one built
+    on `session.build_strategy`. `opts` is copied, never changed.
+    """
+
+    def __init__(
+        self,
+        target: Model,
+        draft: Model | None,
+        opts: GenerateOptions,
+        system: str | None = None,
+        strategy_for: StrategyFactory | None = None,
+        auto: bool = False,
+    ):
         self.target = target
         self.draft = draft
-        self.opts = opts
-        self.engine = Engine(target, drafter_for(target, draft) if draft is not None else None)
         info = target.vocab_info()
         self._bos_text = _special_text(target, info.bos)
         self._add_bos = info.add_bos
         self.template = ChatTemplate(target.chat_template(), self._bos_text, _special_text(target, info.eos))
-        self.opts.stop = tuple(self.template.stop)
+        self.opts = dataclasses.replace(opts, stop=(*opts.stop, *self.template.stop))
+        self.strategy_for = strategy_for or fixed_strategies(target, draft)
+        self.draft_len: int | None = None  # None: auto
+        self.strategy = None
+        self.engine = Engine(target)
+        self.set_draft_len(None if auto else opts.draft_len)
         self.conversation = Conversation(system=system or None)
         # (rendered text, its exact tokens) for the last prompt plus its reply
         self._known: tuple[str, list[int]] | None = None
         self.last: TurnResult | None = None
         self.totals = Totals()
+
+    def set_draft_len(self, draft_len: int | None) -> None:
+        """Draft `draft_len` tokens a round from the next turn on (None: auto), with the same drafter choice."""
+        strategy = self.strategy_for(draft_len)  # first: a refusal leaves everything as it was
+        self.draft_len, self.strategy = draft_len, strategy
+        self.opts = dataclasses.replace(self.opts, draft_len=draft_len or 0)
+        self.engine = Engine(self.target, strategy=_Prefill(strategy, self.draft) if strategy is not None else None)
+
+    @property
+    def draft_len_text(self) -> str:
+        """The draft length as /stats shows it: a number, or "auto" where the strategy chooses it."""
+        if self.strategy is None:
+            return "0"
+        fixed = getattr(self.strategy, "draft_len", None)  # a FixedStrategy's (a tree's depth under auto too)
+        return str(fixed) if fixed is not None else "auto"
 
     # --- prompt building ------------------------------------------------------
 
@@ -122,14 +168,9 @@ class ChatSession:
     ) -> TurnResult:
         user = {"role": "user", "content": user_text}
         text, prompt, dropped = self._fit(user)
-        use_draft = self.draft is not None and self.opts.draft_len > 0
-        draft_evaluated = None
-        if use_draft:
-            # Bring the draft cache up to the prompt now, so that its cost is counted
-            # like the target's; the drafter's own sync then finds it in place.
-            # (Through the drafter: one from another model family reads the prompt's text.)
-            prepare(self.engine.strategy or self.engine.drafter, prompt[:-1])
-            draft_evaluated = self.draft.last_sync_evaluated
+        prefill = self.engine.strategy
+        if prefill is not None:
+            prefill.draft_evaluated = None
         gen = self.engine.generate(prompt, self.opts, on_text=on_text, should_stop=should_stop, on_span=on_span)
         interrupted = gen.stats.stop_reason == "interrupted"
         kept = not (interrupted and not gen.text)
@@ -146,7 +187,7 @@ class ChatSession:
             stats=gen.stats,
             prompt=prompt,
             evaluated=gen.stats.prompt_tokens_evaluated,
-            draft_evaluated=draft_evaluated,
+            draft_evaluated=prefill.draft_evaluated if prefill is not None else None,
             dropped=dropped,
             interrupted=interrupted,
             kept=kept,
@@ -173,6 +214,55 @@ class ChatSession:
     @property
     def context_used(self) -> int:
         return self.target.n_past
+
+
+def fixed_strategies(target: Model, draft: Model | None) -> StrategyFactory:
+    """The draft model's drafter at a fixed length, one drafter for every length: a ChatSession's default.
+    Without a draft model, the target alone at any length."""
+    drafter = drafter_for(target, draft) if draft is not None else None
+
+    def strategy_for(draft_len: int | None):
+        if draft_len == 0 or drafter is None:
+            return None  # the target alone
+        if draft_len is None:
+            raise SpecError("this chat drafts at a fixed length; give a number of tokens")
+        return FixedStrategy(drafter, draft_len)
+
+    return strategy_for
+
+
+class _Prefill:
+    """The strategy as the engine sees it, noting what its prepare had the draft model evaluate.
+
+    The engine prepares the strategy once per turn, after the target has read the prompt: the
+    draft model reads it there (through the drafter, so one from another family reads its text),
+    and only there. `draft_evaluated` is those tokens for the turn line; None where the draft
+    model was not prepared (no draft model, only the n-gram lookup drafts, or auto left it out).
+    """
+
+    def __init__(self, strategy, draft: Model | None):
+        self.strategy = strategy
+        self.draft = draft
+        self.draft_evaluated: int | None = None
+
+    def prepare(self, tokens: Sequence[int]) -> None:
+        draft = self.draft
+        if draft is None:
+            prepare(self.strategy, tokens)
+            return
+        # Every drafter that reads the prompt into the draft model does so with one sync(),
+        # which sets last_sync_evaluated; a strategy that leaves the draft alone leaves the mark.
+        before, draft.last_sync_evaluated = draft.last_sync_evaluated, None
+        try:
+            prepare(self.strategy, tokens)
+        finally:
+            self.draft_evaluated = draft.last_sync_evaluated
+            if self.draft_evaluated is None:
+                draft.last_sync_evaluated = before
+
+    def __getattr__(self, name: str):
+        # name, draft_len, propose, observe, describe: the strategy's own
+        return getattr(self.strategy, name)
 
 
 def _special_text(model: Model, token: int) -> str:

@@ -90,7 +90,7 @@ def exits_cleanly(child) -> None:
 
 
 def test_second_turn_evaluates_only_its_new_tokens(chat):
-    c = chat()
+    c = chat("--draft-len", "4", "--drafter", "model")  # the draft model in every round
     first = turn(c, "Hi! Who are you?")
     assert first.n == 1 and first.generated > 0
     assert first.evaluated == first.prompt - 1  # a fresh cache: all but the last token, which the first round feeds
@@ -102,6 +102,27 @@ def test_second_turn_evaluates_only_its_new_tokens(chat):
     assert 0 < new < 30
     assert second.draft is not None and second.draft <= new + 1
     c.sendeof()  # Ctrl-D quits
+    exits_cleanly(c)
+
+
+def test_the_default_is_auto_and_draft_len_keeps_the_drafter(chat):
+    c = chat()
+    assert "draft length auto, drafting with auto(" in command(c, "/stats")
+    first = turn(c, "Hi! Who are you?")
+    assert first.evaluated == first.prompt - 1
+    second = turn(c, "What can you help me with?")
+    # auto, like a fixed length, leaves the caches whole between turns: the target reads only the new
+    # tokens, and the draft (where auto kept it) at most those and the reply it may have sat out
+    new = second.prompt - first.prompt - first.generated
+    assert second.evaluated == new and 0 < new < 30
+    assert second.draft is None or second.draft <= new + first.generated
+    # a fixed length with the drafters auto chose from, then auto again
+    assert "draft length 3, drafting with ngram+model" in command(c, "/draft-len 3")
+    third = turn(c, "Name three colours.")
+    assert third.evaluated == third.prompt - second.prompt - second.generated
+    assert "draft length auto, drafting with auto(" in command(c, "/draft-len auto")
+    assert "draft length auto" in command(c, "/stats")
+    c.sendline("/exit")
     exits_cleanly(c)
 
 
@@ -199,7 +220,8 @@ def test_bad_commands_print_help_and_no_spec_runs_the_target_alone(chat):
         (["--ctx", "4"], "--ctx must be at least"),
         (["--draft-len", "99"], "--draft-len must be between"),
         (["--target", "no/such/model.gguf", "--no-spec"], "model file not found"),
-        (["--target", "no/such/model.gguf"], "no draft model"),
+        # (under the default --drafter auto a target without a draft drafts with the n-gram lookup)
+        (["--target", "no/such/model.gguf", "--drafter", "model"], "no draft model"),
         (["--preset", "nope"], "unknown preset 'nope'"),
     ],
 )

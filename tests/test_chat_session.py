@@ -137,6 +137,37 @@ def test_outgrowing_the_context_drops_oldest_turns_and_keeps_the_caches_whole(sm
         assert r.stats.generated > 0
 
 
+def test_two_turns_under_auto_evaluate_only_their_new_tokens(smol, smol_draft, smollm2_path, smollm2_q2k_path):
+    """`spec chat`'s default: the strategy `spec run` builds for --drafter auto --draft-len auto,
+    one for the whole chat. The target reads only the new turn; the draft, where auto keeps it,
+    reads only what its cache lacks (auto may have left it out of some rounds, so it can trail
+    the target by more than a fixed-length draft would)."""
+    from spec_cli.chat_session import ChatSession
+    from spec_cli.cli.chat import chat_strategies
+    from spec_cli.session import LoadedPair, ModelChoice
+    from spec_cli.strategy import AdaptiveStrategy
+
+    smol.reset()
+    smol_draft.reset()
+    pair = LoadedPair(smol, smol_draft, smollm2_path, smollm2_q2k_path)
+    s = ChatSession(smol, smol_draft, GenerateOptions(max_tokens=24), strategy_for=chat_strategies(pair, ModelChoice()), auto=True)
+    strategy = s.strategy
+    assert isinstance(strategy, AdaptiveStrategy)
+    first = s.reply(QUESTIONS[0])
+    assert first.evaluated == first.prompt_tokens - 1
+    before, draft_before = list(smol.tokens), list(smol_draft.tokens)
+    second = s.reply(QUESTIONS[1])
+    assert s.strategy is strategy
+    assert second.prompt[: len(before)] == before
+    assert second.evaluated == second.prompt_tokens - 1 - len(before)
+    assert 0 < second.evaluated < 30
+    if second.draft_evaluated is not None:  # auto kept the draft model
+        assert second.draft_evaluated == second.prompt_tokens - 1 - common_prefix(draft_before, second.prompt[:-1])
+        assert second.draft_evaluated <= second.prompt_tokens - first.prompt_tokens  # the new turn and the reply, at most
+    else:
+        assert not any(not src.free for src in strategy.sources)  # only where auto left it out
+
+
 def test_reset_forgets_the_turns_but_reuses_the_cached_system_prompt(smol, smol_draft):
     s = session(smol, smol_draft, max_tokens=16, draft_len=4)
     first = s.reply(QUESTIONS[0])

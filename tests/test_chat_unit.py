@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,187 @@ def test_prompt_has_exactly_the_bos_the_model_wants(template, add_bos, bos_count
     tokens = s.tokenize_prompt(s.render(s.conversation.for_template(msgs(("user", "hi")))))
     assert tokens.count(CharModel.BOS) == bos_count
     assert (tokens[0] == CharModel.BOS) == (bos_count == 1)
+
+
+def test_chat_session_leaves_the_callers_options_alone():
+    from spec_cli.chat import FALLBACK_STOP
+    from spec_cli.chat_session import ChatSession
+    from spec_cli.decode import GenerateOptions
+
+    opts = GenerateOptions(draft_len=3, stop=("END",))
+    s = ChatSession(CharModel(None), None, opts)  # a base model: the transcript's stop string joins
+    assert s.opts.stop == ("END", *FALLBACK_STOP)
+    assert opts.stop == ("END",) and opts.draft_len == 3
+
+
+def test_draft_len_auto_parses():
+    assert parse_command("/draft-len auto").value is None
+    assert parse_command("/draft-len AUTO").arg == "AUTO"
+    assert parse_command("/draft-len 0").value == 0
+    assert "/draft-len N|auto" in help_text()
+
+
+# --- the strategy across turns (ChatSession on scripted models) ---------------------------
+
+V = 256
+# The replies cycle through tokens 240..248; whatever the prompt, the first reply token is 240.
+CYCLE = {240 + i: 240 + (i + 1) % 9 for i in range(9)}
+# Scripted seconds per pass of n tokens (tests/test_strategy.py's stand-in costs): the target,
+# and a draft at 17 ms a token, which pays where its drafts land.
+STANDIN_MS = {1: 39.9, 2: 42.0, 3: 45.6, 4: 49.4, 5: 53.1, 6: 57.7, 7: 59.6, 8: 61.6, 9: 64.6}
+
+
+def standin_target_cost(n):
+    return STANDIN_MS[min(n, 9)] / 1000
+
+
+def draft_cost(n):
+    return 0.017 * n
+
+
+def chat_fake(cost):
+    """tests/fakes.FakeModel with what ChatSession asks of a model: a ChatML template, one token a character."""
+    from spec_cli.backend import VocabInfo
+    from tests.fakes import FakeModel, table_lm
+
+    class ChatFake(FakeModel):
+        path = Path("fake.gguf")
+
+        def vocab_info(self):
+            return VocabInfo(kind=1, n_vocab=V, bos=1, eos=2, add_bos=False)
+
+        def chat_template(self):
+            return CHATML
+
+        def token_text(self, t):
+            return self.piece(t)
+
+        def tokenize(self, text, add_bos=True, special=False):
+            return [ord(c) % 200 + 10 for c in text]
+
+        def detokenize(self, tokens):
+            return b"".join(self.piece(t) for t in tokens).decode()
+
+    return ChatFake(table_lm(CYCLE, V, default=240), V, n_ctx=2048, cost=cost)
+
+
+def auto_strategy(draft):
+    """What build_strategy makes of --drafter auto: the n-gram lookup and the draft model, each with a controller."""
+    from spec_cli.adaptive import AdaptiveDraftLength
+    from spec_cli.drafters import ModelDrafter
+    from spec_cli.drafters.ngram import NgramDrafter
+    from spec_cli.strategy import AdaptiveStrategy
+
+    cost = [standin_target_cost(k) for k in range(1, 10)]
+    ngram_ctl = AdaptiveDraftLength(cost, 0.0, g_max=8, probe_every=0, prior_weight=4.0)
+    model_ctl = AdaptiveDraftLength(cost, 0.017, g_max=8, prior=0.7)
+    strat = AdaptiveStrategy([(NgramDrafter(4, 2), ngram_ctl, True), (ModelDrafter(draft), model_ctl, False)])
+    return strat, ngram_ctl, model_ctl
+
+
+def test_auto_carries_what_it_learnt_from_one_turn_to_the_next():
+    from spec_cli.chat_session import ChatSession
+    from spec_cli.decode import GenerateOptions
+
+    target, draft = chat_fake(standin_target_cost), chat_fake(draft_cost)
+    strat, ngram_ctl, model_ctl = auto_strategy(draft)
+    asked = []
+
+    def strategy_for(draft_len):
+        asked.append(draft_len)
+        return strat if draft_len is None else None
+
+    def state():
+        return (
+            ngram_ctl.acceptance, dict(ngram_ctl.counts), ngram_ctl.measured_speedup(),
+            model_ctl.acceptance, dict(model_ctl.counts), model_ctl.draft_step, sum(strat.rounds.values()),
+        )  # fmt: skip
+
+    # Where each turn starts: the engine prepares the strategy once per turn, before its first round.
+    starts = []
+    prepare = strat.prepare
+
+    def spy(tokens):
+        starts.append(state())
+        prepare(tokens)
+
+    strat.prepare = spy
+    s = ChatSession(target, draft, GenerateOptions(max_tokens=40), strategy_for=strategy_for, auto=True)
+    assert s.draft_len is None and s.draft_len_text == "auto"
+    first = s.reply("Count with me.")
+    after_first = state()
+    second = s.reply("Again, please.")
+
+    assert asked == [None]  # one strategy for the whole chat, built at its start
+    assert s.strategy is strat and len(starts) == 2  # and prepared once a turn, by the engine
+    assert starts[0] != after_first  # the first turn taught it something
+    assert starts[1] == after_first  # and the second started from exactly that: nothing was reset
+    assert sum(strat.rounds.values()) == first.stats.target_passes + second.stats.target_passes
+    assert first.stats.drafted and second.stats.drafted
+    # The caches carry over too: the second turn evaluates only its new tokens.
+    assert second.evaluated == second.prompt_tokens - first.prompt_tokens - len(first.tokens)
+    assert first.draft_evaluated == first.prompt_tokens - 1
+    assert second.draft_evaluated is not None and second.draft_evaluated <= second.prompt_tokens - first.prompt_tokens
+
+
+def test_draft_len_keeps_the_drafter_and_auto_measures_its_costs_once(monkeypatch, capsys):
+    """/draft-len 3 drafts with what --drafter chose at a fixed length; /draft-len auto goes back to
+    the very strategy that was learning; the cost curve is read once for the whole chat."""
+    from spec_cli import calibrate
+    from spec_cli.chat_session import ChatSession
+    from spec_cli.cli.chat import Repl, chat_strategies
+    from spec_cli.decode import GenerateOptions
+    from spec_cli.session import LoadedPair, ModelChoice
+    from spec_cli.strategy import AdaptiveStrategy, FixedStrategy
+
+    measured = []
+
+    def cached_costs(target, draft, max_k, notify=lambda s: None):
+        measured.append(draft)
+        return calibrate.CostCurve([STANDIN_MS[k] for k in range(1, max_k + 1)], 17.0, 34.0)
+
+    monkeypatch.setattr(calibrate, "cached_costs", cached_costs)
+    target, draft = chat_fake(standin_target_cost), chat_fake(draft_cost)
+    pair = LoadedPair(target, draft, Path("t.gguf"), Path("d.gguf"))
+    expect = {"auto": "ngram+model", "model": "model", "ngram": "ngram"}
+    for drafter, fixed_name in expect.items():
+        measured.clear()
+        strategies = chat_strategies(pair, ModelChoice(drafter=drafter))
+        s = ChatSession(target, draft, GenerateOptions(max_tokens=12), strategy_for=strategies, auto=True)
+        auto = s.strategy
+        assert isinstance(auto, AdaptiveStrategy) and s.engine.strategy.strategy is auto
+        s.reply("Count with me.")
+        learnt = sum(auto.rounds.values())
+        repl = Repl(s, "test")
+        repl._command("/draft-len 3")
+        assert isinstance(s.strategy, FixedStrategy) and s.strategy.draft_len == 3
+        assert s.strategy.name == fixed_name, drafter
+        assert "draft length 3, drafting with " + fixed_name in capsys.readouterr().err
+        s.reply("Again.")
+        repl._command("/draft-len auto")
+        assert s.strategy is auto and sum(auto.rounds.values()) == learnt  # back where it was left
+        repl._command("/stats")
+        assert "draft length auto, drafting with auto(" in capsys.readouterr().err
+        repl._command("/draft-len 0")
+        assert s.strategy is None and s.engine.strategy is None
+        assert "draft length 0 (target alone)" in capsys.readouterr().err
+        assert s.reply("Once more.").draft_evaluated is None
+        repl._command("/draft-len auto")
+        assert s.strategy is auto
+        assert len(measured) == 1  # the curve, once: every later build of auto is the kept one
+        assert (measured[0] is None) == (drafter == "ngram")  # the lookup alone needs no draft costs
+
+
+def test_draft_len_refused_under_no_spec_changes_nothing(capsys):
+    from spec_cli.chat_session import ChatSession
+    from spec_cli.cli.chat import Repl, chat_strategies
+    from spec_cli.decode import GenerateOptions
+    from spec_cli.session import LoadedPair, ModelChoice
+
+    target = chat_fake(standin_target_cost)
+    pair = LoadedPair(target, None, Path("t.gguf"), None)
+    s = ChatSession(target, None, GenerateOptions(draft_len=0), strategy_for=chat_strategies(pair, ModelChoice(no_spec=True)))
+    for line in ("/draft-len 3", "/draft-len auto"):
+        Repl(s, "test")._command(line)
+        assert "no draft model is loaded (--no-spec)" in capsys.readouterr().err
+        assert s.strategy is None and s.draft_len == 0

@@ -149,7 +149,7 @@ def test_chat_with_a_draft_from_another_family(smollm2, target):
     gemma = target
     alone = ChatSession(smollm2, None, GenerateOptions(max_tokens=24, draft_len=0))
     chat = ChatSession(smollm2, gemma, GenerateOptions(max_tokens=24, draft_len=3))
-    assert isinstance(chat.engine.drafter, CrossVocabDrafter)
+    assert isinstance(chat.strategy.drafter, CrossVocabDrafter)
     turns = []
     for question in ("Name three colours.", "And three animals?"):
         ref = alone.reply(question)
@@ -163,14 +163,13 @@ def test_chat_with_a_draft_from_another_family(smollm2, target):
 
 
 def test_chat_draft_len_keeps_the_cross_vocab_drafter(smollm2, target):
-    """/draft-len after an auto start (no fixed drafter in the engine) must not fall back to
-    ModelDrafter, which would feed the draft the target's token ids."""
+    """/draft-len must not fall back to ModelDrafter, which would feed the draft the target's token ids."""
     from spec_cli.chat_session import ChatSession
-    from spec_cli.cli.chat import Repl
-    from spec_cli.decode import Engine
+    from spec_cli.cli.chat import Repl, chat_strategies
 
-    session = ChatSession(smollm2, target, GenerateOptions(max_tokens=8, draft_len=0))
-    session.engine = Engine(smollm2)  # what an auto strategy leaves: no drafter of its own
+    pair = LoadedPair(smollm2, target, smollm2.path, target.path, cross_vocab=True)
+    strategies = chat_strategies(pair, ModelChoice(drafter="auto"))
+    session = ChatSession(smollm2, target, GenerateOptions(max_tokens=8, draft_len=0), strategy_for=strategies)
     Repl(session, "test")._command("/draft-len 2")
-    assert session.opts.draft_len == 2
-    assert isinstance(session.engine.drafter, CrossVocabDrafter)
+    assert session.draft_len == 2
+    assert isinstance(session.strategy.drafter.fallback, CrossVocabDrafter)  # after the n-gram lookup

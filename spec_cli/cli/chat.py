@@ -20,13 +20,12 @@ import typer
 
 from .. import rpc, ui
 from ..chat import Command, Conversation, InputAssembler, help_text, is_command, parse_command
-from ..chat_session import ChatSession, TurnResult
-from ..decode import Engine, GenerateOptions
-from ..drafters.crossvocab import drafter_for
+from ..chat_session import ChatSession, StrategyFactory, TurnResult
+from ..decode import GenerateOptions
 from ..errors import SpecError
-from ..presets import cache_dir, spec_home
+from ..presets import Notify, cache_dir, spec_home
 from ..sampling import SamplingParams
-from ..session import build_strategy, load_pair, parse_draft_len
+from ..session import LoadedPair, ModelChoice, build_strategy, load_pair, parse_draft_len
 from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Target, Temp, Threads, TopK, TopP, model_choice,
@@ -45,8 +44,8 @@ def chat_cmd(
     system: System = None,
     load: Load = None,
     max_tokens: MaxReply = 512,
-    draft_len: DraftLen = "4",
-    drafter: Drafter = "model",
+    draft_len: DraftLen = "auto",
+    drafter: Drafter = "auto",
     temp: Temp = 0.0,
     top_k: TopK = 40,
     top_p: TopP = 1.0,
@@ -61,26 +60,28 @@ def chat_cmd(
     show_drafts: ShowDrafts = False,
 ) -> None:
     """Chat with the target model (default: the `chat` preset); /help lists the commands."""
-    fixed_len = parse_draft_len(draft_len)
+    fixed_len = parse_draft_len(draft_len)  # None: auto
+    start_len = 0 if no_spec else fixed_len  # under --no-spec the target runs alone, whatever --draft-len says
     opts = GenerateOptions(
         max_tokens=max_tokens,
-        draft_len=fixed_len if fixed_len is not None else 0,
+        draft_len=start_len or 0,
         sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
         seed=seed,
     )
     opts.check()
     system = user_text(system, "--system") if system is not None else None
     saved = Conversation.load(load) if load is not None else None  # before the models: a bad file fails fast
-    # The chat defaults to the draft model at a fixed length that /draft-len changes as it goes;
-    # --drafter and --draft-len auto work as in `spec run`.
+    # As in `spec run`: auto chooses the drafter and the length round by round, and learns across turns.
     choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
     choice.check()
     with ui.status("loading models"):
         pair = load_pair(choice, "chat", notify=ui.info)
     try:
-        session = ChatSession(pair.target, pair.draft, opts, system=system)
-        if drafter != "model" or fixed_len is None:
-            session.engine = Engine(pair.target, strategy=build_strategy(pair, choice, fixed_len, notify=ui.info))
+        with ui.status("preparing"):  # under auto, the cost curve (measured once, then cached)
+            session = ChatSession(
+                pair.target, pair.draft, opts, system=system,
+                strategy_for=chat_strategies(pair, choice, notify=ui.info), auto=start_len is None,
+            )  # fmt: skip
         names = pair.target_path.name + (f" + draft {pair.draft_path.name}" if pair.draft_path else " (no speculation)")
         repl = Repl(session, names, show_drafts=show_drafts)
         if saved is not None:
@@ -90,6 +91,26 @@ def chat_cmd(
         repl.run()
     finally:
         pair.close()
+
+
+def chat_strategies(pair: LoadedPair, choice: ModelChoice, notify: Notify = lambda s: None) -> StrategyFactory:
+    """The chat's strategy for a draft length (None: auto), as `spec run` builds it for the same
+    options, so /draft-len keeps the drafter that --drafter chose (auto, model, ngram, tree).
+
+    Each is built once and kept: going back to a length finds its strategy as it was left,
+    so `/draft-len auto` resumes with what auto had learnt, and the cost curve is read (and
+    checked against a quick pass) only the first time auto is asked for.
+    """
+    built: dict[int | None, object] = {}
+
+    def strategy_for(draft_len: int | None):
+        if choice.no_spec and draft_len != 0:
+            raise SpecError("no draft model is loaded (--no-spec); /draft-len can only be 0")
+        if draft_len not in built:
+            built[draft_len] = build_strategy(pair, choice, draft_len, notify=notify)
+        return built[draft_len]
+
+    return strategy_for
 
 
 class Repl:
@@ -274,11 +295,8 @@ class Repl:
                 s.set_system(cmd.arg)
                 ui.note("system prompt set; the next turn evaluates the conversation again under it")
         elif cmd.name == "draft-len":
-            if s.draft is None and cmd.value:
-                raise SpecError("no draft model is loaded (--no-spec); /draft-len can only be 0")
-            s.opts.draft_len = int(cmd.value)
-            s.engine = Engine(s.target, s.engine.drafter or drafter_for(s.target, s.draft) if s.draft is not None else None)
-            ui.note(f"draft length {s.opts.draft_len}" + (" (target alone)" if cmd.value == 0 else ""))
+            s.set_draft_len(cmd.value)
+            ui.note(_drafting(s))
         elif cmd.name == "temp":
             s.opts.sampling = dataclasses.replace(s.opts.sampling, temperature=float(cmd.value))
             ui.note(f"temperature {cmd.value:g}" + (" (greedy)" if cmd.value == 0 else ""))
@@ -316,7 +334,7 @@ class Repl:
             f"session: {t.turns} turns, {t.generated} tokens generated{rate}{acc}; "
             f"prompt tokens evaluated per turn: {', '.join(map(str, t.history)) or '-'}; "
             f"{len(s.conversation.messages)} messages, context {s.context_used}/{s.target.n_ctx} tokens; "
-            f"draft length {s.opts.draft_len if s.draft is not None else 0}, temperature {s.opts.sampling.temperature:g}"
+            f"{_drafting(s)}, temperature {s.opts.sampling.temperature:g}"
         )
 
     # --- readline ------------------------------------------------------------------------
@@ -345,6 +363,12 @@ class Repl:
             readline.write_history_file(self._history_file)
         except OSError:
             pass
+
+
+def _drafting(s: ChatSession) -> str:
+    if s.strategy is None:
+        return "draft length 0 (target alone)"
+    return f"draft length {s.draft_len_text}, drafting with {s.strategy.name}"
 
 
 def _line_buffer() -> str:
