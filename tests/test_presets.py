@@ -26,6 +26,39 @@ def test_bundled_catalog_has_default_and_chat_pairs():
         assert cat.models[t]["hf"].endswith(".gguf") and cat.models[d]["hf"].endswith(".gguf")
 
 
+def test_bundled_qwen_coder_pairs():
+    cat = load_catalog()
+    assert pair("qwen-coder", cat) == ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct")
+    assert pair("qwen-coder-f16", cat) == ("qwen2.5-coder-1.5b-instruct-f16", "qwen2.5-coder-0.5b-instruct")
+    f16 = cat.models["qwen2.5-coder-1.5b-instruct-f16"]
+    assert (f16["derive"], f16["quant"]) == ("qwen2.5-coder-1.5b-instruct", "F16")
+    for name, size in (("qwen2.5-coder-1.5b-instruct", 1_117_320_768), ("qwen2.5-coder-0.5b-instruct", 491_400_064)):
+        m = cat.models[name]
+        assert m["file"] == f"{name}-q4_k_m.gguf" and m["size"] == size and m["extra"] == "qwen"
+
+
+def test_models_listing_fits_80_columns_without_cutting_names(monkeypatch):
+    from rich.console import Console
+
+    from spec_cli import ui
+    from spec_cli.cli.models import models_cmd
+
+    console = Console(width=80, record=True, highlight=False, force_terminal=False)
+    monkeypatch.setattr(ui, "out", console)
+    with console.capture() as captured:
+        models_cmd()
+    text = captured.get()
+    lines = text.splitlines()
+    assert all(len(ln) <= 80 for ln in lines), [ln for ln in lines if len(ln) > 80]
+    assert "\u2026" not in text  # no name or description cut short with an ellipsis
+    cat = load_catalog()
+    words = {w for ln in lines for w in ln.split()}
+    for name in [*cat.pairs, *cat.models]:
+        assert name in words, name  # whole, as one word
+    desc = cat.pairs["qwen-coder"]["description"]
+    assert " ".join(text.split()).count(desc) == 1  # wrapped, not truncated
+
+
 def test_local_path_is_returned_as_is(tmp_path):
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF")
