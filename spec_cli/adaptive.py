@@ -106,6 +106,8 @@ RECHECK_AFTER = 2
 # EXPLORE_SHARE of the plain passes the run has had so far.
 EXPLORE_ALLOWANCE = 0.5
 EXPLORE_SHARE = 0.02
+# ... or this share of what drafting would save per plain pass at full acceptance, if more.
+STAKE_SHARE = 0.1
 
 
 class AdaptiveDraftLength:
@@ -145,6 +147,9 @@ class AdaptiveDraftLength:
         self.cost = np.array(cost, dtype=np.float64)
         if self.cost.ndim != 1 or len(self.cost) < 1 or not np.all(self.cost > 0):
             raise ValueError("cost must list the positive time of one target pass for K = 1, 2, ...")
+        # The calibrated curve is a prior: the run's own passes correct it (observe_pass).
+        self.prior_cost = self.cost.copy()
+        self._ratio = np.full(len(self.cost), np.nan)  # per K: faded measured / calibrated cost
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         self.draft_step = float(draft_step)
@@ -164,6 +169,8 @@ class AdaptiveDraftLength:
         # Seconds the rounds this drafter drafted lost against plain decoding (negative: won),
         # never decayed, and the rounds this controller has been asked about.
         self._lost = 0.0
+        self._first_loss: float | None = None  # what the first round drafted lost (None: none yet)
+        self._judged = False  # whether a probe has been judged yet
         self._rounds = 0
         self._acc = 0.0  # decayed count of accepted drafts
         self._rej = 0.0  # decayed count of rejections
@@ -229,7 +236,7 @@ class AdaptiveDraftLength:
         s = predicted_speedups(a, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)
         return int(np.argmax(s[1:])) + 1
 
-    def _may_try(self, pending: float = 0.0) -> bool:
+    def _may_try(self, pending: float = 0.0, probe: bool = False) -> bool:
         """Whether a probe, or turning speculation back on, fits the budget for trying.
 
         Neither is decided on evidence that it pays: a probe is a guess, and turning on
@@ -240,9 +247,24 @@ class AdaptiveDraftLength:
         EXPLORE_SHARE of the run so far. A drafter that has paid overall (nothing lost)
         is never held back; one that keeps losing gets a try every so often, so a change
         in the text is still found. `pending` is what the try costs before it drafts (a
-        draft model catching up on the rounds it sat out), counted as lost up front."""
-        budget = (EXPLORE_ALLOWANCE + EXPLORE_SHARE * self._rounds) * self.cost[0]
-        return self._lost + pending <= budget
+        draft model catching up on the rounds it sat out), counted as lost up front.
+
+        A probe does not count what the first round drafted lost: without that round there
+        is no evidence at all, and whether it was lucky says little about the text after it
+        (a draft model whose first 5 drafts all missed, on a prompt that accepts 60-80 % after
+        them, used up the budget there and stayed off where it paid 1.45x). Turning on counts
+        it: that is a decision on evidence, and the first round is some."""
+        budget = (EXPLORE_ALLOWANCE + self.explore_share() * self._rounds) * self.cost[0]
+        lost = self._lost - ((self._first_loss or 0.0) if probe else 0.0)
+        return lost + pending <= budget
+
+    def explore_share(self) -> float:
+        """The share of the run trying may cost: EXPLORE_SHARE, or more for a drafter with more to
+        win, STAKE_SHARE of what it would save if every draft were accepted. A draft model that
+        could run 1.7x may spend ~4 % of the run finding out where it does; one near break-even
+        keeps to 2 %."""
+        top = float(predicted_speedups(1.0, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)[1:].max(initial=1.0))
+        return max(EXPLORE_SHARE, STAKE_SHARE * (1.0 - 1.0 / top)) if top > 1.0 else EXPLORE_SHARE
 
     def best_speedup(self) -> float:
         """The gain of the best draft length now (prediction blended with measurement; no side effects)."""
@@ -279,7 +301,7 @@ class AdaptiveDraftLength:
             self._interval, self._since = min(self._interval, RECHECK_AFTER), 0
         self._on = self._was_on = False
         self._since += 1
-        if g > 0 and self.probe_every > 0 and self._since >= self._interval and self._may_try(pending):
+        if g > 0 and self.probe_every > 0 and self._since >= self._interval and self._may_try(pending, probe=True):
             self._last = "probe"
             g = self._probe_length()
             self.reason, self.predicted = f"probe g={g}: predicted {best:.2f}x (a={a:.2f}{self._measured_note()})", best
@@ -323,8 +345,16 @@ class AdaptiveDraftLength:
             # costs at most one probe per probe_max rounds; an inconclusive one (as many
             # acceptances as the estimate expected) does not.
             self._since = 0
+            # (the first probe, like the first round in the budget, does not double the wait)
+            self._judged, first = True, not self._judged
             measured = self.measured_speedup()
-            if self.acceptance < before or (measured is not None and measured < 1.0):
+            if accepted == drafted:
+                # Every draft landed: probe again next round, longer as the estimate grows. A
+                # short probe on a steep curve measures below plain decoding even when all of it
+                # is accepted; judged by that rate, the wait doubled and a draft model that
+                # paid 1.45x at g=5 came back 40 rounds late.
+                self._interval = 1
+            elif not first and (self.acceptance < before or (measured is not None and measured < 1.0)):
                 self._interval = min(2 * self._interval, self.probe_max)
             elif self.acceptance > before and self._gain()[1] >= 1.0:
                 # and one that raised it, to a gain within reach, halves the wait: a drafter
@@ -334,9 +364,28 @@ class AdaptiveDraftLength:
             self._interval = self.probe_every  # speculation confirmed: probe eagerly next time
 
     def observe_pass(self, k: int, seconds: float) -> None:
-        """Fold a measured target pass over k tokens into the cost curve (same unit as cost)."""
-        if 1 <= k <= len(self.cost) and seconds > 0:
-            self.cost[k - 1] += self.cost_weight * (seconds - self.cost[k - 1])
+        """Fold a measured target pass over k tokens into the cost curve (same unit as cost).
+
+        Each K the run has measured keeps a faded ratio of measured to calibrated cost; the
+        other K take the ratio of their measured neighbours (linear in between, the nearest
+        beyond). Correcting only the K measured would skew the curve's shape: a curve priced
+        too dear throughout, corrected at K = 1 by plain rounds alone, made every draft look
+        dearer still against the cheaper plain pass, and kept speculation off for good."""
+        if not (1 <= k <= len(self.cost) and seconds > 0):
+            return
+        r = seconds / self.prior_cost[k - 1]
+        old = self._ratio[k - 1]
+        self._ratio[k - 1] = r if np.isnan(old) else old + self.cost_weight * (r - old)
+        seen = np.flatnonzero(~np.isnan(self._ratio))
+        self.cost = self.prior_cost * np.interp(np.arange(len(self.cost)), seen, self._ratio[seen])
+
+    def cost_ratio(self) -> float | None:
+        """How far the run's passes are from the calibrated curve: the measured / calibrated
+        ratio of the K farthest from 1 (None before any pass)."""
+        seen = self._ratio[~np.isnan(self._ratio)]
+        if not seen.size:
+            return None
+        return float(seen[np.argmax(np.abs(np.log(seen)))])
 
     def observe_round(self, tokens: int, seconds: float, spent: float | None = None) -> None:
         """A round this drafter drafted: the tokens it yielded (accepted + the target's own)
@@ -348,7 +397,10 @@ class AdaptiveDraftLength:
         the rate, but a cost of trying again after a pause, so in what trying has lost."""
         if tokens < 1 or seconds <= 0:
             return
-        self._lost += (seconds if spent is None else max(spent, seconds)) - tokens * self.cost[0]
+        loss = (seconds if spent is None else max(spent, seconds)) - tokens * self.cost[0]
+        self._lost += loss
+        if self._first_loss is None:
+            self._first_loss = max(0.0, loss)
         d = self.decay
         self._m_tok = d * self._m_tok + tokens
         self._m_sec = d * self._m_sec + seconds

@@ -212,17 +212,17 @@ def test_kind_evidence_comes_from_drafted_rounds_and_shadow_guesses():
     src = strat.sources[0]
     prop = strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0))
     assert prop.source == "model" and src.shadow == [5, 5, 5, 5]  # the lookup's guess kept for a check
-    strat.observe(prop, RoundOutcome(drafted=4, accepted=4, target_tokens=[5], pass_tokens=5, pass_seconds=0.05, draft_seconds=0.07))
+    strat.observe(prop, RoundOutcome(drafted=4, accepted=4, target_tokens=[5], pass_tokens=5, pass_seconds=cost[4], draft_seconds=0.07))
     assert src.kinds == {"long": [1.0, 0.0]}  # only the first token known: right
     lookup.guess_kind = "short"
     strat.observe(strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0)),
-                  RoundOutcome(drafted=4, accepted=1, target_tokens=[7], pass_tokens=5, pass_seconds=0.05, draft_seconds=0.07))  # fmt: skip
+                  RoundOutcome(drafted=4, accepted=1, target_tokens=[7], pass_tokens=5, pass_seconds=cost[4], draft_seconds=0.07))  # fmt: skip
     assert src.kinds["short"] == [0.0, 1.0]  # wrong this time
     assert src.kinds["long"][0] == pytest.approx(0.95)  # older evidence fades
     # With every token of the round known, the whole guess is judged: 3 right, then a miss.
     lookup.guess_kind = "long"
     strat.observe(strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0)),
-                  RoundOutcome(drafted=4, accepted=4, target_tokens=[5, 5, 5, 6, 9], pass_tokens=5, pass_seconds=0.05,
+                  RoundOutcome(drafted=4, accepted=4, target_tokens=[5, 5, 5, 6, 9], pass_tokens=5, pass_seconds=cost[4],
                                draft_seconds=0.07))  # fmt: skip
     assert src.kinds["long"] == pytest.approx([0.95 * 0.95 + 3, 1.0])
     assert "ngram: acceptance estimate" in strat.describe()[1] and "(by kind of match: long 0." in strat.describe()[1]
