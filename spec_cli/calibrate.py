@@ -8,6 +8,7 @@ measures it once per (machine, model files, settings) and keeps it in the cache.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import platform
@@ -23,6 +24,10 @@ from .files import write_text_atomic
 from .presets import cache_dir
 
 COST_SAMPLES = 5
+# A curve whose pass of K + 1 tokens costs less than this share below the pass of K is not the
+# machine's (noise, or another program); it is measured again, up to MAX_ATTEMPTS times in all.
+INCREASE_TOLERANCE = 0.1
+MAX_ATTEMPTS = 3
 # Part of the cache key: curves measured the old ways (cold compute graph; timed without
 # waiting for a GPU to finish) are not reused.
 CURVE_METHOD = "warm-graph-sync-ids"
@@ -36,6 +41,9 @@ class CostCurve:
     # One two-token draft pass between one-token ones, as the draft's catch-up after a round
     # that accepted every draft (speedup.py); nan when not measured (no draft, older caches).
     draft2_ms: float = float("nan")
+    # When and how a cached curve was measured (empty for a curve measured in passing).
+    measured_at: str = ""
+    how: str = ""
 
 
 def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max_k: int, samples: int = COST_SAMPLES) -> CostCurve:
@@ -105,13 +113,21 @@ def _identity(model: Model | None) -> str | None:
 
 
 def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callable[[str], None] = lambda s: None) -> CostCurve:
-    """The cost curve for this pair and machine, measured once and then read from the cache."""
-    key = "|".join(str(x) for x in (CURVE_METHOD, platform.node(), os.cpu_count(), _identity(target), _identity(draft), max_k))
+    """The cost curve for this pair and machine, measured once and then read from the cache.
+
+    It is a prior: the run's own passes correct it as the run goes (adaptive.py), and a run
+    that finds it far off drops it from the cache (forget_costs), so the next run measures again.
+    """
+    key = _key(target, draft, max_k)
     path = cache_dir() / "calibration.json"
     table = _read_table(path, notify)
     cached = _curve(table[key]) if key in table else None
     prompt = target.tokenize(CALIBRATION_TEXT)
-    if cached is not None:
+    if cached is not None and not increasing(cached.target_ms):
+        # A pass of more tokens cannot cost less than one of fewer: measured while something
+        # else ran (a curve read 1:24 2:140 3:85 4:60 ms here once, and kept auto off for good).
+        notify(f"the cached cost curve is not increasing ({_fmt(cached.target_ms)}): measured on a busy machine; measuring again")
+    elif cached is not None:
         # A curve measured while the machine was busy (or on another power profile) would
         # steer every later run: check its first point against one quick pass and measure
         # again when the two disagree by more than 2x.
@@ -123,14 +139,67 @@ def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callabl
         notify(f"the cached cost curve in {path} is damaged; measuring again (a few seconds)")
     else:
         notify("measuring this machine's cost curve once (a few seconds); it is cached for later runs")
-    curve = measure_costs(target, draft, prompt, max_k)
+    curve = robust_costs(target, draft, prompt, max_k)
     table[key] = asdict(curve)
+    _write_table(path, table)
+    return curve
+
+
+def forget_costs(target: Model, draft: Model | None, max_k: int) -> bool:
+    """Drop this pair's cached curve, so that the next run measures it again; False if there was none."""
+    path = cache_dir() / "calibration.json"
+    table = _read_table(path, lambda s: None)
+    if table.pop(_key(target, draft, max_k), None) is None:
+        return False
+    _write_table(path, table)
+    return True
+
+
+def robust_costs(target: Model, draft: Model | None, prompt: Sequence[int], max_k: int) -> CostCurve:
+    """measure_costs, again (up to MAX_ATTEMPTS in all) while the curve is not increasing.
+
+    A busy machine only adds time, and adds it unevenly; so each K keeps the lowest of the
+    attempts' medians, and the curve is made increasing by the lowest cost at K or above: a
+    spike at one K is the noise, not the machine. What was done is recorded in `how`.
+    """
+    attempts = [measure_costs(target, draft, prompt, max_k)]
+    while not increasing(attempts[-1].target_ms) and len(attempts) < MAX_ATTEMPTS:
+        attempts.append(measure_costs(target, draft, prompt, max_k))
+    pooled = [min(a.target_ms[k] for a in attempts) for k in range(max_k)]
+    target_ms = [min(pooled[k:]) for k in range(max_k)]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return CostCurve(
+        target_ms=target_ms,
+        draft_ms=float(np.median([a.draft_ms for a in attempts])),
+        draft2_ms=float(np.median([a.draft2_ms for a in attempts])),
+        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        how=(
+            f"{len(attempts)} attempt(s) of {COST_SAMPLES} samples per K, medians, the lowest per K"
+            + (", made increasing" if target_ms != pooled else "")
+            + f"; load average {load:.2f} at the start"
+        ),
+    )
+
+
+def increasing(target_ms: Sequence[float], tolerance: float = INCREASE_TOLERANCE) -> bool:
+    """Whether each pass costs at least (1 - tolerance) of the pass of one token fewer."""
+    return all(b >= (1.0 - tolerance) * a for a, b in zip(target_ms, target_ms[1:]))
+
+
+def _key(target: Model, draft: Model | None, max_k: int) -> str:
+    return "|".join(str(x) for x in (CURVE_METHOD, platform.node(), os.cpu_count(), _identity(target), _identity(draft), max_k))
+
+
+def _write_table(path, table: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(table, indent=1))
     except (OSError, SpecError):
         pass  # a read-only cache only means measuring again next time
-    return curve
+
+
+def _fmt(target_ms: Sequence[float]) -> str:
+    return " ".join(f"{k}:{v:.1f}" for k, v in enumerate(target_ms, 1)) + " ms"
 
 
 def _read_table(path, notify: Callable[[str], None]) -> dict:
@@ -157,5 +226,7 @@ def _curve(entry) -> CostCurve | None:
     except TypeError:  # not a mapping, or other fields
         return None
     if not isinstance(curve.target_ms, list) or not curve.target_ms or not all(number(t) and 0 < t < float("inf") for t in curve.target_ms):
+        return None
+    if not isinstance(curve.measured_at, str) or not isinstance(curve.how, str):
         return None
     return curve if number(curve.draft_ms) and number(curve.draft2_ms) else None

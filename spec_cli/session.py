@@ -226,7 +226,7 @@ def build_strategy(
     import numpy as np
 
     from .adaptive import AdaptiveDraftLength
-    from .calibrate import cached_costs
+    from .calibrate import cached_costs, forget_costs
     from .drafters import ModelDrafter
     from .drafters.combined import CombinedDrafter
     from .drafters.crossvocab import CrossVocabDrafter
@@ -260,8 +260,13 @@ def build_strategy(
     if draft_len is not None:
         chosen = {"model": model, "ngram": ngram, "auto": CombinedDrafter(ngram, model) if model else ngram}[choice.drafter]
         return FixedStrategy(chosen, draft_len)
+    on_curve_off = None
     if costs is None:
-        costs = cached_costs(pair.target, pair.draft if choice.drafter != "ngram" else None, AUTO_MAX_DRAFT + 1, notify)
+        draft = pair.draft if choice.drafter != "ngram" else None
+        costs = cached_costs(pair.target, draft, AUTO_MAX_DRAFT + 1, notify)
+
+        def on_curve_off(ratio: float) -> None:
+            forget_costs(pair.target, draft, AUTO_MAX_DRAFT + 1)
     cost = np.array(costs.target_ms) / 1000.0
     sources = []
     if choice.drafter in ("auto", "ngram"):
@@ -282,4 +287,4 @@ def build_strategy(
             cost, steps * costs.draft_ms / 1000.0, g_max, catch_up=max(0.0, catch_up) / 1000.0, decay=MODEL_DECAY, **more,
         )  # fmt: skip
         sources.append((model, ctl, False))
-    return AdaptiveStrategy(sources)
+    return AdaptiveStrategy(sources, on_curve_off=on_curve_off)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -53,6 +53,10 @@ WRONG_FIRST_GUESS = ("draft-eos", "mismatch")
 # overall estimate with this many pseudo-observations, and its evidence fades by KIND_DECAY.
 KIND_PRIOR_WEIGHT = 4.0
 KIND_DECAY = 0.95
+# After this many passes, a run whose passes cost more than CURVE_OFF times the calibrated curve
+# at some K (or less than 1 / CURVE_OFF of it) says the cached curve is wrong for this machine now.
+CURVE_CHECK_AFTER = 16
+CURVE_OFF = 1.4
 
 
 @dataclass
@@ -158,9 +162,18 @@ class _Source:
 class AdaptiveStrategy:
     """Drafters in order of preference, each with its own draft-length controller."""
 
-    def __init__(self, sources: Sequence[tuple[Drafter, AdaptiveDraftLength, bool]]):
+    def __init__(
+        self,
+        sources: Sequence[tuple[Drafter, AdaptiveDraftLength, bool]],
+        on_curve_off: Callable[[float], None] | None = None,
+    ):
+        """on_curve_off(ratio) is called once when the run's passes contradict the calibrated
+        curve (measured / calibrated beyond CURVE_OFF at some K): the caller drops the cached curve."""
         self.sources = []
         self.disabled: list[str] = []
+        self.on_curve_off = on_curve_off
+        self.curve_note: str | None = None
+        self._passes = 0
         for d, c, free in sources:
             # A drafter that loses even if every draft were accepted can never pay on this
             # machine: leave it out instead of probing it now and then.
@@ -254,6 +267,9 @@ class AdaptiveStrategy:
         self.lengths[len(prop.tokens)] += 1
         for src in self.sources:
             src.ctl.observe_pass(outcome.pass_tokens, outcome.pass_seconds)
+        self._passes += 1
+        if self.curve_note is None and self.sources and self._passes >= CURVE_CHECK_AFTER:
+            self._check_curve()
         for src in self._consulted:
             if src is self._used:
                 drafted = outcome.drafted
@@ -288,9 +304,22 @@ class AdaptiveStrategy:
                     src.ctl.update(drafted, accepted)
                     src.kind_evidence(drafted, accepted)
 
+    def _check_curve(self) -> None:
+        ratio = self.sources[0].ctl.cost_ratio()  # every controller sees the same passes
+        if ratio is None or 1.0 / CURVE_OFF <= ratio <= CURVE_OFF:
+            return
+        self.curve_note = (
+            f"the target's passes cost {ratio:.2f}x the calibrated curve here; auto corrected it as it went, "
+            "and the cached curve will be measured again next run"
+        )
+        if self.on_curve_off is not None:
+            self.on_curve_off(ratio)
+
     def describe(self) -> list[str]:
         lines = [f"rounds by drafter: {_fmt(self.rounds)}; draft lengths used: {_fmt(self.lengths)}"]
         lines.extend(self.disabled)
+        if self.curve_note:
+            lines.append(self.curve_note)
         for src in self.sources:
             c = src.ctl
             by_kind = ", ".join(f"{k} {src.kind_acceptance(k):.2f}" for k in sorted(src.kinds))
