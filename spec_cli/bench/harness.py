@@ -236,7 +236,7 @@ def run_bench(
         runs=runs,
         summary=summary,
         recommendation=recommendation,
-        best_predicted=best_predicted(runs, cost),
+        best_predicted=best_predicted(summary),
         notes=notes,
     )
 

@@ -129,16 +129,6 @@ def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> li
     return summary
 
 
-def _pooled_alpha(runs: list[Run]) -> float | None:
-    acc = rej = 0
-    for r in runs:
-        if r.engine == SPEC and r.mode == SPECULATIVE and r.config.kind == MODEL and r.accept_hist and r.error is None:
-            h = np.asarray(r.accept_hist)
-            acc += int((np.arange(h.size) * h).sum())
-            rej += int(h[: r.draft_len].sum())
-    return acc / (acc + rej) if acc + rej else None
-
-
 def _predicted(runs: Sequence[Run], g: int, cost: CostCurve) -> float | None:
     """The prediction built the way the measured speedup is: one value per run, then the median.
 
@@ -154,13 +144,20 @@ def _predicted(runs: Sequence[Run], g: int, cost: CostCurve) -> float | None:
     return speedup.median(preds) if preds else None
 
 
-def best_predicted(runs: Sequence[Run], cost: CostCurve) -> dict | None:
-    """The draft length the model predicts fastest at the acceptance pooled over the draft-model runs."""
-    alpha = _pooled_alpha(runs)
-    if alpha is None or not np.isfinite(cost.draft_ms):
+def best_predicted(summary: Sequence[ConfigSummary]) -> dict | None:
+    """How the prediction did on the draft-model rows: the length it ranks first (with its
+    predicted and measured speedups) and its largest error. Only a check on the model: what to
+    use comes from the measurements alone (recommend_overall)."""
+    rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == MODEL
+            and s.predicted is not None and s.speedup is not None and np.isfinite(s.speedup) and s.speedup > 0]  # fmt: skip
+    if not rows:
         return None
-    g, s = speedup.best_predicted(alpha, cost.target_ms, cost.draft_ms, cost.draft2_ms)
-    return {"alpha": alpha, "draft_len": g, "speedup": s}
+    top = max(rows, key=lambda s: (s.predicted, -s.draft_len))
+    worst = max(rows, key=lambda s: abs(s.predicted / s.speedup - 1.0))
+    return {
+        "draft_len": top.draft_len, "speedup": top.predicted, "measured": top.speedup,
+        "worst_draft_len": worst.draft_len, "worst_error": worst.predicted / worst.speedup - 1.0,
+    }  # fmt: skip
 
 
 def _sum_counts(counts: Sequence[dict | None]):

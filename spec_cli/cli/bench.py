@@ -204,8 +204,8 @@ def render(result: BenchResult) -> None:
     if result.best_predicted:
         b = result.best_predicted
         ui.line(
-            f"pooled acceptance a = {b['alpha']:.2f}: the model's best draft length is {b['draft_len']} "
-            f"({b['speedup']:.2f}x predicted)"
+            f"prediction, draft model: g={b['draft_len']} ranked first ({b['speedup']:.2f}x predicted, "
+            f"{b['measured']:.2f}x measured); largest error {100 * b['worst_error']:+.0f}% at g={b['worst_draft_len']}"
         )
     _render_by_prompt(result)
     for s in result.summary:
