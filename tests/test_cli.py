@@ -191,3 +191,11 @@ def test_the_draft_follows_the_target_offload_unless_told(smollm2_path, smollm2_
         assert pair.draft.n_gpu_layers == expected
     finally:
         pair.close()
+
+
+def test_version_prints_spec_and_llama_cpp_python_versions():
+    from importlib.metadata import version
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0
+    assert res.output.strip() == f"spec {version('spec-cli')} (llama-cpp-python {version('llama-cpp-python')})"

@@ -20,6 +20,29 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            mine = version("spec-cli")
+        except PackageNotFoundError:
+            mine = "unknown (not installed)"
+        try:
+            llama = version("llama-cpp-python")
+        except PackageNotFoundError:
+            llama = "not installed"
+        typer.echo(f"spec {mine} (llama-cpp-python {llama})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Speculative decoding for local GGUF models on llama.cpp."""
+
+
 def user_text(value: str | bytes, what: str) -> str:
     """Text the user gave (a prompt, a --stop string, a chat message), refused unless it is UTF-8 without NUL.
 
