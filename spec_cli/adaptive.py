@@ -38,7 +38,7 @@ a drafter's measured rounds lost against plain decoding, all told (a draft model
 catch-up on the rounds it sat out included), may reach half a plain pass plus 2 % of
 the run; past that it tries nothing new until the run has grown enough (`_may_try`).
 Each drafter has its own such budget: one shared by the n-gram lookup and the draft
-model measured no better, and held the draft model back where it paid (BENCHMARKS.md).
+model measured no better, and held the draft model back where it paid (docs/benchmark-log.md).
 
 Simulated (before the measured blend, the probe sizing and the one-token ramp were
 added) on the CPU curve of NOTES.md with i.i.d. acceptance: when drafts never
@@ -242,7 +242,7 @@ class AdaptiveDraftLength:
         Neither is decided on evidence that it pays: a probe is a guess, and turning on
         again follows a few lucky rounds. Near break-even (a draft that pays on some text
         and not on other) each costs a little, and on a short run they added up to 5-20 %
-        (BENCHMARKS.md, issue 11). So the time they lose is bounded: what the measured
+        (docs/benchmark-log.md, issue 11). So the time they lose is bounded: what the measured
         rounds lost, all told, may be at most EXPLORE_ALLOWANCE plain passes plus
         EXPLORE_SHARE of the run so far. A drafter that has paid overall (nothing lost)
         is never held back; one that keeps losing gets a try every so often, so a change
@@ -256,7 +256,10 @@ class AdaptiveDraftLength:
         it: that is a decision on evidence, and the first round is some."""
         budget = (EXPLORE_ALLOWANCE + self.explore_share() * self._rounds) * self.cost[0]
         lost = self._lost - ((self._first_loss or 0.0) if probe else 0.0)
-        return lost + pending <= budget
+        # The catch-up is counted up front as one plain pass at most (what it really cost joins
+        # `lost` once paid): it grows a token per round off, about as fast as the budget, and
+        # counted whole it kept a drafter that had lost once off for the rest of the run.
+        return lost + min(pending, self.cost[0]) <= budget
 
     def explore_share(self) -> float:
         """The share of the run trying may cost: EXPLORE_SHARE, or more for a drafter with more to

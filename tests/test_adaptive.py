@@ -396,3 +396,19 @@ def test_a_drafter_that_pays_is_never_held_back():
     ctl = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=8, prior=0.9)
     gs = drive_measured(ctl, 100, lambda g: (g + 1) * STANDIN[0] / 1.5)
     assert all(g > 0 for g in gs) and ctl._lost < 0
+
+
+def test_a_catch_up_that_grows_with_the_pause_does_not_lock_a_drafter_out():
+    # A drafter lost 2 plain passes on its second probe, then sat out. Each round off adds a
+    # token to what it must catch up on (here 0.06 plain passes a token, a draft model's batch
+    # price), faster than the budget for trying grows: counted whole, no probe would ever come.
+    ctl = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=8, prior=0.5)
+    ctl._first_loss, ctl._lost = 0.0, 2.0 * STANDIN[0]
+    tried_at = None
+    for i in range(1, 400):
+        g = ctl.choose(pending=0.06 * STANDIN[0] * i)
+        if ctl.reason.startswith("probe"):
+            tried_at = i
+            break
+        ctl.update(0, 0)
+    assert tried_at is not None and tried_at < 200
