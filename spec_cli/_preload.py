@@ -1,7 +1,7 @@
 """Load llama.cpp's shared library before anything else in the process.
 
 On a CUDA build of llama-cpp-python, loading a model segfaulted when numpy had
-been imported before llama_cpp (NOTES.md, "GPU"); llama-cpp-python's users report
+been imported before llama_cpp (docs/machine-notes.md, "GPU"); llama-cpp-python's users report
 the same with pandas (llama-cpp-python #1581), and the workaround they found is
 the import order. The likely cause is the dynamic linker binding symbols of
 llama.cpp's libraries (or of the CUDA runtime they pull in) to copies that a

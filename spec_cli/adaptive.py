@@ -11,7 +11,7 @@ g * draft_step + cost(g + 1) seconds, where cost(K) is one target pass over K
 tokens. g = 0 is plain decoding: one token per cost(1). The controller picks the
 g with the most tokens per second, and g = 0 unless some g > 0 beats it by
 `min_gain`. On a GPU cost(K) is nearly flat and long drafts win; on the CPU in
-NOTES.md cost(2) is already 1.9 x cost(1) and a weak drafter loses.
+docs/machine-notes.md cost(2) is already 1.9 x cost(1) and a weak drafter loses.
 
 While speculation is off nothing is drafted, so the acceptance estimate gets no
 evidence. Every so often the controller asks for a probe draft (after
@@ -41,7 +41,7 @@ Each drafter has its own such budget: one shared by the n-gram lookup and the dr
 model measured no better, and held the draft model back where it paid (docs/benchmark-log.md).
 
 Simulated (before the measured blend, the probe sizing and the one-token ramp were
-added) on the CPU curve of NOTES.md with i.i.d. acceptance: when drafts never
+added) on the Gemma CPU curve of docs/machine-notes.md with i.i.d. acceptance: when drafts never
 pay, the probes cost 1.5 % against plain decoding over 1,000 rounds (3 % over
 100); when they do, the result is within 1-2 % of the best fixed draft length
 over 1,000 rounds, except near the break-even rate, where either choice is

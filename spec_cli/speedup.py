@@ -7,7 +7,7 @@ with probability a, a round that drafts g tokens yields on average
 (1 - a^(g+1)) / (1 - a) tokens, counting the token the target adds itself. The round
 costs g draft steps plus one target pass over g + 1 positions; the paper assumes that
 pass costs the same as a one-token pass, which is close to true on a GPU with a big
-target and far from true on a CPU (see NOTES.md). So the cost of the target pass is
+target and far from true on a CPU (see docs/machine-notes.md). So the cost of the target pass is
 read from a measured curve, `target_ms[k - 1]` = one llama_decode of k tokens, and
 
     speedup(g) = tokens_per_pass(a, g) * target_ms[0] / (g * draft_ms + target_ms[g])
@@ -19,7 +19,7 @@ its KV cache between rounds, so each round starts by evaluating what the draft h
 seen. After a rejection that is one token (the target's correction), but after a round
 that accepted all g drafts it is two (the last draft, which the draft sampled but never
 evaluated, and the target's bonus token), and a two-token pass costs more than a
-one-token one (1.7x on the CPU of NOTES.md). That happens with probability a^g, so the
+one-token one (1.7x on the CPU of docs/machine-notes.md). That happens with probability a^g, so the
 round costs a^g * (draft2_ms - draft_ms) more on average. At g = 1 and a = 0.74 that is
 +8 ms on a 46 ms round, and without it the prediction came out 13 % too high.
 """

@@ -128,7 +128,7 @@ class _Source:
         drafted for free. Only the order uses it: the draft length and whether to draft at all still
         come from the controller, which learns from every kind at once (a controller per kind,
         tried, relearnt too slowly on short runs). Against ordering by the one estimate: 1.11-1.12x
-        on the code prompt of both same-family stand-ins, the rest within noise (BENCHMARKS.md).
+        on the code prompt of both same-family stand-ins, the rest within noise (docs/benchmark-log.md).
         """
         gain = self.ctl.best_speedup()
         if self.kind is None:
@@ -308,9 +308,8 @@ class AdaptiveStrategy:
         ratio = self.sources[0].ctl.cost_ratio()  # every controller sees the same passes
         if ratio is None or 1.0 / CURVE_OFF <= ratio <= CURVE_OFF:
             return
-        self.curve_note = (
-            f"the target's passes cost {ratio:.2f}x the calibrated curve here; auto corrected it as it went, "
-            "and the cached curve will be measured again next run"
+        self.curve_note = f"the target's passes cost {ratio:.2f}x the calibrated curve here; auto corrected it as it went" + (
+            ", and the cached curve will be measured again next run" if self.on_curve_off is not None else ""
         )
         if self.on_curve_off is not None:
             self.on_curve_off(ratio)

@@ -15,7 +15,7 @@ from spec_cli.adaptive import (
 )
 
 FLAT = [1.0] * 16
-# NOTES.md, Gemma-270M Q4_K_M through the bindings on 2 CPU cores, relative to K = 1
+# docs/machine-notes.md, Gemma-270M Q4_K_M through the bindings on 2 CPU cores, relative to K = 1
 CPU = cost_curve({1: 1, 2: 1.89, 3: 2.03, 4: 2.27, 5: 3.91, 8: 3.96, 16: 5.97})
 
 
@@ -244,7 +244,7 @@ def test_bad_arguments():
 
 
 # --- where a draft model pays -------------------------------------------------------
-# SmolLM2-135M F32 as the target (NOTES.md, ms for K = 1..16 tokens): verifying more
+# SmolLM2-135M F32 as the target (docs/machine-notes.md, ms for K = 1..16 tokens): verifying more
 # tokens is cheap, as for a big target on a GPU. Its Q4_1 draft steps at ~17 ms.
 STANDIN = cost_curve({1: 39.9, 2: 42.0, 3: 45.6, 4: 49.4, 5: 53.1, 6: 57.7, 8: 61.6, 16: 87.2}, 9) / 1000
 STANDIN_STEP = 0.017

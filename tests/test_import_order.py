@@ -1,7 +1,7 @@
 """Import order around a model load and a plot, each order in a fresh interpreter.
 
 On a CUDA build, numpy imported before llama_cpp made llama_model_load_from_file
-segfault, and matplotlib imported after it crashed `spec bench --plot` (NOTES.md,
+segfault, and matplotlib imported after it crashed `spec bench --plot` (docs/machine-notes.md,
 "GPU"). spec loads llama.cpp's library when spec_cli is imported and draws plots in
 a child process; these orders must load, decode and plot, and exit cleanly.
 """

@@ -21,7 +21,7 @@ from tests.fakes import FakeModel, sequence_lm, table_lm
 
 V = 32
 CYCLE = {i: i % 9 + 1 for i in range(1, 10)}  # the target repeats 1..9 forever
-CPU_CURVE = np.array([1, 1.89, 2.03, 2.27, 3.91, 3.96, 3.96, 3.96, 3.96]) * 0.016  # NOTES.md, Gemma Q4_K_M
+CPU_CURVE = np.array([1, 1.89, 2.03, 2.27, 3.91, 3.96, 3.96, 3.96, 3.96]) * 0.016  # docs/machine-notes.md, Gemma Q4_K_M
 FLAT_CURVE = np.full(9, 0.016)
 
 
@@ -83,7 +83,7 @@ def test_a_drafter_that_cannot_pay_is_left_out():
 
 
 # --- auto where the draft model pays ------------------------------------------------
-# Scripted costs (seconds): SmolLM2-135M F32 as the target (NOTES.md), its Q4_1 as the
+# Scripted costs (seconds): SmolLM2-135M F32 as the target (docs/machine-notes.md), its Q4_1 as the
 # draft at 17 ms a token, whatever the batch (so a catch-up of many tokens is dear).
 STANDIN_MS = {1: 39.9, 2: 42.0, 3: 45.6, 4: 49.4, 5: 53.1, 6: 57.7, 7: 59.6, 8: 61.6, 9: 64.6}
 

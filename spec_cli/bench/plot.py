@@ -108,7 +108,7 @@ def plot_in_child(result: BenchResult, path: Path, timeout: float = 300.0) -> No
     """`plot`, in a fresh interpreter that never loads llama.cpp.
 
     On a CUDA build, matplotlib imported into a process that had loaded llama.cpp
-    segfaulted (NOTES.md, "GPU"); a child that only unpickles the result and draws
+    segfaulted (docs/machine-notes.md, "GPU"); a child that only unpickles the result and draws
     cannot meet llama.cpp's libraries at all.
     """
     import os
