@@ -35,10 +35,17 @@ still comes from the prediction, which knows how the gain moves with g.
 Trying is bounded: a probe, or turning speculation on again after a pause, is a guess
 that may lose, and near break-even the guesses added up to 5-20 % of a short run. What
 a drafter's measured rounds lost against plain decoding, all told (a draft model's
-catch-up on the rounds it sat out included), may reach half a plain pass plus 2 % of
-the run; past that it tries nothing new until the run has grown enough (`_may_try`).
-Each drafter has its own such budget: one shared by the n-gram lookup and the draft
-model measured no better, and held the draft model back where it paid (docs/benchmark-log.md).
+catch-up on the rounds it sat out included), may reach half a plain pass plus a share
+of the run: 2 %, or a tenth of what drafting would save at full acceptance if that is
+more; past that it tries nothing new until the run has grown enough (`_may_try`). A
+probe does not count what the first round drafted lost, and a catch-up still to pay
+counts as one plain pass at most. Each drafter has its own budget: one shared by the
+n-gram lookup and the draft model measured no better, and held the draft model back
+where it paid (docs/benchmark-log.md).
+
+The cost curve is a prior: each K the run measures corrects it by the measured /
+calibrated ratio, and the K it has not measured by their measured neighbours' ratios
+(`observe_pass`), so the curve keeps its shape.
 
 Simulated (before the measured blend, the probe sizing and the one-token ramp were
 added) on the Gemma CPU curve of docs/machine-notes.md with i.i.d. acceptance: when drafts never
