@@ -6,7 +6,7 @@
 Every chunk of bytes is held for half the added round-trip time in each direction before
 it is passed on, so a request and its answer take `--rtt-ms` longer, while the chunks
 behind it keep flowing (latency is added, bandwidth is not cut), as `tc qdisc ... netem
-delay` would do on a real interface. Used by the RPC measurements in BENCHMARKS.md:
+delay` would do on a real interface. Used by the RPC measurements in docs/benchmark-log.md:
 `spec --rpc` talks to the proxies, the proxies to the rpc-servers.
 """
 

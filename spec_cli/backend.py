@@ -294,7 +294,7 @@ class Model:
         # Backend sampling: a sampler chain on seq 0 runs inside llama.cpp's graph, so a pass
         # hands back token ids (or top-k candidates) instead of a logit row per position.
         # It pays where a row is dear to copy out: on a GPU. On the CPU the sampler's graph nodes cost
-        # more than they save (BENCHMARKS.md, issue 10: greedy plain decoding at 0.92x-0.97x of numpy's
+        # more than they save (docs/benchmark-log.md, issue 10: greedy plain decoding at 0.92x-0.97x of numpy's
         # argmax on the full row, top-k at 0.92x), so there it is used only with SPEC_BACKEND_SAMPLING=all.
         self.backend_sampling = backend_sampling_available() and (
             os.environ.get("SPEC_BACKEND_SAMPLING", "").strip().lower() == "all"

@@ -109,7 +109,7 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
     if servers:
         # Over RPC, backend sampling costs round trips per row (the ids are read row by row
         # from the servers): verifying 8 tokens took 239 ms with it and 127 ms without at 5 ms
-        # of round-trip time (BENCHMARKS.md, issue 12). Full logit rows come back in one read.
+        # of round-trip time (docs/benchmark-log.md, issue 12). Full logit rows come back in one read.
         target.use_backend_sampling(False)
     draft = None
     cross_vocab = False
@@ -184,13 +184,13 @@ def parse_draft_len(text: str | int | None) -> int | None:
 AUTO_MAX_DRAFT = 8
 NGRAM_PRIOR_WEIGHT = 4.0
 # A draft model that shares the target's tokenizer agrees with it on most tokens (0.6-0.9
-# in the literature and in BENCHMARKS.md), so its controller starts from 0.7, not a coin
+# in the literature and in docs/benchmark-log.md), so its controller starts from 0.7, not a coin
 # flip, and forgets more slowly than the lookup's: its acceptance does not jump with the
 # text the way an n-gram's does, and a 32-token run has few rounds to relearn it in.
 MODEL_PRIOR = 0.7
 MODEL_DECAY = 0.98
 # A draft from another model family (issue 11) agrees with the target less often (0.6 to 0.67
-# per token for SmolLM2-135M drafting for Gemma-3-270M, BENCHMARKS.md), and a target token costs
+# per token for SmolLM2-135M drafting for Gemma-3-270M, docs/benchmark-log.md), and a target token costs
 # it more than one draft step: its tokens are shorter, one more step shows the last token
 # complete, and each round re-reads the end of the accepted text (1.64 SmolLM2 tokens evaluated
 # per Gemma token proposed at g=2, 1.44 at g=3).
@@ -200,7 +200,7 @@ XVOCAB_STEPS = 1.6
 # catch-up on the text it sat out) for less expected gain, so it probes half as often and
 # drafts at most 2 tokens. At its acceptance (0.6-0.7 greedy, less under sampling, where a
 # point mass is kept with the target's own probability) 2 was the best length on this CPU
-# (BENCHMARKS.md, issue 11), and a probe of 4 that finds nothing costs ~5 % of a 32-token
+# (docs/benchmark-log.md, issue 11), and a probe of 4 that finds nothing costs ~5 % of a 32-token
 # run, against ~1 % for a probe of 2.
 XVOCAB_PROBE_EVERY = 16
 XVOCAB_MAX_DRAFT = 2
@@ -273,7 +273,7 @@ def build_strategy(
         # Its guesses are checked for free in every round (shadow evidence), so it needs no probes.
         # The prior counts as NGRAM_PRIOR_WEIGHT guesses at a coin flip, so a couple of lucky
         # matches are not enough to start drafting: on text that does not repeat itself one
-        # rejected 3-token draft already costs ~2 % of a 64-token run on this CPU (BENCHMARKS.md).
+        # rejected 3-token draft already costs ~2 % of a 64-token run on this CPU (docs/benchmark-log.md).
         ngram_ctl = AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT, probe_every=0, prior_weight=NGRAM_PRIOR_WEIGHT)
         sources.append((ngram, ngram_ctl, True))
     if choice.drafter in ("auto", "model") and model is not None:
