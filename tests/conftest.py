@@ -2,6 +2,11 @@
 
 Each test session gets its own spec cache and config directory, so nothing from
 the user's machine leaks in and derived drafts are made fresh (a few seconds).
+
+`slow` (loads real GGUF models) is given here: a test is slow when it asks for a real-model
+fixture below, directly or through a fixture of its own. Only a heavy test that needs none is
+marked by hand. `pytest -m "not slow"` is then the unit suite, and a test outside `slow` that
+loads a model all the same fails and says so.
 """
 
 from __future__ import annotations
@@ -16,6 +21,42 @@ import pytest
 # children inherit and Python then leaves ignored: those tests would fail for the shell's sake.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# The fixtures that resolve a real GGUF model (and those built on them: they ask for these).
+REAL_MODEL_FIXTURES = frozenset({"gemma_path", "gemma_q2k_path", "smollm2_path", "smollm2_q2k_path", "smollm2_f32_path"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Outside `slow`, loading a model in this process fails the test: the rule above missed it."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    import spec_cli  # noqa: F401  (its preload goes first: spec_cli/_preload.py)
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    real = llama_cpp.llama_model_load_from_file, low.llama_model_load_from_file
+
+    def refuse(path, *args, **kwargs):
+        pytest.fail(
+            f"{item.nodeid} loads a real model ({os.fsdecode(path)}) but is not marked slow: "
+            "have it ask for a real-model fixture of tests/conftest.py, or mark it slow",
+            pytrace=False,
+        )
+
+    llama_cpp.llama_model_load_from_file = low.llama_model_load_from_file = refuse
+    try:
+        yield
+    finally:
+        llama_cpp.llama_model_load_from_file, low.llama_model_load_from_file = real
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,8 +19,6 @@ import pytest
 
 pexpect = pytest.importorskip("pexpect")
 
-pytestmark = pytest.mark.slow
-
 TIMEOUT = 120
 PROMPT = ">>> "
 TURN = re.compile(

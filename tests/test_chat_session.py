@@ -7,13 +7,11 @@ wait for a core run ten times slower than one (29 against 2.7 tokens/s, measured
 from __future__ import annotations
 
 import pytest
-from neartie import assert_same_or_near_tie
 
 from spec_cli.decode import GenerateOptions
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
-
-pytestmark = pytest.mark.slow
+from tests.neartie import assert_same_or_near_tie
 
 TIE = 0.3  # logits; the bound for a greedy divergence that is a near-tie, not a bug
 QUESTIONS = ["Hi! Who are you?", "Write a haiku about the sea.", "What is 12 times 7?"]

@@ -19,8 +19,6 @@ from spec_cli.vocabmap import TextAlignment
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
 
-pytestmark = pytest.mark.slow
-
 PROMPTS = [
     "The capital of France is",
     "Here is a list of fruits:\n1. Apple\n2.",

@@ -263,7 +263,7 @@ def test_cli_reports_a_missing_part_in_one_line(split):
     assert leftovers(cache) == []
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # assembles a 491 MB model from its packages: no model fixture shows it
 def test_real_qwen_draft_assembles_from_its_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEC_CACHE", str(tmp_path))
     m = load_catalog().models["qwen2.5-coder-0.5b-instruct"]

@@ -59,7 +59,6 @@ def test_stream_spans_follow_characters_across_split_bytes_and_held_back_stops()
 runner = CliRunner()
 
 
-@pytest.mark.slow
 def test_json_carries_one_origin_per_token_and_show_drafts_leaves_pipes_alone(gemma_q2k_path):
     args = ["run", "-n", "24", "--ctx", "512", "--draft-len", "3", "--drafter", "model", "Here is a list of fruits:\n1. Apple\n2."]
     res = runner.invoke(app, [*args, "--json"])
@@ -77,7 +76,6 @@ def test_json_carries_one_origin_per_token_and_show_drafts_leaves_pipes_alone(ge
     assert payload["text"] in plain.stdout
 
 
-@pytest.mark.slow
 def test_show_drafts_colours_accepted_drafts_on_a_terminal(gemma_q2k_path):
     pexpect = pytest.importorskip("pexpect")
     args = ["-m", "spec_cli", "run", "-n", "24", "--ctx", "512", "--draft-len", "3", "--drafter", "model", "Here is a list of fruits:\n1. Apple\n2."]
