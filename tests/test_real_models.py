@@ -167,8 +167,15 @@ def test_incompatible_vocabularies_are_refused(gemma_path, smollm2_path):
             check_compatible(t, d)
 
 
-def test_compatible_pair_is_accepted(target, draft):
-    check_compatible(target, draft)
+def test_compatible_pair_is_accepted_and_one_differing_token_is_not(target, draft, monkeypatch):
+    """The Q2_K draft has the target's vocabulary, token for token, so the check lets it through;
+    the same pair with one token's text changed is refused (the check reads the vocabularies)."""
+    assert check_compatible(target, draft) is None
+    last = min(target.n_vocab, draft.n_vocab) - 1
+    real = draft.token_text
+    monkeypatch.setattr(draft, "token_text", lambda t: real(t) + b"?" if t == last else real(t))
+    with pytest.raises(SpecError, match=f"map token {last} to different text"):
+        check_compatible(target, draft)
 
 
 def test_stale_cost_curve_is_measured_again(target, draft):

@@ -22,9 +22,10 @@ import pytest
 
 from spec_cli import rpc
 from spec_cli.errors import SpecError
+from tests.pins import pinned
 
 ROOT = Path(__file__).resolve().parent.parent
-REINSTALL = 'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36 (see README, Set-up)'
+REINSTALL = f'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir {pinned("llama-cpp-python")} (see README, Set-up)'
 PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
 N = 40
 STORY = "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper named"  # 400 tokens, no EOS
@@ -264,7 +265,6 @@ def _speculate_like_the_local_target(pair, prompt, local_target, local_outputs) 
     assert_same_or_near_tie(local_target, toks, local_outputs[prompt], res.tokens)
 
 
-@pytest.mark.slow
 def test_greedy_over_two_servers_is_the_local_target_and_the_draft_stays_local(
     servers, smollm2_path, smollm2_q2k_path, local_target, local_outputs
 ):
@@ -301,7 +301,6 @@ def assert_one_line_error(p, *needles):
     return last
 
 
-@pytest.mark.slow
 def test_spec_run_over_rpc_prints_the_local_target_text(servers, smollm2_path, local_target, local_outputs):
     p = spec("run", "--rpc", ",".join(s.endpoint for s in servers), "-t", str(smollm2_path), "--no-spec", "--ctx", "512",
              "-n", str(N), "--json", PROMPTS[1])  # fmt: skip
@@ -312,14 +311,12 @@ def test_spec_run_over_rpc_prints_the_local_target_text(servers, smollm2_path, l
     assert_same_or_near_tie(local_target, toks, local_outputs[PROMPTS[1]], json.loads(p.stdout)["tokens"])
 
 
-@pytest.mark.slow
 def test_spec_run_refuses_a_closed_port_in_one_line(rpc_build, smollm2_path):
     port = _closed_port()
     p = spec("run", "--rpc", f"127.0.0.1:{port}", "-t", str(smollm2_path), "--no-spec", "-n", "4", "Hi", timeout=120)
     assert_one_line_error(p, f"RPC server 127.0.0.1:{port}", "connection refused")
 
 
-@pytest.mark.slow
 def test_spec_chat_names_a_server_that_never_answers(rpc_build, servers, smollm2_path, listener):
     port, _ = listener
     # one good server and one that accepts the connection but never speaks
@@ -358,7 +355,6 @@ def _kill_a_server_mid_reply(tmp_path, argv, target, cache, victim, stdin=None):
     return first, last, victims
 
 
-@pytest.mark.slow
 def test_a_server_killed_mid_generation_ends_the_run_in_one_line(rpc_build, smollm2_path, smollm2_q2k_path, tmp_path):
     """llama.cpp aborts the process on a lost RPC connection; spec's abort hook makes that one line and exit 2."""
     cache = tmp_path / "cache"
@@ -371,7 +367,6 @@ def test_a_server_killed_mid_generation_ends_the_run_in_one_line(rpc_build, smol
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name]
 
 
-@pytest.mark.slow
 def test_spec_bench_shows_the_cost_curve_over_rpc(servers, smollm2_path, smollm2_q2k_path):
     p = spec("bench", "--rpc", ",".join(s.endpoint for s in servers), "-t", str(smollm2_path), "-d", str(smollm2_q2k_path),
              "--drafter", "model", "--draft-lens", "2", "--limit", "1", "-r", "1", "-n", "8", "--no-warmup", "--no-control")  # fmt: skip
@@ -379,14 +374,13 @@ def test_spec_bench_shows_the_cost_curve_over_rpc(servers, smollm2_path, smollm2
     assert "cost curve, one target llama_decode of k tokens (ms): 1:" in p.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # loopback servers, no model: conftest's rule does not see it
 def test_the_rpc_server_launcher_reports_a_port_in_use(rpc_build, servers):
     p = subprocess.run([sys.executable, "-m", "spec_cli.rpc_server", "--port", str(servers[0].port)], capture_output=True, text=True,
                        timeout=60, cwd=ROOT)  # fmt: skip
     assert p.returncode == 2 and f"could not serve on 127.0.0.1:{servers[0].port}" in p.stderr, (p.returncode, p.stderr)
 
 
-@pytest.mark.slow
 def test_the_draft_over_the_servers_with_the_target_local(servers, smollm2_path, smollm2_q2k_path, local_target, local_outputs):
     """--rpc-draft: the draft's layers go to the servers too; greedy output is still the target's."""
     from spec_cli.session import ModelChoice, load_pair
@@ -408,7 +402,6 @@ def test_rpc_draft_without_servers_is_refused_in_one_line(smollm2_path):
     assert_one_line_error(p, "--rpc-draft needs RPC servers")
 
 
-@pytest.mark.slow
 def test_a_server_killed_during_a_chat_reply_saves_the_conversation(rpc_build, smollm2_path, tmp_path):
     """The chat ends in one line naming the server, and what was said (the open message and the
     reply so far) is in a file that `spec chat --load` reads back."""

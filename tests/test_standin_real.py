@@ -3,8 +3,9 @@
 
 The decisions are checked, not the timings: given the cost curve measured on this
 machine and the pair's acceptance, where the draft clearly pays the controller must
-choose the draft model in most rounds, where it clearly loses it must not, and
-whatever it chooses the greedy output must be the target's own (near-tie rule).
+choose the draft model in most rounds, where it clearly loses it must not (where it is
+marginal the decision test skips, with the figures), and whatever it chooses the greedy
+output must be the target's own (near-tie rule).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from spec_cli.drafters import ModelDrafter
 from spec_cli.session import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
 from spec_cli.speedup import acceptance_from_hist, best_predicted
 from tests.neartie import assert_same_or_near_tie
-
-pytestmark = pytest.mark.slow
 
 PROMPTS = [
     "Explain in a few sentences why the sky is blue.",
@@ -43,29 +42,57 @@ def costs(pair):
     return measure_costs(pair.target, pair.draft, pair.target.tokenize(PROMPTS[0]), AUTO_MAX_DRAFT + 1)
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
-def test_auto_decides_by_the_measured_costs_and_keeps_the_target_output(pair, costs, prompt):
-    toks = pair.target.tokenize(prompt)
-    pair.target.reset()
-    reference = Engine(pair.target).generate(toks, GenerateOptions(max_tokens=N, draft_len=0)).tokens
-    # the pair's acceptance on this prompt, from a fixed draft length
-    pair.target.reset()
-    pair.draft.reset()
-    fixed = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3)).stats
-    a = acceptance_from_hist(fixed.accept_hist, 3)
-    _, predicted = best_predicted(a, costs.target_ms, costs.draft_ms, costs.draft2_ms)
+# What the measured costs predict for the draft model decides what auto must do with it. On this
+# project's CPUs the F32 target costs about twice a Q4_1 draft step and the draft pays (~1.2x
+# predicted). Between LOSES and PAYS it is marginal: auto may go either way, and the decision
+# test says so by skipping with the figures instead of passing on no assertion.
+PAYS, LOSES = 1.15, 0.95
 
-    pair.target.reset()
-    pair.draft.reset()
-    strategy = build_strategy(pair, ModelChoice(drafter="auto"), None, costs=costs)
-    res = Engine(pair.target, strategy=strategy).generate(toks, GenerateOptions(max_tokens=N))
+
+@pytest.fixture(scope="module")
+def auto_runs(pair, costs):
+    """prompt -> the target's own greedy output, the pair's acceptance and predicted speedup at a
+    fixed draft length, and auto's run (its output and its strategy), run once per prompt."""
+    done = {}
+
+    def run(prompt):
+        if prompt not in done:
+            toks = pair.target.tokenize(prompt)
+            pair.target.reset()
+            reference = Engine(pair.target).generate(toks, GenerateOptions(max_tokens=N, draft_len=0)).tokens
+            pair.target.reset()
+            pair.draft.reset()
+            fixed = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3)).stats
+            a = acceptance_from_hist(fixed.accept_hist, 3)
+            _, predicted = best_predicted(a, costs.target_ms, costs.draft_ms, costs.draft2_ms)
+            pair.target.reset()
+            pair.draft.reset()
+            strategy = build_strategy(pair, ModelChoice(drafter="auto"), None, costs=costs)
+            res = Engine(pair.target, strategy=strategy).generate(toks, GenerateOptions(max_tokens=N))
+            done[prompt] = (toks, reference, a, predicted, strategy, res)
+        return done[prompt]
+
+    return run
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_auto_keeps_the_target_output(pair, auto_runs, prompt):
+    toks, reference, _, _, _, res = auto_runs(prompt)
+    assert_same_or_near_tie(pair.target, toks, reference, res.tokens)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_auto_decides_by_the_measured_costs(costs, auto_runs, prompt):
+    _, _, a, predicted, strategy, _ = auto_runs(prompt)
+    assert sum(strategy.rounds.values()) > 0, "auto ran no rounds"
     share = strategy.rounds["model"] / sum(strategy.rounds.values())
     why = (a, predicted, costs, dict(strategy.rounds), strategy.describe())
-    # What the measured costs say decides what auto must do. On this project's CPUs the F32
-    # target costs about twice a Q4_1 draft step and the draft pays (~1.2x predicted); a
-    # machine where it is marginal (0.95-1.15x) leaves auto free to go either way.
-    if predicted >= 1.15:
+    if predicted >= PAYS:
         assert "model" in strategy.name and share > 0.5, why
-    elif predicted < 0.95:
+    elif predicted < LOSES:
         assert share <= 0.5, why
-    assert_same_or_near_tie(pair.target, toks, reference, res.tokens)
+    else:
+        pytest.skip(
+            f"the draft model is marginal on this machine ({predicted:.2f}x predicted at acceptance {a:.2f}, "
+            f"between {LOSES} and {PAYS}): auto may go either way (it drafted with it in {share:.0%} of its rounds)"
+        )
