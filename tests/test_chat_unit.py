@@ -304,17 +304,9 @@ def test_draft_len_auto_parses():
 V = 256
 # The replies cycle through tokens 240..248; whatever the prompt, the first reply token is 240.
 CYCLE = {240 + i: 240 + (i + 1) % 9 for i in range(9)}
-# Scripted seconds per pass of n tokens (tests/test_strategy.py's stand-in costs): the target,
-# and a draft at 17 ms a token, which pays where its drafts land.
-STANDIN_MS = {1: 39.9, 2: 42.0, 3: 45.6, 4: 49.4, 5: 53.1, 6: 57.7, 7: 59.6, 8: 61.6, 9: 64.6}
-
-
-def standin_target_cost(n):
-    return STANDIN_MS[min(n, 9)] / 1000
-
-
-def draft_cost(n):
-    return 0.017 * n
+# Scripted seconds per pass of n tokens: tests/test_strategy.py's stand-in target, and a draft at
+# 17 ms a token, which pays where its drafts land.
+from tests.test_strategy import STANDIN_MS, draft_cost, standin_target_cost  # noqa: E402
 
 
 def chat_fake(cost):
