@@ -96,3 +96,41 @@ def test_auto_decides_by_the_measured_costs(costs, auto_runs, prompt):
             f"the draft model is marginal on this machine ({predicted:.2f}x predicted at acceptance {a:.2f}, "
             f"between {LOSES} and {PAYS}): auto may go either way (it drafted with it in {share:.0%} of its rounds)"
         )
+
+
+def test_a_too_dear_cached_curve_does_not_keep_a_paying_draft_off(pair, costs, auto_runs):
+    """A curve cached on a busy machine (every pass of K >= 2 priced as K single steps or more, so
+    that by the curve no draft could ever pay; still increasing, and right at K = 1, so the cache's
+    own checks let it through) is corrected by the run's first timed rounds: where the measured
+    costs say the draft model pays, auto drafts with it in most rounds all the same, says the curve
+    was off, and drops the cached entry so that the next run measures again."""
+    import spec_cli.calibrate as calibrate
+    from spec_cli.presets import cache_dir
+
+    prompt = PROMPTS[0]
+    toks, reference, a, predicted, _, _ = auto_runs(prompt)
+    if predicted < PAYS:
+        pytest.skip(f"the draft model does not clearly pay on this machine ({predicted:.2f}x predicted at acceptance {a:.2f})")
+    k_max = AUTO_MAX_DRAFT + 1
+    true = list(costs.target_ms)[:k_max]
+    bad = [true[0]] + [max(t, 1.05 * k * true[0]) for k, t in enumerate(true[1:], 2)]
+    _, bad_best = best_predicted(1.0, bad, costs.draft_ms, costs.draft2_ms)
+    assert bad_best < 1.0, ("the bad curve must rule the draft out by itself", bad)
+    path = cache_dir() / "calibration.json"
+    key = calibrate._key(pair.target, pair.draft, k_max)
+    table = calibrate._read_table(path, lambda s: None)
+    table[key] = {**calibrate.asdict(costs), "target_ms": bad, "how": "written by a test: a busy machine's curve"}
+    calibrate._write_table(path, table)
+
+    notes: list[str] = []
+    pair.target.reset()
+    pair.draft.reset()
+    strategy = build_strategy(pair, ModelChoice(drafter="model"), None, notify=notes.append)
+    assert not notes, ("the bad curve must be read from the cache, not measured again", notes)
+    res = Engine(pair.target, strategy=strategy).generate(toks, GenerateOptions(max_tokens=N))
+    why = (a, predicted, true, bad, dict(strategy.rounds), strategy.describe())
+    assert_same_or_near_tie(pair.target, toks, reference, res.tokens)
+    rounds = sum(strategy.rounds.values())
+    assert rounds > 0 and strategy.rounds["model"] / rounds > 0.5, why
+    assert strategy.curve_note is not None and "corrected" in strategy.curve_note, why
+    assert key not in calibrate._read_table(path, lambda s: None), "the contradicted curve stays in the cache"
