@@ -147,9 +147,11 @@ def run_bench(
     plan = schedule(len(prompts), configs, settings.repeats)
     warm = configs if settings.warmup else []
     bench.total = len(plan) + len(warm) + settings.repeats * len(prompts) + 1
-    bench.warm_up(warm)
-    runs, cost = bench.measure(plan, costs, max(COST_CURVE_MAX_K, _longest_draft(settings) + 1))
-    peers.close()
+    try:
+        bench.warm_up(warm)
+        runs, cost = bench.measure(plan, costs, max(COST_CURVE_MAX_K, _longest_draft(settings) + 1))
+    finally:
+        peers.close()
     notes += _silent_prompt_notes(prompts, runs)
     if settings.sampling.greedy:
         checker(pair.target, prompts, tokenized, runs)
