@@ -736,6 +736,24 @@ def test_reference_ngram_mod_row_without_a_draft_model(tmp_path):
     assert not [n for n in res.notes if "for a budget of" in n]
 
 
+def test_auto_says_which_drafter_it_left_out():
+    """A draft step too slow to ever pay: auto leaves the draft model out, and the summary keeps that reason alone."""
+
+    class SlowDraft(_FlatCosts):
+        def calibrated(self):
+            return CostCurve([0.02] * (AUTO_MAX_DRAFT + 1), 5.0, 5.0)
+
+    pair = _fake_pair()
+    rec = _Recorder(pair)
+    res = run_bench(pair, ONE, tiny(drafters=("auto",)), costs=SlowDraft(), runner=rec, checker=rec.check, machine=_quiet_machine)
+    [run] = [r for r in res.runs if r.drafter == "auto"]
+    assert len(run.drafters_off) == 1 and run.drafters_off[0] in run.strategy_notes
+    assert len(run.strategy_notes) > 1  # the rest of auto's account is not a reason to leave a drafter out
+    [auto] = [s for s in res.summary if s.drafter == "auto"]
+    assert auto.strategy_notes == run.drafters_off and "drafter off" in auto.strategy_notes[0]
+    assert set(auto.rounds_by_drafter) <= {"ngram", "none"}
+
+
 def test_reference_commands_greedy_unchanged_and_sampled():
     ref = reference.Reference(Path("/bin/llama-speculative-simple"), Path("/bin/llama-completion"))
     s = reference.ReferenceSettings(target=Path("t.gguf"), draft=Path("d.gguf"), max_tokens=8, ctx=512, threads=2)
