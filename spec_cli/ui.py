@@ -68,14 +68,6 @@ def draft_legend(origins: list[str]) -> None:
         err.print(f"{n} of {len(origins)} tokens came from accepted drafts", markup=False, soft_wrap=True)
 
 
-def summary_line(s: Stats) -> str:
-    parts = [f"{s.generated} tokens", f"{s.tokens_per_second:.1f} tok/s"]
-    if s.drafted:
-        parts.append(f"drafted {s.drafted}, accepted {s.accepted} ({100 * s.acceptance_rate:.0f}%)")
-    parts.append(f"{s.tokens_per_pass:.2f} tokens/target pass")
-    return " · ".join(parts)
-
-
 def print_summary(s: Stats) -> None:
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")

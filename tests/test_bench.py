@@ -14,10 +14,14 @@ import numpy as np
 import pytest
 
 from spec_cli import bench
-from spec_cli.bench import checks, harness, reference
+from spec_cli.bench import checks, reference
 from spec_cli.bench import (
-    CSV_FIELDS, SPEC, BenchSettings, Config, Run, Suite, BenchPrompt, load_prompts_file, load_suite, run_bench, schedule,
+    CSV_FIELDS, SPEC, BenchSettings, Config, EngineRunner, Run, Suite, BenchPrompt, load_prompts_file, load_suite, run_bench,
+    schedule,
 )  # fmt: skip
+from spec_cli.bench.checks import check_outputs
+from spec_cli.calibrate import CostCurve
+from spec_cli.decode import GenerateOptions
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
 from spec_cli.session import AUTO_MAX_DRAFT, LoadedPair
@@ -257,11 +261,15 @@ def test_missing_reference_is_reported_and_the_bench_goes_on(pair, tmp_path):
     assert {s.engine for s in res.summary} == {SPEC}
 
 
+def _target_alone(pair, prompt, max_tokens):
+    """spec's target-only run of prompt, through the runner the bench uses."""
+    return EngineRunner(pair).run(prompt, "model", GenerateOptions(max_tokens=max_tokens, draft_len=0), None)
+
+
 def test_output_check_flags_a_real_difference(pair, monkeypatch):
     """A speculative output that leaves the target-only one where the target is sure is a MISMATCH."""
-    h = harness._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
-    base = h.run_spec(toks, 0, 6)
+    base = _target_alone(pair, toks, 6)
     out = base.tokens
     base.prompt_id = ONE.prompts[0].id
     bad = Run(**{f.name: getattr(base, f.name) for f in fields(Run)})
@@ -285,9 +293,8 @@ def test_tie_gap_takes_the_closest_of_several_batchings(pair):
     """Never more than plain decoding's own gap (the engine tests' measure), and zero for the chosen token itself."""
     from tests.neartie import tie_gap
 
-    h = harness._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
-    out = h.run_spec(toks, 0, 6).tokens
+    out = _target_alone(pair, toks, 6).tokens
     rival = out[3] + 1
     plain = tie_gap(pair.target, toks, out[:3], out[3], rival)
     assert 0 <= checks.tie_gap_at(pair.target, toks, out[:3], out[3], rival) <= plain + 1e-6
@@ -426,9 +433,8 @@ def test_lookup_peer_decodes_like_spec(pair):
     """llama-cpp-python's Llama, fed the same token ids, gives spec's greedy output (lookup: up to a near-tie)."""
     from spec_cli.bench.lookup_peer import LookupPeer
 
-    h = harness._Harness(pair, lambda s: None)
     toks = pair.target.tokenize(PROMPT)
-    base = h.run_spec(toks, 0, 8)
+    base = _target_alone(pair, toks, 8)
     peer = LookupPeer(pair.target_path, n_ctx=128, n_threads=pair.target.n_threads)
     try:
         plain = peer.run("plain", toks, 8)
@@ -442,11 +448,9 @@ def test_lookup_peer_decodes_like_spec(pair):
 
 
 def test_default_limit_cuts_the_bundled_suite_only():
-    from spec_cli.cli.bench import _limit
-
-    assert _limit(None, bundled=True) == bench.SUITE_DEFAULT_LIMIT
-    assert _limit(None, bundled=False) is None  # a --prompts file is used whole
-    assert _limit(0, bundled=True) is None and _limit(3, bundled=False) == 3
+    assert bench.default_limit(None, bundled=True) == bench.SUITE_DEFAULT_LIMIT
+    assert bench.default_limit(None, bundled=False) is None  # a --prompts file is used whole
+    assert bench.default_limit(0, bundled=True) is None and bench.default_limit(3, bundled=False) == 3
 
 
 # --- drafters other than the draft model ------------------------------------------------
@@ -561,14 +565,31 @@ class _BenchFake:
         pass
 
 
-def _fake_pair(with_draft=True):
+class _BatchBroken(_BenchFake):
+    """A target whose batched passes disagree with its one-token passes, as a broken backend would:
+    past a batch's first row, the token the model likes least wins by 5."""
+
+    def eval(self, tokens, logits="last"):
+        rows = super().eval(tokens, "none" if logits == "none" else "all")
+        if rows is None:
+            return None
+        for row in rows[1:]:
+            row[np.argmin(row)] = row.max() + 5.0
+        return rows[-1:] if logits == "last" else rows
+
+
+def _fake_pair(with_draft=True, broken_batches=False):
     from tests.fakes import FakeModel, soft_lm
 
     class Fake(_BenchFake, FakeModel):
         pass
 
+    class Broken(_BatchBroken, FakeModel):
+        pass
+
     lm = soft_lm(16, seed=3)
-    target = Fake(lm, 16, n_ctx=4096)
+    # a scripted cost per pass, so that the real cost source measures a curve on the fakes
+    target = (Broken if broken_batches else Fake)(lm, 16, n_ctx=4096, cost=lambda n: 0.001 * (1 + 0.1 * n))
     draft = Fake(lm, 16, n_ctx=4096) if with_draft else None
     return LoadedPair(target, draft, Path("/nowhere/target.gguf"), Path("/nowhere/draft.gguf") if with_draft else None)
 
@@ -576,31 +597,48 @@ def _fake_pair(with_draft=True):
 TWO = Suite("test", None, [BenchPrompt("a", "code", "abc"), BenchPrompt("b", "story", "hello")])
 
 
-@pytest.fixture
-def fake_bench(monkeypatch):
-    """run_bench on fake models: the cost curve and the machine facts stubbed, every generation's options recorded."""
-    from spec_cli.calibrate import CostCurve
+class _FlatCosts:
+    """A cost source with no machine behind it: a flat target curve and a fixed draft step."""
 
-    monkeypatch.setattr(harness, "measure_costs", lambda *a, **k: CostCurve([1.0] * bench.COST_CURVE_MAX_K, 0.5, 0.6))
-    monkeypatch.setattr(harness, "machine_info", lambda threads: {"cpu_busy_share_at_start": None, "logical_cpus": 2})
-    seen = []  # (sampling, seed) of every generation, warm-up included
+    def sample(self, context, max_k):
+        return CostCurve([1.0] * max_k, 0.5, 0.6)
 
-    class Engine(harness.Engine):
-        def generate(self, prompt, opts, *a, **k):
-            seen.append((opts.sampling, opts.seed))
-            return super().generate(prompt, opts, *a, **k)
-
-    monkeypatch.setattr(harness, "Engine", Engine)
-    checked = []
-    real_check = harness.check_outputs
-    monkeypatch.setattr(harness, "check_outputs", lambda *a: (checked.append(1), real_check(*a)))
-    return seen, checked
+    def calibrated(self):
+        return CostCurve([1.0] * (AUTO_MAX_DRAFT + 1), float("nan"), float("nan"))
 
 
-def test_sampling_settings_reach_every_run_and_outputs_are_not_compared(fake_bench):
-    seen, checked = fake_bench
+def _quiet_machine(threads):
+    return {"cpu_busy_share_at_start": None, "logical_cpus": 2}
+
+
+class _Recorder:
+    """The real runner and checker, recording every generation's (sampling, seed), warm-up included, and every check."""
+
+    def __init__(self, pair):
+        self.engine = EngineRunner(pair)
+        self.seen = []
+        self.checks = 0
+
+    def run(self, prompt, drafter, opts, auto_costs):
+        self.seen.append((opts.sampling, opts.seed))
+        return self.engine.run(prompt, drafter, opts, auto_costs)
+
+    def check(self, *args):
+        self.checks += 1
+        check_outputs(*args)
+
+
+def bench_on_fakes(pair, suite, settings, **kw):
+    """run_bench on fake models: a flat cost curve, a quiet machine, the real engine and checker (recorded)."""
+    rec = _Recorder(pair)
+    res = run_bench(pair, suite, settings, costs=_FlatCosts(), runner=rec, checker=rec.check, machine=_quiet_machine, **kw)
+    return res, rec
+
+
+def test_sampling_settings_reach_every_run_and_outputs_are_not_compared():
     settings = tiny(draft_lens=(2,), repeats=2, max_tokens=6, drafters=("model", "ngram"), control=True, warmup=True, **SAMPLED)
-    res = run_bench(_fake_pair(), TWO, settings)
+    res, rec = bench_on_fakes(_fake_pair(), TWO, settings)
+    seen = rec.seen
 
     assert seen and {s for s, _ in seen} == {SAMPLED["sampling"]}
     spec_runs = [r for r in res.runs if r.engine == SPEC]
@@ -611,7 +649,7 @@ def test_sampling_settings_reach_every_run_and_outputs_are_not_compared(fake_ben
     assert len({r.seed for r in spec_runs}) == 4
     assert {seed for _, seed in seen} == {r.seed for r in spec_runs} | {bench.run_seed(7, 0, -1)}
 
-    assert not checked and {r.output_check for r in res.runs} == {"not-checked"}
+    assert rec.checks == 0 and {r.output_check for r in res.runs} == {"not-checked"}
     assert all(s.mismatches == 0 and s.near_ties == 0 for s in res.summary)
     assert any("not compared" in n and "distribution tests" in n for n in res.notes)
     by = {(s.drafter, s.draft_len): s for s in res.summary}
@@ -625,42 +663,41 @@ def test_sampling_settings_reach_every_run_and_outputs_are_not_compared(fake_ben
     }  # fmt: skip
 
     # The same base seed samples the same tokens again; another one does not.
-    again = run_bench(_fake_pair(), TWO, settings)
+    again, _ = bench_on_fakes(_fake_pair(), TWO, settings)
     assert [r.tokens for r in again.runs] == [r.tokens for r in res.runs]
-    other = run_bench(_fake_pair(), TWO, replace(settings, seed=8))
+    other, _ = bench_on_fakes(_fake_pair(), TWO, replace(settings, seed=8))
     assert [r.tokens for r in other.runs] != [r.tokens for r in res.runs]
 
 
-def test_greedy_bench_still_checks_outputs(fake_bench):
-    seen, checked = fake_bench
-    res = run_bench(_fake_pair(), TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model", "ngram")))
-    assert {(s.greedy, seed) for s, seed in seen} == {(True, None)}
-    assert checked == [1]
+def test_greedy_bench_still_checks_outputs():
+    res, rec = bench_on_fakes(_fake_pair(), TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model", "ngram")))
+    assert {(s.greedy, seed) for s, seed in rec.seen} == {(True, None)}
+    assert rec.checks == 1
     assert {r.output_check for r in res.runs if r.mode == "target"} == {"baseline"}
     assert {r.output_check for r in res.runs if r.mode == "speculative"} == {"same"}
     assert res.settings["greedy"] is True and res.settings["seed"] is None
     assert not any("not compared" in n for n in res.notes)
 
 
-def test_tree_is_not_measured_under_sampling(fake_bench):
+def test_tree_is_not_measured_under_sampling():
     told = []
-    res = run_bench(_fake_pair(), ONE, tiny(draft_lens=(2,), drafters=("tree",), **SAMPLED), notify=told.append)
+    res, _ = bench_on_fakes(_fake_pair(), ONE, tiny(draft_lens=(2,), drafters=("tree",), **SAMPLED), notify=told.append)
     assert [(s.mode, s.drafter) for s in res.summary] == [("target", ""), ("speculative", "model")]
     assert res.settings["drafters"] == ["model"]
     assert any("tree not measured under sampling" in n for n in res.notes) and told
 
 
-def test_lookup_peer_is_skipped_under_sampling(fake_bench):
-    res = run_bench(_fake_pair(), ONE, tiny(draft_lens=(1,), lookup=True, **SAMPLED))
+def test_lookup_peer_is_skipped_under_sampling():
+    res, _ = bench_on_fakes(_fake_pair(), ONE, tiny(draft_lens=(1,), lookup=True, **SAMPLED))
     assert any("prompt-lookup peer skipped" in n for n in res.notes)
     assert {s.engine for s in res.summary} == {SPEC}
 
 
-def test_reference_gets_the_sampling_settings_and_each_runs_seed(fake_bench, tmp_path):
+def test_reference_gets_the_sampling_settings_and_each_runs_seed(tmp_path):
     log = tmp_path / "args.log"
     spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{SPECULATIVE_OUT}\nEOF\n')
     _fake_binary(tmp_path, "llama-completion", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{PLAIN_OUT}\nEOF\n')
-    res = run_bench(_fake_pair(), TWO, tiny(draft_lens=(2,), reference=str(spec_bin), **SAMPLED))
+    res, _ = bench_on_fakes(_fake_pair(), TWO, tiny(draft_lens=(2,), reference=str(spec_bin), **SAMPLED))
     lines = log.read_text().splitlines()
     assert len(lines) == 2 * 2  # two prompts, llama-completion and one draft length
     for line in lines:
@@ -671,17 +708,13 @@ def test_reference_gets_the_sampling_settings_and_each_runs_seed(fake_bench, tmp
     assert all(r.output_check == "not-checked" for r in res.runs)
 
 
-def test_reference_ngram_mod_row_without_a_draft_model(fake_bench, tmp_path, monkeypatch):
+def test_reference_ngram_mod_row_without_a_draft_model(tmp_path):
     """llama.cpp's ngram-mod runs beside spec's n-gram and auto drafters, with no draft model needed;
     auto's 'vs ref' is against it. Without a draft model, llama.cpp's draft-model rows are left out."""
-    from spec_cli.calibrate import CostCurve
-
-    # auto's calibration reads model files; the fakes have none
-    monkeypatch.setattr(harness, "cached_costs", lambda *a, **k: CostCurve([1.0] * 9, float("nan"), float("nan")))
     log = tmp_path / "args.log"
     spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{SPECULATIVE_OUT}\nEOF\n')
     _fake_binary(tmp_path, "llama-completion", f"cat <<'EOF'\n{PLAIN_OUT}\nEOF\n")
-    res = run_bench(_fake_pair(with_draft=False), TWO, tiny(draft_lens=(2,), drafters=("ngram", "auto"), reference=str(spec_bin)))
+    res, _ = bench_on_fakes(_fake_pair(with_draft=False), TWO, tiny(draft_lens=(2,), drafters=("ngram", "auto"), reference=str(spec_bin)))
     labels = [s.label for s in res.summary]
     assert "llama.cpp: ngram-mod" in labels and "llama.cpp: target only" in labels
     assert not any(s.engine == "llama.cpp" and s.drafter != "ngram" and s.mode == "speculative" for s in res.summary)
@@ -696,11 +729,29 @@ def test_reference_ngram_mod_row_without_a_draft_model(fake_bench, tmp_path, mon
     assert by["spec: n-gram, draft length 2"].vs_reference is None  # no llama.cpp row at its draft length
     assert any("draft-model rows skipped" in n for n in res.notes)
     # only the model drafter: no ngram-mod row
-    res = run_bench(_fake_pair(), ONE, tiny(draft_lens=(1,), reference=str(spec_bin)))
+    res, _ = bench_on_fakes(_fake_pair(), ONE, tiny(draft_lens=(1,), reference=str(spec_bin)))
     assert "llama.cpp: ngram-mod" not in [s.label for s in res.summary]
     # 34 tokens decoded for a budget of 40 is no overshoot; the warm-up's budget of 8 does not count
-    res = run_bench(_fake_pair(), ONE, tiny(draft_lens=(1,), drafters=("ngram",), max_tokens=40, warmup=True, reference=str(spec_bin)))
+    res, _ = bench_on_fakes(_fake_pair(), ONE, tiny(draft_lens=(1,), drafters=("ngram",), max_tokens=40, warmup=True, reference=str(spec_bin)))
     assert not [n for n in res.notes if "for a budget of" in n]
+
+
+def test_auto_says_which_drafter_it_left_out():
+    """A draft step too slow to ever pay: auto leaves the draft model out, and the summary keeps that reason alone."""
+
+    class SlowDraft(_FlatCosts):
+        def calibrated(self):
+            return CostCurve([0.02] * (AUTO_MAX_DRAFT + 1), 5.0, 5.0)
+
+    pair = _fake_pair()
+    rec = _Recorder(pair)
+    res = run_bench(pair, ONE, tiny(drafters=("auto",)), costs=SlowDraft(), runner=rec, checker=rec.check, machine=_quiet_machine)
+    [run] = [r for r in res.runs if r.drafter == "auto"]
+    assert len(run.drafters_off) == 1 and run.drafters_off[0] in run.strategy_notes
+    assert len(run.strategy_notes) > 1  # the rest of auto's account is not a reason to leave a drafter out
+    [auto] = [s for s in res.summary if s.drafter == "auto"]
+    assert auto.strategy_notes == run.drafters_off and "drafter off" in auto.strategy_notes[0]
+    assert set(auto.rounds_by_drafter) <= {"ngram", "none"}
 
 
 def test_reference_commands_greedy_unchanged_and_sampled():
@@ -718,21 +769,37 @@ def test_reference_commands_greedy_unchanged_and_sampled():
                                 "--min-p", "0", "--seed", "11"]  # fmt: skip
 
 
-def test_cli_bench_under_sampling_skips_the_greedy_check(monkeypatch, fake_bench, capsys, tmp_path):
-    """Through the command line on fake models: a greedy MISMATCH fails the command; under sampling none is looked for."""
+def test_greedy_check_catches_a_target_whose_batches_disagree():
+    """The real checker on outputs that differ: verification passes (batched) pick tokens the target alone does not."""
+    res, rec = bench_on_fakes(_fake_pair(broken_batches=True), ONE, tiny(draft_lens=(2,), max_tokens=6))
+    assert rec.checks == 1
+    by = {r.mode: r for r in res.runs}
+    assert by["target"].output_check == "baseline"
+    assert by["speculative"].output_check == "MISMATCH" and by["speculative"].tie_gap > checks.TIE_TOLERANCE
+    assert by["speculative"].tokens != by["target"].tokens
+    [s] = [s for s in res.summary if s.mode == "speculative"]
+    assert s.mismatches == 1 and any(n.startswith(f"{s.label}: 1 greedy output(s) differ") for n in res.notes)
+    with pytest.raises(SpecError, match="1 greedy output"):
+        bench.require_lossless(res)
+    # The same target honest in its batches: nothing to report.
+    res, _ = bench_on_fakes(_fake_pair(), ONE, tiny(draft_lens=(2,), max_tokens=6))
+    assert {r.output_check for r in res.runs} == {"baseline", "same"}
+    bench.require_lossless(res)
+
+
+def test_cli_bench_under_sampling_skips_the_greedy_check(monkeypatch, capsys, tmp_path):
+    """Through the command line on fake models, measured and checked for real: a greedy MISMATCH fails the
+    command; under sampling none is looked for."""
     import spec_cli.cli.bench as cli_bench
 
     monkeypatch.setenv("SPEC_WIDTH", "160")
-    monkeypatch.setattr(cli_bench, "load_pair", lambda *a, **k: _fake_pair())
-
-    def mismatch(target, prompts, tokenized, runs):
-        for r in runs:
-            r.output_check = "MISMATCH" if r.mode == "speculative" else "baseline"
-
-    monkeypatch.setattr(harness, "check_outputs", mismatch)
+    monkeypatch.setattr(cli_bench, "load_pair", lambda *a, **k: _fake_pair(broken_batches=True))
     argv = ["bench", "--drafter", "model,tree", "--draft-lens", "2", "-n", "4", "-r", "1", "--no-warmup", "--limit", "1"]
-    code, out, err = _main(argv, capsys)
+    greedy = tmp_path / "greedy.json"
+    code, out, err = _main(argv + ["--json", str(greedy)], capsys)
     assert code != 0 and "greedy output(s) changed" in err
+    checked = {(r["drafter"], r["output_check"]) for r in json.loads(greedy.read_text())["runs"]}
+    assert {("", "baseline"), ("model", "MISMATCH")} <= checked
 
     j = tmp_path / "r.json"
     code, out, err = _main(argv + ["--temp", "0.9", "--top-k", "0", "--seed", "3", "--json", str(j)], capsys)
@@ -773,7 +840,7 @@ def test_bench_under_sampling_on_the_real_pair(pair):
     assert res.settings["greedy"] is False
 
 
-def test_a_prompt_the_target_ends_at_once_is_named_and_left_out_of_the_figures(fake_bench):
+def test_a_prompt_the_target_ends_at_once_is_named_and_left_out_of_the_figures():
     """A model that ends the text before its first token (an instruct model on a raw prompt) gives 0 tok/s there."""
     from tests.fakes import soft_lm
 
@@ -782,7 +849,7 @@ def test_a_prompt_the_target_ends_at_once_is_named_and_left_out_of_the_figures(f
     assert first["a"] != first["b"]
     pair = _fake_pair()
     pair.target.eog = pair.draft.eog = first["a"]  # prompt "a" ends at once, "b" does not
-    res = run_bench(pair, TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model",)))
+    res, _ = bench_on_fakes(pair, TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model",)))
 
     assert {r.generated for r in res.runs if r.prompt_id == "a"} == {0}
     assert all(r.generated > 0 for r in res.runs if r.prompt_id == "b")
@@ -793,5 +860,5 @@ def test_a_prompt_the_target_ends_at_once_is_named_and_left_out_of_the_figures(f
         assert s.tokens_per_second == pytest.approx(float(np.median(rates)))  # prompt b's rate, not pulled down by a's zeros
         assert set(s.by_prompt) <= {"b"}
     # Every prompt generating: no such note.
-    res = run_bench(_fake_pair(), TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model",)))
+    res, _ = bench_on_fakes(_fake_pair(), TWO, tiny(draft_lens=(2,), max_tokens=6, drafters=("model",)))
     assert not any("generated no token" in n for n in res.notes)

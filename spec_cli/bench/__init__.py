@@ -15,7 +15,8 @@ The stages, one module each, in the order a bench takes them:
     settings.py     the names of engines, modes and drafters; BenchSettings and the option parsers
     suite.py        the prompts: the bundled suite or a --prompts file
     schedule.py     the configurations, the interleaved order they run in, and the Run record
-    harness.py      run_bench: peers, warm-up, the schedule timed from fresh caches, the cost curve
+    harness.py      run_bench: peers, warm-up, the schedule timed from fresh caches, the cost curve;
+                    its collaborators (CostSource, Runner, checker) and the real ones
     checks.py       the greedy check: identical outputs, or a near-tie the target confirms
     summary.py      one summary per configuration, the prediction, the recommendation
     output.py       --json and --csv, written whole or not at all
@@ -26,8 +27,19 @@ The stages, one module each, in the order a bench takes them:
 No rich, no typer here: the CLI (cli/bench.py) renders what `run_bench` returns.
 """
 
-from .harness import COST_CURVE_MAX_K, SCHEMA, BenchResult, run_bench
-from .output import CSV_FIELDS, check_writable, write_csv, write_json
+from .harness import (
+    COST_CURVE_MAX_K,
+    SCHEMA,
+    BenchResult,
+    CostSource,
+    EngineRunner,
+    MachineCosts,
+    Runner,
+    describe,
+    require_lossless,
+    run_bench,
+)
+from .output import CSV_FIELDS, check_paths, check_writable, write_csv, write_json, write_outputs
 from .schedule import Config, Run, schedule
 from .settings import (
     AUTO,
@@ -45,6 +57,7 @@ from .settings import (
     TARGET,
     TREE,
     BenchSettings,
+    load_as,
     parse_draft_lens,
     parse_drafters,
     run_seed,
@@ -53,15 +66,17 @@ from .suite import (
     SUITE_DEFAULT_LIMIT,
     BenchPrompt,
     Suite,
+    default_limit,
     load_prompts_file,
     load_suite,
 )
-from .summary import ConfigSummary, recommend_overall, summarize
+from .summary import ConfigSummary, best_per_drafter, recommend_overall, summarize
 
 __all__ = [
     "AUTO", "CONTROL", "COST_CURVE_MAX_K", "CSV_FIELDS", "DEFAULT_DRAFTERS", "DEFAULT_DRAFT_LENS", "DRAFTERS", "LLAMA_CPP",
     "LLAMA_CPP_PYTHON", "LOOKUP", "MODEL", "NGRAM", "SCHEMA", "SPEC", "SPECULATIVE", "SUITE_DEFAULT_LIMIT", "TARGET", "TREE",
-    "BenchPrompt", "BenchResult", "BenchSettings", "Config", "ConfigSummary", "Run", "Suite", "check_writable",
-    "load_prompts_file", "load_suite", "parse_draft_lens", "parse_drafters", "recommend_overall", "run_bench", "run_seed",
-    "schedule", "summarize", "write_csv", "write_json",
+    "BenchPrompt", "BenchResult", "BenchSettings", "Config", "ConfigSummary", "CostSource", "EngineRunner", "MachineCosts",
+    "Run", "Runner", "Suite", "best_per_drafter", "check_paths", "check_writable", "default_limit", "describe", "load_as",
+    "load_prompts_file", "load_suite", "parse_draft_lens", "parse_drafters", "recommend_overall", "require_lossless",
+    "run_bench", "run_seed", "schedule", "summarize", "write_csv", "write_json", "write_outputs",
 ]  # fmt: skip

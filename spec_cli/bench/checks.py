@@ -62,10 +62,9 @@ def tie_gap_at(target, prompt: Sequence[int], generated: Sequence[int], a: int |
     sits below the best logit; the result is the smallest gap over: plain decoding's
     replay (the prompt in one batch, then one token at a time: what the target-only
     run saw) and the last 2..8 tokens evaluated in one batch, as a verification pass
-    does. Batched and single-token arithmetic differ in the last bits, and through the
-    KV cache those differences grow: at one divergence seen on this CPU the two
-    tokens were 0.51 apart after one batching and exactly equal after another. A
-    wrongly accepted token stays far below the best in every batching.
+    does. Batched and single-token arithmetic differ in the last bits, and through the KV
+    cache the difference can grow to a tie in one batching and half a logit in another;
+    a wrongly accepted token stays far below the best in every batching.
     Without a and b (one output is a prefix of the other), the top-two gap.
     """
     context = list(prompt) + list(generated)

@@ -3,14 +3,17 @@
 `run_bench` takes the stages in order: check the settings and the prompts' length, set up
 the peers (llama.cpp's reference, llama-cpp-python's prompt lookup; a broken one is noted
 and left out), warm up, run the schedule (schedule.py), the greedy check (checks.py), the
-summary and the recommendation (summary.py). Before each generation both models' caches
-are cleared and the prompt is evaluated off the clock, so no run profits from a cache that
-an earlier run left behind.
+summary and the recommendation (summary.py).
 
-It also samples the machine's cost curve (one target llama_decode of k tokens, one draft
-step; calibrate.py) once before the runs and once after every prompt's block of runs, so
-that the curve sees the same machine as the runs; the median curve and the measured
-acceptance predict each draft length's speedup (speedup.py), printed beside the measured one.
+What it measures with is passed in, the real thing by default, so that tests can pass fakes:
+a CostSource (the machine's cost curve, calibrate.py), a Runner (one spec generation through
+decode.Engine), a Checker (checks.check_outputs) and the machine's facts (machine_info).
+
+Before each generation both models' caches are cleared and the prompt is evaluated off the
+clock, so no run profits from a cache that an earlier run left behind. The cost curve is
+sampled before the runs and after every prompt's block, so that it sees the same machine as
+the runs; its median and the measured acceptance predict each draft length's speedup
+(speedup.py), printed beside the measured one.
 """
 
 from __future__ import annotations
@@ -23,21 +26,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from ..calibrate import CostCurve, cached_costs, measure_costs
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
-from ..sampling import SamplingParams
 from ..session import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
+from ..stats import Stats
+from ..strategy import AdaptiveStrategy
 from . import reference as ref_mod
 from .checks import TIE_TOLERANCE, check_outputs, sampling_note
 from .schedule import Config, Run, configurations, schedule
 from .settings import (
     AUTO,
     DRAFTERS,
-    GREEDY,
     LLAMA_CPP,
     MODEL,
     NGRAM,
@@ -48,13 +52,46 @@ from .settings import (
     BenchSettings,
     run_seed,
 )
-from .suite import Suite
+from .suite import BenchPrompt, Suite
 from .summary import ConfigSummary, best_predicted, recommend_overall, summarize
 
 SCHEMA = "spec-bench/2"
 COST_CURVE_MAX_K = 16
 WARMUP_TOKENS = 8
 BUSY_SHARE = 0.5  # other programs using more than this share of the CPUs at the start is worth a warning
+
+Notify = Callable[[str], None]
+Progress = Callable[[int, str], None]
+
+
+class CostSource(Protocol):
+    """Where the bench's cost curves come from (MachineCosts: this machine, calibrate.py)."""
+
+    def sample(self, context: Sequence[int], max_k: int) -> CostCurve:
+        """One sample of a target pass of 1..max_k tokens and of a draft step, after `context`."""
+        ...
+
+    def calibrated(self) -> CostCurve:
+        """The cached calibration that `auto` decides from, as `spec run` reads it."""
+        ...
+
+
+class Runner(Protocol):
+    """What decodes one spec configuration (EngineRunner: decode.Engine on the loaded pair)."""
+
+    def run(self, prompt: Sequence[int], drafter: str, opts: GenerateOptions, auto_costs: CostCurve | None) -> Run:
+        """One generation from fresh caches, as a Run (prompt_id, category, repeat and order left for the caller).
+
+        `drafter` is one of settings.DRAFTERS; opts.draft_len 0 with a drafter other than
+        auto is the target alone. `auto_costs` is the curve auto decides from (None without auto).
+        """
+        ...
+
+
+# check(target, prompts, tokenized prompts, runs): sets every run's output_check (checks.check_outputs)
+Checker = Callable[[object, Sequence[BenchPrompt], Sequence[Sequence[int]], list[Run]], None]
+# machine(threads) -> the facts recorded under "machine" (machine_info)
+MachineFacts = Callable[[int], dict]
 
 
 @dataclass
@@ -81,198 +118,207 @@ def run_bench(
     suite: Suite,
     settings: BenchSettings,
     *,
-    progress: Callable[[int, str], None] = lambda total, label: None,
-    notify: Callable[[str], None] = lambda s: None,
+    costs: CostSource | None = None,
+    runner: Runner | None = None,
+    checker: Checker = check_outputs,
+    machine: MachineFacts | None = None,
+    progress: Progress = lambda total, label: None,
+    notify: Notify = lambda s: None,
 ) -> BenchResult:
-    """Run the whole benchmark. progress(total, label) is called once per step."""
-    settings.check()
-    greedy = settings.sampling.greedy
-    notes: list[str] = []
-    if not greedy:
-        notes.append(sampling_note(settings))
-        if TREE in settings.drafters:
-            # TreeDrafter drafts its plain chain under sampling: the draft model's rows, measured twice.
-            drafters = tuple(dict.fromkeys(MODEL if d == TREE else d for d in settings.drafters))
-            settings = replace(settings, drafters=drafters)
-            why = ("tree not measured under sampling: token trees are verified greedily only, and when sampling, --drafter "
-                   "tree drafts the draft model's plain chain, which the model rows measure")  # fmt: skip
-            notes.append(why)
-            notify(f"note: {why}")
-    needs_model = [d for d in settings.drafters if d in (MODEL, TREE)]
-    if pair.draft is None and needs_model:
-        raise SpecError(f"--drafter {needs_model[0]} needs a draft model (pass --draft, or a preset with one)")
-    h = _Harness(pair, notify)
-    target = pair.target
-    prompts = suite.prompts[: settings.limit] if settings.limit else list(suite.prompts)
-    tokenized = [target.tokenize(p.text) for p in prompts]
-    gmax = max(settings.draft_lens) if any(d != AUTO for d in settings.drafters) else 0
-    if AUTO in settings.drafters:
-        gmax = max(gmax, AUTO_MAX_DRAFT)
-    n_ctx = min(target.n_ctx, pair.draft.n_ctx) if pair.draft is not None else target.n_ctx
-    for p, toks in zip(prompts, tokenized):
-        need = len(toks) + settings.max_tokens + gmax + 1
-        if need > n_ctx:
-            raise SpecError(
-                f"prompt {p.id!r} is {len(toks)} tokens; with --max-tokens {settings.max_tokens} it needs a context of "
-                f"{need} tokens, the models have {n_ctx}; use a larger --ctx"
-            )
-    machine = machine_info(target.n_threads)
-    busy, cpus = machine["cpu_busy_share_at_start"], machine["logical_cpus"] or 1
-    if busy is not None and busy >= BUSY_SHARE:
-        # llama.cpp's worker threads spin while they wait for each other, so when other
-        # programs hold the cores every figure gets slower and far noisier, not just a bit.
-        notes.append(
-            f"the machine was busy when the bench started (other programs used {100 * busy:.0f} % of {cpus} CPUs); "
-            "expect noisy figures"
-        )
+    """Run the whole benchmark. progress(total, label) is called once per step.
 
-    reference, ref_settings, peer = _peers(pair, settings, tokenized, notes, notify)
-    configs = configurations(settings, reference, peer is not None, pair.draft is not None)
+    costs, runner and machine default to the real ones: MachineCosts and EngineRunner on `pair`,
+    machine_info.
+    """
+    costs = costs if costs is not None else MachineCosts(pair, notify)
+    runner = runner if runner is not None else EngineRunner(pair)
+    machine = machine if machine is not None else machine_info
+    settings.check()
+    notes: list[str] = []
+    settings = _for_sampling(settings, notes, notify)
+    _require_draft_model(pair, settings)
+    prompts, tokenized = _tokenize(pair, suite, settings)
+    facts = machine(pair.target.n_threads)
+    notes += _busy_notes(facts)
+    peers = _peers(pair, settings, tokenized, notes, notify)
+    configs = configurations(settings, peers.reference, peers.lookup is not None, pair.draft is not None)
+    auto_costs = costs.calibrated() if AUTO in settings.drafters else None  # before anything is timed
+    bench = _Bench(runner, peers, settings, prompts, tokenized, auto_costs, notes, notify, progress)
     plan = schedule(len(prompts), configs, settings.repeats)
     warm = configs if settings.warmup else []
-    n_blocks = settings.repeats * len(prompts)
-    total = len(plan) + len(warm) + n_blocks + 1
-    max_k = max(COST_CURVE_MAX_K, gmax + 1)
-    dead: dict[str, str] = {}  # engine -> why it stopped being run
-    overshot: set[str] = set()  # reference configurations already noted for running past the token budget
-
-    def run_one(cfg: Config, i: int, max_tokens: int, repeat: int) -> Run:
-        prompt, toks = prompts[i], tokenized[i]
-        seed = None if greedy else run_seed(settings.seed, i, repeat)
-        base = dict(engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, prompt_id=prompt.id, category=prompt.category,
-                    repeat=0, order=0, drafter=cfg.drafter, seed=seed)  # fmt: skip
-        if cfg.engine in dead:
-            return Run(**base, error=dead[cfg.engine])
-        if cfg.engine == SPEC:
-            drafter = cfg.drafter if cfg.drafter in DRAFTERS else MODEL
-            run = h.run_spec(toks, cfg.draft_len, max_tokens, drafter, settings.sampling, seed)
-            run.prompt_id, run.category, run.drafter = prompt.id, prompt.category, cfg.drafter
-            return run
-        try:
-            if cfg.engine == LLAMA_CPP:
-                s = replace(ref_settings, max_tokens=max_tokens, seed=seed if seed is not None else ref_settings.seed)
-                if cfg.mode == TARGET:
-                    r = ref_mod.run_plain(reference, s, prompt.text)
-                elif cfg.drafter == NGRAM:
-                    r = ref_mod.run_ngram(reference, s, prompt.text)
-                else:
-                    r = ref_mod.run_speculative(reference, s, prompt.text, cfg.draft_len)
-                if repeat >= 0 and cfg.mode == SPECULATIVE and r.generated > 1.25 * max_tokens and cfg.label not in overshot:
-                    # llama-speculative-simple checks its budget only between passes, so one long accepted
-                    # draft can run far past it; its tok/s then covers text spec's runs never reach.
-                    overshot.add(cfg.label)
-                    notes.append(f"{cfg.label} decoded {r.generated} tokens for a budget of {max_tokens} (a long draft "
-                                 "accepted past it); its tok/s counts them all")  # fmt: skip
-                return Run(**base, generated=r.generated, seconds=r.seconds, tokens_per_second=r.tokens_per_second,
-                           drafted=r.drafted, accepted=r.accepted)  # fmt: skip
-            r = peer.run("plain" if cfg.mode == TARGET else "lookup", toks, max_tokens)
-            return Run(**base, generated=r.generated, seconds=r.seconds, tokens_per_second=r.tokens_per_second, tokens=r.tokens)
-        except SpecError as e:
-            dead[cfg.engine] = str(e)
-            notes.append(f"{cfg.engine} stopped after an error: {e}")
-            notify(f"warning: {cfg.engine}: {e}; the bench goes on without it")
-            return Run(**base, error=str(e))
-
-    if AUTO in settings.drafters:
-        h.auto_costs()  # read (or, the first time on this machine, measure) before anything is timed
-    for cfg in warm:
-        progress(total, f"warm-up: {cfg.label}")
-        run_one(cfg, 0, min(WARMUP_TOKENS, settings.max_tokens), -1)
-
-    progress(total, "measuring the cost curve")
-    curves = [measure_costs(target, pair.draft, tokenized[0], max_k, samples=1)]
-    runs: list[Run] = []
-    for order, (r, i, cfg) in enumerate(plan):
-        progress(total, f"{cfg.label} · {prompts[i].id} · repeat {r + 1}/{settings.repeats}")
-        run = run_one(cfg, i, settings.max_tokens, r)
-        run.repeat, run.order = r, order
-        runs.append(run)
-        if order + 1 == len(plan) or plan[order + 1][:2] != (r, i):
-            # End of this prompt's block: one more sample of the cost curve, in this prompt's context.
-            progress(total, f"cost curve · {prompts[i].id}")
-            curves.append(measure_costs(target, pair.draft, tokenized[i], max_k, samples=1))
-    cost = median_curve(curves)
-    if peer is not None:
-        peer.close()
-    silent = [p.id for p in prompts if not any(r.generated for r in runs if r.prompt_id == p.id and r.config == Config(SPEC, TARGET))]
-    if silent and any(r.config == Config(SPEC, TARGET) and r.error is None for r in runs):
-        notes.append(
-            f"the target alone generated no token on {', '.join(silent)} (it ended the text at once); "
-            "nothing was measured there, so it is left out of tok/s and speedups (an instruct model may need its chat "
-            "format: spec chat, or your own --prompts)"
-        )  # fmt: skip
-
-    if greedy:
-        check_outputs(target, prompts, tokenized, runs)
+    bench.total = len(plan) + len(warm) + settings.repeats * len(prompts) + 1
+    try:
+        bench.warm_up(warm)
+        runs, cost = bench.measure(plan, costs, max(COST_CURVE_MAX_K, _longest_draft(settings) + 1))
+    finally:
+        peers.close()
+    notes += _silent_prompt_notes(prompts, runs)
+    if settings.sampling.greedy:
+        checker(pair.target, prompts, tokenized, runs)
     else:
         for run in runs:
             run.output_check = "not-checked"
-    summary = summarize(runs, cost, settings.draft_lens)
-    recommendation = recommend_overall(summary)
-    for s in summary:
-        if s.mismatches:
-            notes.append(
-                f"{s.label}: {s.mismatches} greedy output(s) differ from spec's target-only decoding where the "
-                "target is not near a tie (see output_check in --json/--csv)"
-            )
+    summary = summarize(runs, cost)
+    notes += _mismatch_notes(summary)
     return BenchResult(
         schema=SCHEMA,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         suite={"name": suite.name, "version": suite.version, "prompts": [p.id for p in prompts]},
-        settings={
-            "draft_lens": list(settings.draft_lens), "repeats": settings.repeats, "max_tokens": settings.max_tokens,
-            "warmup": settings.warmup, "greedy": greedy, "temp": settings.sampling.temperature,
-            "top_k": settings.sampling.top_k, "top_p": settings.sampling.top_p, "seed": None if greedy else settings.seed,
-            "tie_tolerance": TIE_TOLERANCE if greedy else None, "ctx": target.n_ctx,
-            "reference": str(reference.speculative) if reference else None,
-            "reference_plain": str(reference.plain) if reference and reference.plain else None,
-            "lookup": peer is not None, "lookup_num_pred_tokens": getattr(peer, "num_pred_tokens", None),
-            "drafters": list(settings.drafters), "auto_max_draft": AUTO_MAX_DRAFT, "control": settings.control,
-            "auto_cost_curve": asdict(h._auto_costs) if h._auto_costs is not None else None,
-        },  # fmt: skip
-        machine=machine,
+        settings=_settings_record(settings, pair, peers, auto_costs),
+        machine=facts,
         models={"target": _file_info(pair.target_path), "draft": _file_info(pair.draft_path)},
         cost=cost,
         runs=runs,
         summary=summary,
-        recommendation=recommendation,
+        recommendation=recommend_overall(summary),
         best_predicted=best_predicted(summary),
         notes=notes,
     )
 
 
-def _peers(pair: LoadedPair, settings: BenchSettings, tokenized: list, notes: list[str], notify: Callable[[str], None]):
+def describe(suite: Suite, settings: BenchSettings) -> str:
+    """One line saying what the bench is about to measure."""
+    n = min(len(suite.prompts), settings.limit or len(suite.prompts))
+    sp = settings.sampling
+    return (
+        f"bench: {n} prompts from {suite.name}" + (f" (version {suite.version})" if suite.version is not None else "")
+        + f", drafters {','.join(settings.drafters)}, draft lengths {','.join(map(str, settings.draft_lens))}, "
+        f"{settings.repeats} repeats, {settings.max_tokens} tokens each, "
+        + ("greedy" if sp.greedy else f"sampling at temp {sp.temperature:g}, top-k {sp.top_k}, top-p {sp.top_p:g}, base seed {settings.seed}")
+    )  # fmt: skip
+
+
+def require_lossless(result: BenchResult) -> None:
+    """A greedy output that speculation changed beyond a near-tie is a bug: fail, so the exit status says so."""
+    changed = sum(s.mismatches for s in result.summary if s.engine == SPEC)
+    if changed and result.settings["greedy"]:
+        raise SpecError(f"{changed} greedy output(s) changed under speculation beyond a near-tie; see the notes above")
+
+
+# --- the stages of run_bench ----------------------------------------------------------------
+
+
+def _for_sampling(settings: BenchSettings, notes: list[str], notify: Notify) -> BenchSettings:
+    """Under sampling: say that outputs are not compared, and measure tree as the draft model's chain."""
+    if settings.sampling.greedy:
+        return settings
+    notes.append(sampling_note(settings))
+    if TREE not in settings.drafters:
+        return settings
+    why = ("tree not measured under sampling: token trees are verified greedily only, and when sampling, --drafter "
+           "tree drafts the draft model's plain chain, which the model rows measure")  # fmt: skip
+    notes.append(why)
+    notify(f"note: {why}")
+    return replace(settings, drafters=tuple(dict.fromkeys(MODEL if d == TREE else d for d in settings.drafters)))
+
+
+def _require_draft_model(pair: LoadedPair, settings: BenchSettings) -> None:
+    needs_model = [d for d in settings.drafters if d in (MODEL, TREE)]
+    if pair.draft is None and needs_model:
+        raise SpecError(f"--drafter {needs_model[0]} needs a draft model (pass --draft, or a preset with one)")
+
+
+def _longest_draft(settings: BenchSettings) -> int:
+    """The longest draft any configuration may verify in one pass."""
+    g = max(settings.draft_lens) if any(d != AUTO for d in settings.drafters) else 0
+    return max(g, AUTO_MAX_DRAFT) if AUTO in settings.drafters else g
+
+
+def _tokenize(pair: LoadedPair, suite: Suite, settings: BenchSettings) -> tuple[list[BenchPrompt], list[list[int]]]:
+    """The prompts to run and their tokens; a prompt that cannot fit its budget in the context is an error."""
+    target = pair.target
+    prompts = suite.prompts[: settings.limit] if settings.limit else list(suite.prompts)
+    tokenized = [target.tokenize(p.text) for p in prompts]
+    n_ctx = min(target.n_ctx, pair.draft.n_ctx) if pair.draft is not None else target.n_ctx
+    for p, toks in zip(prompts, tokenized):
+        need = len(toks) + settings.max_tokens + _longest_draft(settings) + 1
+        if need > n_ctx:
+            raise SpecError(
+                f"prompt {p.id!r} is {len(toks)} tokens; with --max-tokens {settings.max_tokens} it needs a context of "
+                f"{need} tokens, the models have {n_ctx}; use a larger --ctx"
+            )
+    return prompts, tokenized
+
+
+def _busy_notes(facts: dict) -> list[str]:
+    busy, cpus = facts.get("cpu_busy_share_at_start"), facts.get("logical_cpus") or 1
+    if busy is None or busy < BUSY_SHARE:
+        return []
+    # llama.cpp's worker threads spin while they wait for each other: with the cores taken,
+    # every figure gets slower and far noisier, not just a bit.
+    return [
+        f"the machine was busy when the bench started (other programs used {100 * busy:.0f} % of {cpus} CPUs); "
+        "expect noisy figures"
+    ]
+
+
+def _silent_prompt_notes(prompts: Sequence[BenchPrompt], runs: Sequence[Run]) -> list[str]:
+    """Prompts on which the target alone generated nothing: no rate there to compare."""
+    target_only = [r for r in runs if r.config == Config(SPEC, TARGET)]
+    silent = [p.id for p in prompts if not any(r.generated for r in target_only if r.prompt_id == p.id)]
+    if not silent or not any(r.error is None for r in target_only):
+        return []
+    return [
+        f"the target alone generated no token on {', '.join(silent)} (it ended the text at once); "
+        "nothing was measured there, so it is left out of tok/s and speedups (an instruct model may need its chat "
+        "format: spec chat, or your own --prompts)"
+    ]  # fmt: skip
+
+
+def _mismatch_notes(summary: Sequence[ConfigSummary]) -> list[str]:
+    return [
+        f"{s.label}: {s.mismatches} greedy output(s) differ from spec's target-only decoding where the "
+        "target is not near a tie (see output_check in --json/--csv)"
+        for s in summary
+        if s.mismatches
+    ]
+
+
+def _settings_record(settings: BenchSettings, pair: LoadedPair, peers: _Peers, auto_costs: CostCurve | None) -> dict:
+    """The settings as the JSON file records them."""
+    greedy, sp, reference = settings.sampling.greedy, settings.sampling, peers.reference
+    return {
+        "draft_lens": list(settings.draft_lens), "repeats": settings.repeats, "max_tokens": settings.max_tokens,
+        "warmup": settings.warmup, "greedy": greedy, "temp": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p,
+        "seed": None if greedy else settings.seed, "tie_tolerance": TIE_TOLERANCE if greedy else None,
+        "ctx": pair.target.n_ctx,
+        "reference": str(reference.speculative) if reference else None,
+        "reference_plain": str(reference.plain) if reference and reference.plain else None,
+        "lookup": peers.lookup is not None,
+        "lookup_num_pred_tokens": peers.lookup.num_pred_tokens if peers.lookup is not None else None,
+        "drafters": list(settings.drafters), "auto_max_draft": AUTO_MAX_DRAFT, "control": settings.control,
+        "auto_cost_curve": asdict(auto_costs) if auto_costs is not None else None,
+    }  # fmt: skip
+
+
+# --- the peers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Peers:
+    reference: ref_mod.Reference | None = None
+    ref_settings: ref_mod.ReferenceSettings | None = None
+    lookup: object | None = None  # lookup_peer.LookupPeer, imported only when asked for
+
+    def close(self) -> None:
+        if self.lookup is not None:
+            self.lookup.close()
+
+
+def _peers(pair: LoadedPair, settings: BenchSettings, tokenized: list, notes: list[str], notify: Notify) -> _Peers:
     """llama.cpp's reference and llama-cpp-python's prompt lookup, where asked for.
 
     A problem with a peer is noted and the rest of the bench goes on without it.
     """
-    greedy = settings.sampling.greedy
-    target = pair.target
-    reference = None
-    ref_settings = None
+    peers = _Peers()
     try:
-        reference = ref_mod.locate(settings.reference)
+        peers.reference = ref_mod.locate(settings.reference)
     except ref_mod.ReferenceError as e:
         notes.append(f"reference skipped: {e}")
         notify(f"warning: {e}; the bench goes on without llama.cpp's reference")
-    if reference is not None and pair.draft is None:
-        notes.append("llama.cpp's draft-model rows skipped: no draft model (its target-only and ngram-mod rows still run)")
-    if reference is not None:
-        ref_settings = ref_mod.ReferenceSettings(
-            target=pair.target_path, draft=pair.draft_path if pair.draft is not None else None, max_tokens=settings.max_tokens,
-            ctx=target.n_ctx, threads=target.n_threads, ngl=target.n_gpu_layers,
-            ngl_draft=pair.draft.n_gpu_layers if pair.draft is not None else 0,
-            temp=settings.sampling.temperature, top_k=settings.sampling.top_k, top_p=settings.sampling.top_p,
-        )  # fmt: skip
-        if not greedy:
-            notes.append(
-                "llama.cpp's reference verifies by sampling the target and keeping drafts while they match, not by "
-                "rejection sampling: under sampling its acceptance follows another rule and is not comparable with spec's"
-            )
-        if reference.plain is None:
-            notes.append(f"{ref_mod.PLAIN_NAME} not found beside {reference.speculative}; no llama.cpp target-only figure")
-    peer = None
-    if settings.lookup and not greedy:
+    if peers.reference is not None:
+        peers.ref_settings = _reference_settings(pair, settings, peers.reference, notes)
+    if settings.lookup and not settings.sampling.greedy:
         notes.append("prompt-lookup peer skipped: it decodes greedily only (lookup_peer.py)")
         notify("warning: --lookup is greedy only; skipped under sampling")
     elif settings.lookup:
@@ -280,71 +326,187 @@ def _peers(pair: LoadedPair, settings: BenchSettings, tokenized: list, notes: li
             from .lookup_peer import LookupPeer
 
             longest = max(len(t) for t in tokenized)
-            peer = LookupPeer(
-                pair.target_path, n_ctx=longest + settings.max_tokens + 64, n_threads=target.n_threads,
-                n_gpu_layers=target.n_gpu_layers,
+            peers.lookup = LookupPeer(
+                pair.target_path, n_ctx=longest + settings.max_tokens + 64, n_threads=pair.target.n_threads,
+                n_gpu_layers=pair.target.n_gpu_layers,
             )  # fmt: skip
         except SpecError as e:
             notes.append(f"prompt-lookup peer skipped: {e}")
             notify(f"warning: {e}")
-    return reference, ref_settings, peer
+    return peers
 
 
-class _Harness:
-    def __init__(self, pair: LoadedPair, notify: Callable[[str], None]):
+def _reference_settings(pair: LoadedPair, settings: BenchSettings, reference: ref_mod.Reference, notes: list[str]):
+    target, draft = pair.target, pair.draft
+    if draft is None:
+        notes.append("llama.cpp's draft-model rows skipped: no draft model (its target-only and ngram-mod rows still run)")
+    if not settings.sampling.greedy:
+        notes.append(
+            "llama.cpp's reference verifies by sampling the target and keeping drafts while they match, not by "
+            "rejection sampling: under sampling its acceptance follows another rule and is not comparable with spec's"
+        )
+    if reference.plain is None:
+        notes.append(f"{ref_mod.PLAIN_NAME} not found beside {reference.speculative}; no llama.cpp target-only figure")
+    return ref_mod.ReferenceSettings(
+        target=pair.target_path, draft=pair.draft_path if draft is not None else None, max_tokens=settings.max_tokens,
+        ctx=target.n_ctx, threads=target.n_threads, ngl=target.n_gpu_layers,
+        ngl_draft=draft.n_gpu_layers if draft is not None else 0,
+        temp=settings.sampling.temperature, top_k=settings.sampling.top_k, top_p=settings.sampling.top_p,
+    )  # fmt: skip
+
+
+# --- one bench's runs ------------------------------------------------------------------------
+
+
+class _Bench:
+    """The runs of one bench: each configuration on each prompt, and what went wrong on the way."""
+
+    def __init__(
+        self, runner: Runner, peers: _Peers, settings: BenchSettings, prompts: Sequence[BenchPrompt],
+        tokenized: Sequence[Sequence[int]], auto_costs: CostCurve | None, notes: list[str], notify: Notify,
+        progress: Progress,
+    ):  # fmt: skip
+        self.runner, self.peers, self.settings = runner, peers, settings
+        self.prompts, self.tokenized, self.auto_costs = prompts, tokenized, auto_costs
+        self.notes, self.notify, self.progress = notes, notify, progress
+        self.total = 0  # steps announced to progress
+        self.dead: dict[str, str] = {}  # engine -> why it stopped being run
+        self.overshot: set[str] = set()  # reference configurations already noted for running past the budget
+
+    def warm_up(self, configs: Sequence[Config]) -> None:
+        for cfg in configs:
+            self.progress(self.total, f"warm-up: {cfg.label}")
+            self.run(cfg, 0, min(WARMUP_TOKENS, self.settings.max_tokens), -1)
+
+    def measure(self, plan: Sequence[tuple[int, int, Config]], costs: CostSource, max_k: int) -> tuple[list[Run], CostCurve]:
+        """The schedule's runs, and the median of the cost curves sampled before them and after each prompt's block."""
+        self.progress(self.total, "measuring the cost curve")
+        curves = [costs.sample(self.tokenized[0], max_k)]
+        runs: list[Run] = []
+        for order, (r, i, cfg) in enumerate(plan):
+            self.progress(self.total, f"{cfg.label} · {self.prompts[i].id} · repeat {r + 1}/{self.settings.repeats}")
+            run = self.run(cfg, i, self.settings.max_tokens, r)
+            run.repeat, run.order = r, order
+            runs.append(run)
+            if order + 1 == len(plan) or plan[order + 1][:2] != (r, i):
+                self.progress(self.total, f"cost curve · {self.prompts[i].id}")
+                curves.append(costs.sample(self.tokenized[i], max_k))
+        return runs, median_curve(curves)
+
+    def run(self, cfg: Config, i: int, max_tokens: int, repeat: int) -> Run:
+        """Configuration cfg on prompt i; repeat -1 is the warm-up. A peer that fails is not run again."""
+        prompt = self.prompts[i]
+        seed = None if self.settings.sampling.greedy else run_seed(self.settings.seed, i, repeat)
+        base = dict(engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, prompt_id=prompt.id, category=prompt.category,
+                    repeat=0, order=0, drafter=cfg.drafter, seed=seed)  # fmt: skip
+        if cfg.engine in self.dead:
+            return Run(**base, error=self.dead[cfg.engine])
+        if cfg.engine == SPEC:
+            return self._spec(cfg, i, max_tokens, seed)
+        try:
+            if cfg.engine == LLAMA_CPP:
+                return self._reference(cfg, i, max_tokens, repeat, seed, base)
+            r = self.peers.lookup.run("plain" if cfg.mode == TARGET else "lookup", self.tokenized[i], max_tokens)
+            return Run(**base, generated=r.generated, seconds=r.seconds, tokens_per_second=r.tokens_per_second, tokens=r.tokens)
+        except SpecError as e:
+            self.dead[cfg.engine] = str(e)
+            self.notes.append(f"{cfg.engine} stopped after an error: {e}")
+            self.notify(f"warning: {cfg.engine}: {e}; the bench goes on without it")
+            return Run(**base, error=str(e))
+
+    def _spec(self, cfg: Config, i: int, max_tokens: int, seed: int | None) -> Run:
+        drafter = cfg.drafter if cfg.drafter in DRAFTERS else MODEL  # "" and the control are the target alone
+        opts = GenerateOptions(max_tokens=max_tokens, draft_len=cfg.draft_len, sampling=self.settings.sampling, seed=seed)
+        run = self.runner.run(self.tokenized[i], drafter, opts, self.auto_costs)
+        run.prompt_id, run.category, run.drafter = self.prompts[i].id, self.prompts[i].category, cfg.drafter
+        return run
+
+    def _reference(self, cfg: Config, i: int, max_tokens: int, repeat: int, seed: int | None, base: dict) -> Run:
+        ref, s = self.peers.reference, self.peers.ref_settings
+        s = replace(s, max_tokens=max_tokens, seed=seed if seed is not None else s.seed)
+        text = self.prompts[i].text
+        if cfg.mode == TARGET:
+            r = ref_mod.run_plain(ref, s, text)
+        elif cfg.drafter == NGRAM:
+            r = ref_mod.run_ngram(ref, s, text)
+        else:
+            r = ref_mod.run_speculative(ref, s, text, cfg.draft_len)
+        if repeat >= 0 and cfg.mode == SPECULATIVE and r.generated > 1.25 * max_tokens and cfg.label not in self.overshot:
+            # llama-speculative-simple checks its budget only between passes, so one long accepted
+            # draft can run far past it; its tok/s then covers text spec's runs never reach.
+            self.overshot.add(cfg.label)
+            self.notes.append(f"{cfg.label} decoded {r.generated} tokens for a budget of {max_tokens} (a long draft "
+                              "accepted past it); its tok/s counts them all")  # fmt: skip
+        return Run(**base, generated=r.generated, seconds=r.seconds, tokens_per_second=r.tokens_per_second,
+                   drafted=r.drafted, accepted=r.accepted)  # fmt: skip
+
+
+# --- the real collaborators ------------------------------------------------------------------
+
+
+class MachineCosts:
+    """Cost curves measured on the loaded pair (calibrate.py)."""
+
+    def __init__(self, pair: LoadedPair, notify: Notify = lambda s: None):
         self.pair = pair
         self.notify = notify
-        self._auto_costs: CostCurve | None = None
 
-    def auto_costs(self) -> CostCurve:
-        """The cost curve `auto` decides from: the cached calibration `spec run` uses, read once."""
-        if self._auto_costs is None:
-            self._auto_costs = cached_costs(self.pair.target, self.pair.draft, AUTO_MAX_DRAFT + 1, self.notify)
-        return self._auto_costs
+    def sample(self, context: Sequence[int], max_k: int) -> CostCurve:
+        return measure_costs(self.pair.target, self.pair.draft, context, max_k, samples=1)
 
-    def run_spec(
-        self, prompt: Sequence[int], g: int, max_tokens: int, drafter: str = MODEL,
-        sampling: SamplingParams = GREEDY, seed: int | None = None,
-    ) -> Run:  # fmt: skip
-        """One generation from fresh caches; g = 0 with a drafter other than auto is the target alone.
+    def calibrated(self) -> CostCurve:
+        # read (or, the first time on this machine, measured) as `spec run` does
+        return cached_costs(self.pair.target, self.pair.draft, AUTO_MAX_DRAFT + 1, self.notify)
 
-        Every run gets a new strategy, so neither a draft cache nor an acceptance
-        history learnt on an earlier run carries over.
-        """
-        target, draft = self.pair.target, self.pair.draft
-        strategy = None
-        if drafter == AUTO:
-            costs = self.auto_costs()
-            strategy = build_strategy(self.pair, ModelChoice(drafter=AUTO), None, costs=costs)
-        elif g > 0:
-            strategy = build_strategy(self.pair, ModelChoice(drafter=drafter), g)
-        target.reset()
-        if draft is not None:
-            draft.reset()
+
+class EngineRunner:
+    """spec's own decoding of one configuration: a fresh strategy and decode.Engine on the loaded pair.
+
+    Every run gets a new strategy, so neither a draft cache nor an acceptance history learnt
+    on an earlier run carries over.
+    """
+
+    def __init__(self, pair: LoadedPair):
+        self.pair = pair
+
+    def run(self, prompt: Sequence[int], drafter: str, opts: GenerateOptions, auto_costs: CostCurve | None = None) -> Run:
+        strategy = self._strategy(drafter, opts.draft_len, auto_costs)
+        self.pair.target.reset()
+        if self.pair.draft is not None:
+            self.pair.draft.reset()
         # generate() has the draft read the prompt off the clock, as the target does: a
         # prefill is not what a draft length changes.
-        engine = Engine(target, strategy=strategy)
-        opts = GenerateOptions(max_tokens=max_tokens, draft_len=g, sampling=sampling, seed=seed)
-        res = engine.generate(list(prompt), opts)
-        s = res.stats
-        t_draft_decode = s.t_draft_decode
-        hist_len = (AUTO_MAX_DRAFT if drafter == AUTO else g) + 1
-        lengths = getattr(strategy, "lengths", None)
-        run = Run(
-            engine=SPEC, mode=SPECULATIVE if strategy is not None else TARGET, draft_len=g if strategy is not None else 0,
-            prompt_id="", category="", repeat=0, order=0,
-            generated=s.generated, seconds=s.t_total, tokens_per_second=s.tokens_per_second,
-            drafted=s.drafted, accepted=s.accepted, target_passes=s.target_passes,
-            accept_hist=_pad(s.accept_hist, hist_len) if strategy is not None else None,
-            t_target_decode=s.t_target, t_draft=s.t_draft, t_draft_decode=t_draft_decode,
-            t_outside_decode=max(0.0, s.t_total - s.t_target - t_draft_decode), stop_reason=s.stop_reason,
-            tokens=list(res.tokens), drafter=drafter if strategy is not None else "",
-            rounds_by_drafter=dict(strategy.rounds) if strategy is not None else None,
-            lengths_used={int(k): int(v) for k, v in lengths.items()} if lengths is not None else None,
-            strategy_notes=list(s.notes) if strategy is not None else None,
-            seed=seed,
-        )  # fmt: skip
-        return run
+        res = Engine(self.pair.target, strategy=strategy).generate(list(prompt), opts)
+        return _spec_run(res.stats, list(res.tokens), strategy, drafter, opts)
+
+    def _strategy(self, drafter: str, g: int, auto_costs: CostCurve | None):
+        if drafter == AUTO:
+            if auto_costs is None:
+                raise ValueError("the auto drafter needs its cost curve (CostSource.calibrated)")
+            return build_strategy(self.pair, ModelChoice(drafter=AUTO), None, costs=auto_costs)
+        return build_strategy(self.pair, ModelChoice(drafter=drafter), g) if g > 0 else None
+
+
+def _spec_run(s: Stats, tokens: list[int], strategy, drafter: str, opts: GenerateOptions) -> Run:
+    """A spec generation's Run record; strategy None is the target alone."""
+    g = opts.draft_len
+    drafting = strategy is not None
+    adaptive = isinstance(strategy, AdaptiveStrategy)
+    return Run(
+        engine=SPEC, mode=SPECULATIVE if drafting else TARGET, draft_len=g if drafting else 0,
+        prompt_id="", category="", repeat=0, order=0,
+        generated=s.generated, seconds=s.t_total, tokens_per_second=s.tokens_per_second,
+        drafted=s.drafted, accepted=s.accepted, target_passes=s.target_passes,
+        accept_hist=_pad(s.accept_hist, (AUTO_MAX_DRAFT if drafter == AUTO else g) + 1) if drafting else None,
+        t_target_decode=s.t_target, t_draft=s.t_draft, t_draft_decode=s.t_draft_decode,
+        t_outside_decode=max(0.0, s.t_total - s.t_target - s.t_draft_decode), stop_reason=s.stop_reason,
+        tokens=tokens, drafter=drafter if drafting else "",
+        rounds_by_drafter=dict(strategy.rounds) if drafting else None,
+        lengths_used={int(k): int(v) for k, v in strategy.lengths.items()} if adaptive else None,
+        strategy_notes=list(s.notes) if drafting else None,
+        drafters_off=list(strategy.disabled) if adaptive else None,
+        seed=opts.seed,
+    )  # fmt: skip
 
 
 def median_curve(curves: Sequence[CostCurve]) -> CostCurve:
@@ -354,7 +516,6 @@ def median_curve(curves: Sequence[CostCurve]) -> CostCurve:
         draft_ms=float(np.median([c.draft_ms for c in curves])),
         draft2_ms=float(np.median([c.draft2_ms for c in curves])),
     )
-
 
 
 def _pad(hist: Sequence[int], n: int) -> list[int]:

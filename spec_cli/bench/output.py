@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,32 @@ def check_writable(path: Path, what: str) -> None:
         raise SpecError(f"cannot write {what} file {p}: {e.strerror}; choose another path") from None
     if not existed:
         p.unlink()
+
+
+def check_paths(json_path: Path | None, csv_path: Path | None, plot_path: Path | None) -> None:
+    """Every output asked for can be written (and --plot has matplotlib), before any model is loaded."""
+    for path, what in ((json_path, "JSON"), (csv_path, "CSV"), (plot_path, "plot")):
+        if path is not None:
+            check_writable(path, what)
+    if plot_path is not None:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+
+
+def write_outputs(result: BenchResult, json_path: Path | None, csv_path: Path | None, plot_path: Path | None) -> Iterator[Path]:
+    """Write the files asked for, in this order, yielding each path once it is written."""
+    if json_path is not None:
+        write_json(result, json_path)
+        yield json_path
+    if csv_path is not None:
+        write_csv(result, csv_path)
+        yield csv_path
+    if plot_path is not None:
+        from .plot import plot_in_child
+
+        plot_in_child(result, plot_path)
+        yield plot_path
 
 
 def _json_default(o):

@@ -107,9 +107,8 @@ def _nan(x: float | None) -> float:
 def plot_in_child(result: BenchResult, path: Path, timeout: float = 300.0) -> None:
     """`plot`, in a fresh interpreter that never loads llama.cpp.
 
-    On a CUDA build, matplotlib imported into a process that had loaded llama.cpp
-    segfaulted (docs/machine-notes.md, "GPU"); a child that only unpickles the result and draws
-    cannot meet llama.cpp's libraries at all.
+    matplotlib in a process that has loaded a CUDA build of llama.cpp can segfault
+    (docs/machine-notes.md, "GPU"); a child that only unpickles the result and draws never meets it.
     """
     import os
     import pickle

@@ -101,6 +101,7 @@ class Run:
     lengths_used: dict[int, int] | None = None  # target passes by draft length (spec only)
     strategy_notes: list[str] | None = None  # the strategy's own account: what it chose and why
     seed: int | None = None  # the sampling seed (None: greedy)
+    drafters_off: list[str] | None = None  # auto only: why it left a drafter out (also among strategy_notes)
 
     @property
     def config(self) -> Config:

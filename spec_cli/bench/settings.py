@@ -67,6 +67,11 @@ class BenchSettings:
                 raise SpecError(f"draft lengths must be between 1 and 64, got {g}")
 
 
+def load_as(drafters: tuple[str, ...]) -> str:
+    """The drafter the pair is loaded for: a tree needs the target with several sequences; ngram alone needs no draft model."""
+    return next((d for d in (TREE, MODEL, AUTO) if d in drafters), NGRAM)
+
+
 def run_seed(base: int, prompt_index: int, repeat: int) -> int:
     """The sampling seed of one (prompt, repeat): fixed by the base seed, different for each.
 

@@ -16,6 +16,13 @@ SUITE_RESOURCE = ("data", "bench_prompts.jsonl")
 SUITE_DEFAULT_LIMIT = 5
 
 
+def default_limit(limit: int | None, bundled: bool) -> int | None:
+    """--limit as given (0: every prompt); unset, SUITE_DEFAULT_LIMIT of the bundled suite and a --prompts file whole."""
+    if limit is None:
+        return SUITE_DEFAULT_LIMIT if bundled else None
+    return None if limit == 0 else limit
+
+
 @dataclass
 class BenchPrompt:
     id: str

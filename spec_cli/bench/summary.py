@@ -15,7 +15,7 @@ import numpy as np
 from .. import speedup
 from ..calibrate import CostCurve
 from .schedule import REF_NGRAM, Config, Run
-from .settings import AUTO, CONTROL, LLAMA_CPP, MODEL, SPEC, SPECULATIVE, TARGET
+from .settings import AUTO, CONTROL, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, TARGET, TREE
 
 # `auto` must not lose: a prompt below this share of the target alone counts as a loss.
 AUTO_FLOOR = 0.97
@@ -45,88 +45,114 @@ class ConfigSummary:
     worst_prompt: float | None = None  # the smallest of by_prompt
     rounds_by_drafter: dict[str, int] | None = None  # summed over runs (spec speculative only)
     lengths_used: dict[int, int] | None = None
-    strategy_notes: list[str] = field(default_factory=list)  # distinct notes, e.g. why a drafter was switched off
+    strategy_notes: list[str] = field(default_factory=list)  # distinct Run.drafters_off: why auto left a drafter out
 
 
+Rates = dict[tuple[str, int], list[float]]  # (prompt id, repeat) -> tok/s of the runs there
 
-def summarize(runs: list[Run], cost: CostCurve, draft_lens: Sequence[int]) -> list[ConfigSummary]:
-    order: list[Config] = []
-    for r in runs:
-        if r.config not in order:
-            order.append(r.config)
-    control = Config(SPEC, TARGET, 0, CONTROL)
-    if control in order and Config(SPEC, TARGET) in order:  # shown right under the target, wherever it ran
+
+def summarize(runs: list[Run], cost: CostCurve) -> list[ConfigSummary]:
+    """One summary per configuration, in the order the configurations first ran (the control under the target)."""
+    return [_summarize(cfg, runs, cost) for cfg in _display_order(runs)]
+
+
+def _display_order(runs: Sequence[Run]) -> list[Config]:
+    order = list(dict.fromkeys(r.config for r in runs))
+    control, target = Config(SPEC, TARGET, 0, CONTROL), Config(SPEC, TARGET)
+    if control in order and target in order:  # shown right under the target, wherever it ran
         order.remove(control)
-        order.insert(order.index(Config(SPEC, TARGET)) + 1, control)
+        order.insert(order.index(target) + 1, control)
+    return order
 
-    def per_prompt(cfg: Config) -> dict[tuple[str, int], list[float]]:
-        # Keyed by prompt and repeat: a run is compared with its baseline from the same
-        # block of the schedule, which ran moments before or after it.
-        out: dict[tuple[str, int], list[float]] = {}
-        for r in runs:
-            if r.config == cfg and r.error is None and r.seconds > 0 and r.generated > 0:
-                out.setdefault((r.prompt_id, r.repeat), []).append(r.tokens_per_second)
-        return out
 
-    summary = []
-    for cfg in order:
-        mine = [r for r in runs if r.config == cfg and r.error is None]
-        failed = sum(1 for r in runs if r.config == cfg and r.error is not None)
-        # A run that generated nothing (the model ended the text at once) has no rate to speak of.
-        rates = [r.tokens_per_second for r in mine if r.generated > 0]
-        tps = speedup.median(rates) if rates else float("nan")
-        base = per_prompt(cfg.baseline)
-        here = per_prompt(cfg)
-        sp = speedup.median_ratio(here, base) if base and mine else None
-        by_prompt: dict[str, float] = {}
-        if base and mine:
-            for pid in dict.fromkeys(r.prompt_id for r in mine):
-                x = speedup.median_ratio({k: v for k, v in here.items() if k[0] == pid}, base)
-                if np.isfinite(x):
-                    by_prompt[pid] = x
-        drafted = sum(r.drafted or 0 for r in mine)
-        accepted = sum(r.accepted or 0 for r in mine)
-        acc_rate = accepted / drafted if drafted else None
-        hist = alpha = pred = tpp = outside = vs_ref = None
-        if cfg.engine == SPEC:
-            passes = sum(r.target_passes or 0 for r in mine)
-            tpp = sum(r.generated for r in mine) / passes if passes else None
-            wall = sum(r.seconds for r in mine)
-            outside = sum(r.t_outside_decode or 0.0 for r in mine) / wall if wall > 0 else None
-            if cfg.mode == SPECULATIVE:
-                hist = list(np.sum([r.accept_hist for r in mine if r.accept_hist], axis=0).astype(int)) if mine else None
-                if cfg.kind == MODEL:
-                    # The Leviathan et al. model fits a draft model that always drafts g tokens;
-                    # n-gram proposals stop where the match ends, and auto changes g every round.
-                    alpha = speedup.acceptance_from_hist(hist, cfg.draft_len) if hist else None
-                    if np.isfinite(cost.draft_ms) and cfg.draft_len + 1 <= len(cost.target_ms):
-                        pred = _predicted(mine, cfg.draft_len, cost)
-                    theirs = per_prompt(Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
-                elif cfg.kind == AUTO:
-                    theirs = per_prompt(REF_NGRAM)  # auto against llama.cpp's context drafter
-                else:
-                    theirs = {}
-            else:
-                pred = 1.0
-                theirs = per_prompt(Config(LLAMA_CPP, TARGET))
-            if theirs and mine:
-                vs_ref = speedup.median_ratio(here, theirs)
-        rounds = _sum_counts([r.rounds_by_drafter for r in mine])
-        lengths = _sum_counts([r.lengths_used for r in mine])
-        notes = list(dict.fromkeys(n for r in mine for n in (r.strategy_notes or []) if "drafter off:" in n))
-        summary.append(
-            ConfigSummary(
-                engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, label=cfg.label, runs=len(mine), failed=failed,
-                tokens_per_second=tps, speedup=sp, predicted=pred, acceptance_rate=acc_rate, alpha=alpha,
-                tokens_per_pass=tpp, accept_hist=[int(x) for x in hist] if hist is not None else None,
-                outside_decode=outside, vs_reference=vs_ref,
-                mismatches=sum(1 for r in mine if r.output_check == "MISMATCH"),
-                near_ties=sum(1 for r in mine if r.output_check == "near-tie"),
-                drafter=cfg.drafter, by_prompt=by_prompt, worst_prompt=min(by_prompt.values()) if by_prompt else None,
-                rounds_by_drafter=rounds, lengths_used=lengths, strategy_notes=notes,
-            )  # fmt: skip
-        )
-    return summary
+def _rates(runs: Sequence[Run], cfg: Config) -> Rates:
+    # Keyed by prompt and repeat: a run is compared with its baseline from the same block of
+    # the schedule, which ran moments before or after it.
+    out: Rates = {}
+    for r in runs:
+        if r.config == cfg and r.error is None and r.seconds > 0 and r.generated > 0:
+            out.setdefault((r.prompt_id, r.repeat), []).append(r.tokens_per_second)
+    return out
+
+
+def _summarize(cfg: Config, runs: Sequence[Run], cost: CostCurve) -> ConfigSummary:
+    mine = [r for r in runs if r.config == cfg and r.error is None]
+    # A run that generated nothing (the model ended the text at once) has no rate to speak of.
+    rates = [r.tokens_per_second for r in mine if r.generated > 0]
+    here, base = _rates(runs, cfg), _rates(runs, cfg.baseline)
+    by_prompt = _by_prompt(mine, here, base) if base and mine else {}
+    drafted = sum(r.drafted or 0 for r in mine)
+    hist = _accept_hist(mine) if cfg.engine == SPEC and cfg.mode == SPECULATIVE else None
+    theirs = _reference_rates(runs, cfg) if cfg.engine == SPEC else {}
+    return ConfigSummary(
+        engine=cfg.engine, mode=cfg.mode, draft_len=cfg.draft_len, label=cfg.label, runs=len(mine),
+        failed=sum(1 for r in runs if r.config == cfg and r.error is not None),
+        tokens_per_second=speedup.median(rates) if rates else float("nan"),
+        speedup=speedup.median_ratio(here, base) if base and mine else None,
+        predicted=_prediction(cfg, mine, cost),
+        acceptance_rate=sum(r.accepted or 0 for r in mine) / drafted if drafted else None,
+        alpha=speedup.acceptance_from_hist(hist, cfg.draft_len) if hist and cfg.kind == MODEL else None,
+        tokens_per_pass=_tokens_per_pass(mine) if cfg.engine == SPEC else None,
+        accept_hist=[int(x) for x in hist] if hist is not None else None,
+        outside_decode=_outside_share(mine) if cfg.engine == SPEC else None,
+        vs_reference=speedup.median_ratio(here, theirs) if theirs and mine else None,
+        mismatches=sum(1 for r in mine if r.output_check == "MISMATCH"),
+        near_ties=sum(1 for r in mine if r.output_check == "near-tie"),
+        drafter=cfg.drafter, by_prompt=by_prompt, worst_prompt=min(by_prompt.values()) if by_prompt else None,
+        rounds_by_drafter=_sum_counts([r.rounds_by_drafter for r in mine]),
+        lengths_used=_sum_counts([r.lengths_used for r in mine]),
+        strategy_notes=list(dict.fromkeys(n for r in mine for n in (r.drafters_off or []))),
+    )  # fmt: skip
+
+
+def _by_prompt(mine: Sequence[Run], here: Rates, base: Rates) -> dict[str, float]:
+    """Per prompt, the median over its repeats of the speedup."""
+    out = {}
+    for pid in dict.fromkeys(r.prompt_id for r in mine):
+        x = speedup.median_ratio({k: v for k, v in here.items() if k[0] == pid}, base)
+        if np.isfinite(x):
+            out[pid] = x
+    return out
+
+
+def _accept_hist(mine: Sequence[Run]) -> list | None:
+    return list(np.sum([r.accept_hist for r in mine if r.accept_hist], axis=0).astype(int)) if mine else None
+
+
+def _tokens_per_pass(mine: Sequence[Run]) -> float | None:
+    passes = sum(r.target_passes or 0 for r in mine)
+    return sum(r.generated for r in mine) / passes if passes else None
+
+
+def _outside_share(mine: Sequence[Run]) -> float | None:
+    wall = sum(r.seconds for r in mine)
+    return sum(r.t_outside_decode or 0.0 for r in mine) / wall if wall > 0 else None
+
+
+def _prediction(cfg: Config, mine: Sequence[Run], cost: CostCurve) -> float | None:
+    """spec's target alone is 1.0 by definition; of the drafters only the draft model fits the model.
+
+    The Leviathan et al. model fits a draft model that always drafts g tokens; n-gram proposals
+    stop where the match ends, and auto changes g every round.
+    """
+    if cfg.engine != SPEC:
+        return None
+    if cfg.mode != SPECULATIVE:
+        return 1.0
+    if cfg.kind != MODEL or not mine or not np.isfinite(cost.draft_ms) or cfg.draft_len + 1 > len(cost.target_ms):
+        return None
+    return _predicted(mine, cfg.draft_len, cost)
+
+
+def _reference_rates(runs: Sequence[Run], cfg: Config) -> Rates:
+    """The llama.cpp rates a spec configuration is held against ("vs ref"), if there is a counterpart."""
+    if cfg.mode != SPECULATIVE:
+        return _rates(runs, Config(LLAMA_CPP, TARGET))
+    if cfg.kind == MODEL:
+        return _rates(runs, Config(LLAMA_CPP, SPECULATIVE, cfg.draft_len))
+    if cfg.kind == AUTO:
+        return _rates(runs, REF_NGRAM)  # auto against llama.cpp's context drafter
+    return {}
 
 
 def _predicted(runs: Sequence[Run], g: int, cost: CostCurve) -> float | None:
@@ -158,6 +184,17 @@ def best_predicted(summary: Sequence[ConfigSummary]) -> dict | None:
         "draft_len": top.draft_len, "speedup": top.predicted, "measured": top.speedup,
         "worst_draft_len": worst.draft_len, "worst_error": worst.predicted / worst.speedup - 1.0,
     }  # fmt: skip
+
+
+def best_per_drafter(summary: Sequence[ConfigSummary]) -> list[ConfigSummary]:
+    """The control, then per drafter the spec configuration with the best median speedup (auto as it is)."""
+    out = [s for s in summary if s.engine == SPEC and s.drafter == CONTROL]
+    for kind in (MODEL, NGRAM, TREE, AUTO):
+        rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == kind
+                and s.speedup is not None and np.isfinite(s.speedup)]  # fmt: skip
+        if rows:
+            out.append(max(rows, key=lambda s: (s.speedup, -s.draft_len)))
+    return out
 
 
 def _sum_counts(counts: Sequence[dict | None]):

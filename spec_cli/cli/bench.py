@@ -11,12 +11,11 @@ import typer
 
 from .. import ui
 from ..bench import (
-    AUTO, CONTROL, DEFAULT_DRAFT_LENS, DEFAULT_DRAFTERS, LLAMA_CPP, MODEL, NGRAM, SPEC, SPECULATIVE, SUITE_DEFAULT_LIMIT, TREE,
-    BenchResult, BenchSettings, check_writable, load_prompts_file, load_suite, parse_draft_lens, parse_drafters,
-    run_bench, write_csv, write_json,
+    AUTO, CONTROL, DEFAULT_DRAFT_LENS, DEFAULT_DRAFTERS, LLAMA_CPP, MODEL, NGRAM, SPEC, SUITE_DEFAULT_LIMIT, TREE,
+    BenchResult, BenchSettings, EngineRunner, MachineCosts, best_per_drafter, check_paths, default_limit, describe, load_as,
+    load_prompts_file, load_suite, parse_draft_lens, parse_drafters, require_lossless, run_bench, write_outputs,
 )  # fmt: skip
 from ..bench.reference import ENV_VAR
-from ..errors import SpecError
 from ..sampling import SamplingParams
 from ..session import load_pair
 from . import app
@@ -61,59 +60,26 @@ def bench_cmd(
         reference = None
     settings = BenchSettings(
         draft_lens=parse_draft_lens(draft_lens), repeats=repeats, max_tokens=max_tokens, warmup=warmup,
-        limit=_limit(limit, prompts is None), reference=reference, lookup=lookup, drafters=drafters, control=control,
-        sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p), seed=0 if seed is None else seed,
+        limit=default_limit(limit, prompts is None), reference=reference, lookup=lookup, drafters=drafters,
+        control=control, sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p), seed=0 if seed is None else seed,
     )  # fmt: skip
     settings.check()
     suite = load_prompts_file(prompts) if prompts is not None else load_suite()
-    for path, what in ((json_path, "JSON"), (csv_path, "CSV"), (plot_path, "plot")):
-        if path is not None:
-            check_writable(path, what)
-    if plot_path is not None:
-        from ..bench.plot import require_matplotlib
-
-        require_matplotlib()
-
-    # What to load: a tree needs the target with several sequences; ngram alone needs no draft model.
-    load_as = next((d for d in (TREE, MODEL, AUTO) if d in drafters), NGRAM)
-    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft, load_as, rpc, rpc_draft)
+    check_paths(json_path, csv_path, plot_path)
+    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft, load_as(drafters), rpc, rpc_draft)
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
     try:
-        n = min(len(suite.prompts), settings.limit or len(suite.prompts))
-        ui.info(
-            f"bench: {n} prompts from {suite.name}" + (f" (version {suite.version})" if suite.version is not None else "")
-            + f", drafters {','.join(drafters)}, draft lengths {','.join(map(str, settings.draft_lens))}, {repeats} repeats,"
-            f" {max_tokens} tokens each, "
-            + ("greedy" if settings.sampling.greedy else f"sampling at temp {temp:g}, top-k {top_k}, top-p {top_p:g}, base seed {settings.seed}")
-        )  # fmt: skip
+        ui.info(describe(suite, settings))
         with ui.progress_bar() as step:
-            result = run_bench(pair, suite, settings, progress=step, notify=ui.note)
+            result = run_bench(pair, suite, settings, costs=MachineCosts(pair, ui.note), runner=EngineRunner(pair),
+                               progress=step, notify=ui.note)  # fmt: skip
     finally:
         pair.close()
-
     render(result)
-    if json_path is not None:
-        write_json(result, json_path)
-        ui.info(f"wrote {json_path}")
-    if csv_path is not None:
-        write_csv(result, csv_path)
-        ui.info(f"wrote {csv_path}")
-    if plot_path is not None:
-        from ..bench.plot import plot_in_child
-
-        plot_in_child(result, plot_path)
-        ui.info(f"wrote {plot_path}")
-    mism = sum(s.mismatches for s in result.summary if s.engine == SPEC)
-    if mism and result.settings["greedy"]:
-        # A lossless method changed the output: that is a bug, and the exit status says so.
-        raise SpecError(f"{mism} greedy output(s) changed under speculation beyond a near-tie; see the notes above")
-
-
-def _limit(limit: int | None, bundled: bool) -> int | None:
-    if limit is None:
-        return SUITE_DEFAULT_LIMIT if bundled else None
-    return None if limit == 0 else limit
+    for path in write_outputs(result, json_path, csv_path, plot_path):
+        ui.info(f"wrote {path}")
+    require_lossless(result)
 
 
 def _f(x: float | None, fmt: str, suffix: str = "") -> str:
@@ -143,17 +109,6 @@ def _short(s) -> str:
     else:
         what = f"g={s.draft_len}"
     return f"{_SHORT_ENGINE.get(s.engine, s.engine + ' ')}{what}"
-
-
-def _headline(result: BenchResult) -> list:
-    """Per drafter, the configuration with the best median speedup; auto as it is."""
-    out = [s for s in result.summary if s.engine == SPEC and s.drafter == CONTROL]
-    for kind in (MODEL, NGRAM, TREE, AUTO):
-        rows = [s for s in result.summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == kind
-                and s.speedup is not None and math.isfinite(s.speedup)]  # fmt: skip
-        if rows:
-            out.append(max(rows, key=lambda s: (s.speedup, -s.draft_len)))
-    return out
 
 
 def render(result: BenchResult) -> None:
@@ -233,7 +188,7 @@ def render(result: BenchResult) -> None:
 
 
 def _render_by_prompt(result: BenchResult) -> None:
-    heads = _headline(result)
+    heads = best_per_drafter(result.summary)
     if not heads or len(result.suite["prompts"]) < 2:
         return
     base = next((s for s in result.summary if s.engine == SPEC and s.mode == "target" and s.drafter != CONTROL), None)

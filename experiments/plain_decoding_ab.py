@@ -7,7 +7,7 @@ time per token and of the time outside the passes per token, then the paired rat
 A difference in the pass time (llama.cpp's own work, the same in both) is machine drift: read
 the tokens/s ratio against it.
 
-Usage: scripts/plain_decoding_ab.py OLD_TREE NEW_TREE [--rounds 12] [--temp 0.8]
+Usage: experiments/plain_decoding_ab.py OLD_TREE NEW_TREE [--rounds 12] [--temp 0.8]
 (OLD_TREE can be a `git worktree add /tmp/old <commit>`; both run with this Python.)
 """
 

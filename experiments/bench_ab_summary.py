@@ -6,7 +6,7 @@ keeps the runs of the target alone, and prints the median tokens/s of each versi
 new/old overall and per prompt, and the median share and time per token outside the target's
 passes.
 
-Usage: scripts/bench_ab_summary.py DIR [GLOB_PART ...]   e.g. DIR t0 t0.8 for old-t0-r1.json ...
+Usage: experiments/bench_ab_summary.py DIR [GLOB_PART ...]   e.g. DIR t0 t0.8 for old-t0-r1.json ...
 """
 
 from __future__ import annotations
