@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from spec_cli.backend import Model
+from spec_cli.llama import Model
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.presets import resolve
 from spec_cli.sampling import SamplingParams

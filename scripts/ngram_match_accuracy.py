@@ -16,7 +16,7 @@ from importlib import resources
 
 import numpy as np
 
-from spec_cli.backend import Model
+from spec_cli.llama import Model
 from spec_cli.drafters.ngram import NgramDrafter
 from spec_cli.sampling import SamplingParams
 
