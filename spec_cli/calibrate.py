@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backend import Model
+from .llama import Model
 from .errors import SpecError
 from .files import write_text_atomic
 from .presets import cache_dir
@@ -61,7 +61,7 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
     filler = [int(t) for t in prompt[1:]] or [int(prompt[0])]
     filler = (filler * (max_k // len(filler) + 1))[:max_k]
     target.reset()
-    target.sync(prompt, logits=False)
+    target.sync(prompt, logits="none")
     base = target.n_past
     times: list[list[float]] = [[] for _ in range(max_k)]
     for _ in range(samples):
@@ -82,7 +82,7 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
         prompt = [int(t) % draft.n_vocab for t in prompt]
         filler = [t % draft.n_vocab for t in filler]
         draft.reset()
-        draft.sync(prompt, logits=False)
+        draft.sync(prompt, logits="none")
         base = draft.n_past
         steps, pairs = [], []
         for i in range(samples * 4):

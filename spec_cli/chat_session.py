@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .backend import Model
+from .llama import Model
 from .chat import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
 from .drafters.base import prepare
@@ -246,19 +246,11 @@ class _Prefill:
         self.draft_evaluated: int | None = None
 
     def prepare(self, tokens: Sequence[int]) -> None:
-        draft = self.draft
-        if draft is None:
-            prepare(self.strategy, tokens)
-            return
-        # Every drafter that reads the prompt into the draft model does so with one sync(),
-        # which sets last_sync_evaluated; a strategy that leaves the draft alone leaves the mark.
-        before, draft.last_sync_evaluated = draft.last_sync_evaluated, None
-        try:
-            prepare(self.strategy, tokens)
-        finally:
-            self.draft_evaluated = draft.last_sync_evaluated
-            if self.draft_evaluated is None:
-                draft.last_sync_evaluated = before
+        # Every drafter that reads the prompt into the draft model does so with one sync() and
+        # returns its count; a strategy that leaves the draft alone returns None.
+        evaluated = prepare(self.strategy, tokens)
+        if self.draft is not None:
+            self.draft_evaluated = evaluated
 
     def __getattr__(self, name: str):
         # name, draft_len, propose, observe, describe: the strategy's own

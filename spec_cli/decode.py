@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backend import Model
+from .llama import Model
 from .drafters.base import Drafter, Proposal
 from .errors import SpecError
 from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
@@ -214,8 +214,7 @@ class Engine:
         )
         run = _Run(opts, np.random.default_rng(seed), strategy, stats, list(prompt), TextStream(opts.stop))
         t0 = time.perf_counter()
-        target.sync(run.context[:-1], logits=False)
-        stats.prompt_tokens_evaluated = target.last_sync_evaluated
+        stats.prompt_tokens_evaluated, _ = target.sync(run.context[:-1], logits="none")
         if strategy is not None and hasattr(strategy, "prepare"):
             # A draft model reads the prompt here too, so that its first round is not
             # charged with prompt processing (and drafting does not look dear because of it).

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .backend import Model, build_info, default_threads
+from .llama import Model, build_info, default_threads
 from .errors import SpecError
 from .presets import cache_dir, load_catalog, pair, resolve, spec_home
 

@@ -246,7 +246,7 @@ def _resolve_entry(name: str, catalog: Catalog, notify: Notify, seen: tuple[str,
     src = _resolve_entry(m["derive"], catalog, notify, seen + (name,))
     dst = cache_dir() / "models" / f"{name}.gguf"
     if not dst.exists():
-        from .backend import quantize
+        from .llama import quantize
 
         _prepare_cache(dst)
         notify(f"deriving model {name} ({m['quant']}) from {src.name}, once, into {dst.parent}")

@@ -150,17 +150,15 @@ def _ggml():
     global _ggml_lib
     if _ggml_lib is not None:
         return _ggml_lib
-    from pathlib import Path
+    from .llama import ggml_lib, llama_lib
 
-    from .backend import _ggml_library, _lib
-
-    L = _lib()
+    L = llama_lib()
     if not L.llama_supports_rpc():
         raise SpecError(
             "this llama-cpp-python was built without the RPC backend; reinstall it with: "
             'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
         )
-    g = _ggml_library(Path(L.__file__).parent / "lib")
+    g = ggml_lib()
     if g is None:
         raise SpecError("cannot find the ggml library of llama-cpp-python (needed for --rpc)")
     vp, sz = ctypes.c_void_p, ctypes.c_size_t

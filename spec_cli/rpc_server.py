@@ -47,7 +47,7 @@ def serve(host: str, port: int, threads: int, cache: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .backend import default_threads
+    from .llama import default_threads
 
     ap = argparse.ArgumentParser(prog="python -m spec_cli.rpc_server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", "-H", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import Model, check_compatible, gpu_offload_supported
+from .llama import Model, check_compatible, gpu_offload_supported
 from .drafters.crossvocab import check_cross_vocab
 from .errors import SpecError
 from .presets import Notify, load_catalog, pair, pair_rpc, resolve

@@ -88,8 +88,8 @@ class FixedStrategy:
         prop.source = getattr(self.drafter, "last_source", None) or self.drafter.name
         return prop
 
-    def prepare(self, tokens: Sequence[int]) -> None:
-        prepare(self.drafter, tokens)
+    def prepare(self, tokens: Sequence[int]) -> int | None:
+        return prepare(self.drafter, tokens)
 
     def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
         self.rounds[prop.source if prop.tokens else "none"] += 1
@@ -193,21 +193,25 @@ class AdaptiveStrategy:
         self._previous: _Source | None = None  # the last drafter that drafted
         self._lag = self._ctx_len = 0  # the drafter used this round: its catch-up, the context length
 
-    def prepare(self, tokens: Sequence[int]) -> None:
+    def prepare(self, tokens: Sequence[int]) -> int | None:
+        """Prepare each drafter with a draft model; returns the tokens the last of them evaluated (None: none)."""
+        last = None
         for src in self.sources:
             if not src.free:
                 t0 = time.perf_counter()
-                prepare(src.drafter, tokens)
+                done = prepare(src.drafter, tokens)
                 seconds = time.perf_counter() - t0
+                last = done if done is not None else last
                 # Per context token: per draft token evaluated, times draft tokens per context token
                 # (another family's tokenizer splits the text differently). A prepare that found the
                 # cache already in place (chat prepares before the engine does) says nothing.
                 model = getattr(src.drafter, "model", None)
-                evaluated = model.last_sync_evaluated if model is not None else len(tokens)
+                evaluated = done if model is not None else len(tokens)
                 cached = model.n_past if model is not None else len(tokens)
                 if evaluated > CATCH_UP_FROM and tokens:
                     src.catch_up = seconds / evaluated * cached / len(tokens)
                 src.synced = len(tokens) + 1
+        return last
 
     def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         self._consulted, self._used = [], None

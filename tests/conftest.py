@@ -108,7 +108,7 @@ def smollm2_f32_path(smollm2_path):
 
 @pytest.fixture(scope="session")
 def target_model(gemma_path):
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     m = Model(gemma_path, n_ctx=2048, label="target")
     yield m
@@ -117,7 +117,7 @@ def target_model(gemma_path):
 
 @pytest.fixture(scope="session")
 def draft_model(gemma_q2k_path):
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     m = Model(gemma_q2k_path, n_ctx=2048, label="draft")
     yield m

@@ -1,4 +1,4 @@
-"""A scripted stand-in for backend.Model: the loop's unit tests run on it without llama.cpp.
+"""A scripted stand-in for spec_cli.llama.Model: the loop's unit tests run on it without llama.cpp.
 
 The "language model" is a function from the token history to a logits vector.
 The fake keeps `tokens` like the real Model and checks every position it is
@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from spec_cli.backend import ContextFull
+from spec_cli.llama import ContextFull
 from spec_cli.sampling import top_k_of
 
 
@@ -33,7 +33,6 @@ class FakeModel:
         self.tokens: list[int] = []
         self.decode_seconds = 0.0
         self.decode_calls = 0
-        self.last_sync_evaluated = 0
         self.n_seq_max = 8  # branches a token tree may have, plus one
         self._tree = None
         self.batches: list[list[int]] = []  # every eval call, for assertions
@@ -70,10 +69,12 @@ class FakeModel:
         return [top_k_of(row, k) for row in self.eval(tokens, rows)]
 
     def sync_argmax(self, tokens):
-        return int(np.argmax(self.sync(tokens)))
+        evaluated, row = self.sync(tokens)
+        return evaluated, int(np.argmax(row))
 
     def sync_top_k(self, tokens, k):
-        return top_k_of(self.sync(tokens), k)
+        evaluated, row = self.sync(tokens)
+        return evaluated, top_k_of(row, k)
 
     def eval_tree(self, root, tokens, parents):
         """Like Model.eval_tree: row 0 after root, row i + 1 after node i along its own branch."""
@@ -110,19 +111,19 @@ class FakeModel:
     def reset(self):
         self.tokens.clear()
 
-    def sync(self, tokens, logits=True):
+    def sync(self, tokens, logits="last"):
+        assert logits in ("last", "none"), logits
         common = 0
         while common < min(len(tokens), len(self.tokens)) and self.tokens[common] == tokens[common]:
             common += 1
-        if logits and common == len(tokens):
+        if logits == "last" and common == len(tokens):
             common -= 1
         self.truncate(common)
         rest = list(tokens[common:])
-        self.last_sync_evaluated = len(rest)
         if not rest:
-            return None
-        out = self.eval(rest, "last" if logits else "none")
-        return out[0] if out is not None else None
+            return 0, None
+        out = self.eval(rest, logits)
+        return len(rest), (out[0] if out is not None else None)
 
     def is_eog(self, token):
         return token == self.eog

@@ -24,7 +24,7 @@ def tie_gap(target, prompt, generated, tok_a: int, tok_b: int) -> float:
     """
     context = list(prompt) + list(generated)
     target.reset()
-    target.sync(list(prompt)[:-1], logits=False)
+    target.sync(list(prompt)[:-1], logits="none")
     for tok in context[len(prompt) - 1 : -1]:
         target.eval([tok], logits="none")
     row = target.eval([context[-1]], logits="last")[0]

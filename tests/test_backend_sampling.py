@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec_cli.backend import backend_sampling_available
+from spec_cli.llama import backend_sampling_available
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
 from spec_cli.sampling import SamplingParams, shape, shape_top_k, top_k_of
@@ -47,7 +47,7 @@ def paths(target, draft, monkeypatch):
 def test_a_model_on_the_cpu_reads_rows_unless_told_otherwise(smollm2_path, monkeypatch):
     """On the CPU the sampler's graph nodes cost more than the row copy they save, so a model
     that is not offloaded to a GPU uses numpy unless SPEC_BACKEND_SAMPLING=all says otherwise."""
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     monkeypatch.delenv("SPEC_BACKEND_SAMPLING", raising=False)
     available = backend_sampling_available()  # what this build has; without it both read rows
@@ -67,7 +67,7 @@ def test_a_model_on_the_cpu_reads_rows_unless_told_otherwise(smollm2_path, monke
 
 def _rows(target, prompt, cont):
     target.reset()
-    target.sync(prompt[:-1], logits=False)
+    target.sync(prompt[:-1], logits="none")
     return target.eval([prompt[-1], *cont], logits="all").copy()
 
 
@@ -77,7 +77,7 @@ def test_argmax_ids_equal_numpy_argmax(target, paths):
     paths(False)
     rows = _rows(target, prompt, cont)
     paths(True)
-    target.sync(prompt[:-1], logits=False)
+    target.sync(prompt[:-1], logits="none")
     ids = target.eval_argmax([prompt[-1], *cont])
     assert target.backend_sampler == "argmax"
     assert len(ids) == len(cont) + 1
@@ -97,7 +97,7 @@ def test_top_k_candidates_equal_numpy_top_k(target, paths):
     paths(False)
     rows = _rows(target, prompt, cont)
     paths(True)
-    target.sync(prompt[:-1], logits=False)
+    target.sync(prompt[:-1], logits="none")
     got = target.eval_top_k([prompt[-1], *cont], 40)
     assert target.backend_sampler == "top_k"
     for row, (ids, vals) in zip(rows, got):
@@ -118,7 +118,7 @@ def test_rows_after_backend_passes_are_fresh(target, paths):
     paths(False)
     ref = _rows(target, prompt, [])[0]
     paths(True)
-    target.sync(prompt[:-1], logits=False)
+    target.sync(prompt[:-1], logits="none")
     target.eval_argmax([prompt[-1], 1234, 5678])
     target.truncate(len(prompt) - 1)
     row = target.eval([prompt[-1]], logits="last")[0]
@@ -144,8 +144,8 @@ def test_first_sampled_token_keeps_target_distribution_on_backend_top_k(target, 
     params = SamplingParams(temperature=1.0, top_k=8)
     prompt = target.tokenize("The capital of France is")
     paths(False)
-    p = shape(target.sync(prompt).copy(), params)  # the reference: numpy on the full row
-    q = shape(draft.sync(prompt).copy(), params)
+    p = shape(target.sync(prompt)[1].copy(), params)  # the reference: numpy on the full row
+    q = shape(draft.sync(prompt)[1].copy(), params)
     ids = np.union1d(p.ids, q.ids)
     assert 0.5 * np.abs(p.probs_at(ids) - q.probs_at(ids)).sum() > 0.2, "draft and target too alike for the power check"
     paths(True)

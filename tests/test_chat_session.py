@@ -19,7 +19,7 @@ QUESTIONS = ["Hi! Who are you?", "Write a haiku about the sea.", "What is 12 tim
 
 @pytest.fixture(scope="module")
 def smol(smollm2_path):
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     m = Model(smollm2_path, n_ctx=1024, n_threads=1, label="target")
     yield m
@@ -28,7 +28,7 @@ def smol(smollm2_path):
 
 @pytest.fixture(scope="module")
 def smol_draft(smollm2_q2k_path):
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     m = Model(smollm2_q2k_path, n_ctx=1024, n_threads=1, label="draft")
     yield m
@@ -106,7 +106,7 @@ def test_turns_after_the_first_evaluate_only_their_new_tokens(smol, smol_draft, 
 
 
 def test_outgrowing_the_context_drops_oldest_turns_and_keeps_the_caches_whole(smollm2_path, smollm2_q2k_path):
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
     from spec_cli.chat_session import ChatSession
 
     with Model(smollm2_path, n_ctx=256, n_threads=1, label="target") as t, Model(

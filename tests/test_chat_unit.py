@@ -230,12 +230,12 @@ def test_help_lists_every_command():
 
 
 class CharModel:
-    """Just enough of backend.Model for ChatSession's prompt building: one token per character."""
+    """Just enough of spec_cli.llama.Model for ChatSession's prompt building: one token per character."""
 
     BOS, EOS = 1, 2
 
     def __init__(self, template, add_bos=True):
-        from spec_cli.backend import VocabInfo
+        from spec_cli.llama import VocabInfo
 
         self._template = template
         self._info = VocabInfo(kind=1, n_vocab=300, bos=self.BOS, eos=self.EOS, add_bos=add_bos)
@@ -311,7 +311,7 @@ from tests.test_strategy import STANDIN_MS, draft_cost, standin_target_cost  # n
 
 def chat_fake(cost):
     """tests/fakes.FakeModel with what ChatSession asks of a model: a ChatML template, one token a character."""
-    from spec_cli.backend import VocabInfo
+    from spec_cli.llama import VocabInfo
     from tests.fakes import FakeModel, table_lm
 
     class ChatFake(FakeModel):
@@ -373,7 +373,7 @@ def test_auto_carries_what_it_learnt_from_one_turn_to_the_next():
 
     def spy(tokens):
         starts.append(state())
-        prepare(tokens)
+        return prepare(tokens)
 
     strat.prepare = spy
     s = ChatSession(target, draft, GenerateOptions(max_tokens=40), strategy_for=strategy_for, auto=True)

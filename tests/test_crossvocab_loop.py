@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spec_cli.backend import VocabInfo
+from spec_cli.llama import VocabInfo
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.crossvocab import CrossVocabDrafter
 from spec_cli.sampling import SamplingParams

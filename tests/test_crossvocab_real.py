@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec_cli.backend import Model
+from spec_cli.llama import Model
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.crossvocab import CrossVocabDrafter, model_vocab
 from spec_cli.sampling import SamplingParams, shape
@@ -117,7 +117,7 @@ def test_first_sampled_token_keeps_the_targets_distribution(target, xdraft):
     """Chi-square: the first token under speculation follows the target's shaped distribution."""
     params = SamplingParams(temperature=1.0, top_k=8)
     prompt = target.tokenize("The capital of France is")
-    p = shape(target.sync(prompt).copy(), params)
+    p = shape(target.sync(prompt)[1].copy(), params)
     target.reset()
     runs = 400
     engine = Engine(target, CrossVocabDrafter(target, xdraft))

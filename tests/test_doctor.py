@@ -11,7 +11,7 @@ from importlib.metadata import version
 from typer.testing import CliRunner
 
 from spec_cli import doctor
-from spec_cli.backend import backend_sampling_available
+from spec_cli.llama import backend_sampling_available
 from spec_cli.cli import app
 from tests.pins import pinned
 

@@ -394,7 +394,7 @@ def _no_partial_draft(env: dict) -> None:
     names = cache_files(env)
     assert all(".tmp" not in n for n in names), names
     if "hostile-draft.gguf" in names:
-        from spec_cli.backend import Model
+        from spec_cli.llama import Model
 
         Model(Path(env["SPEC_CACHE"]) / "models" / "hostile-draft.gguf", n_ctx=256, n_threads=1).close()
 

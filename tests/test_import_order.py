@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 LOAD = """
-from spec_cli.backend import Model
+from spec_cli.llama import Model
 m = Model({path!r}, n_ctx=64, label="target")
 ids = m.eval_argmax(m.tokenize("The capital of France is"), rows="last")
 assert 0 <= int(ids[0]) < m.n_vocab

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec_cli.backend import Model, check_compatible
+from spec_cli.llama import Model, check_compatible
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
 from spec_cli.errors import SpecError
@@ -46,7 +46,7 @@ def test_rollback_forgets_rejected_tokens(target):
     """After truncation the target continues exactly as if the rejected tokens were never evaluated."""
     prompt = target.tokenize("My favourite colour is")
     intruder = target.tokenize(" green. I repeat: my favourite colour is", add_bos=False)
-    target.sync(prompt, logits=False)
+    target.sync(prompt, logits="none")
     target.eval(intruder, logits="all")  # drafts that will all be rejected
     assert target.cache_pos_max() == len(prompt) + len(intruder) - 1
     target.truncate(len(prompt) - 1)
@@ -54,14 +54,14 @@ def test_rollback_forgets_rejected_tokens(target):
     after_rollback = target.eval([prompt[-1]], logits="last")[0].copy()
 
     target.reset()
-    target.sync(prompt[:-1], logits=False)
+    target.sync(prompt[:-1], logits="none")
     fresh = target.eval([prompt[-1]], logits="last")[0].copy()
     assert int(after_rollback.argmax()) == int(fresh.argmax())
     np.testing.assert_allclose(after_rollback, fresh, atol=1e-3)
 
     # and the intruder really would have changed the prediction (so the check has teeth)
     target.reset()
-    with_intruder = target.sync(prompt + intruder)
+    _, with_intruder = target.sync(prompt + intruder)
     assert float(np.abs(with_intruder - fresh).max()) > 1.0
 
 
@@ -106,8 +106,8 @@ def test_first_sampled_token_keeps_target_distribution(target, draft):
     """Chi-square: the first token under speculation follows the target's shaped distribution."""
     params = SamplingParams(temperature=1.0, top_k=8)
     prompt = target.tokenize("The capital of France is")
-    p = shape(target.sync(prompt).copy(), params)
-    q = shape(draft.sync(prompt).copy(), params)
+    p = shape(target.sync(prompt)[1].copy(), params)
+    q = shape(draft.sync(prompt)[1].copy(), params)
     ids = np.union1d(p.ids, q.ids)
     tv_pq = 0.5 * np.abs(p.probs_at(ids) - q.probs_at(ids)).sum()
     assert tv_pq > 0.2, "draft and target too alike for this test to tell them apart"
@@ -135,7 +135,7 @@ def test_plain_sampled_decoding_keeps_target_distribution(target):
     follows the target's shaped distribution, on the draw-only path plain decoding takes."""
     params = SamplingParams(temperature=1.0, top_k=8)
     prompt = target.tokenize("The capital of France is")
-    row = target.sync(prompt).copy()
+    row = target.sync(prompt)[1].copy()
     p = shape(row, params)
     flat = shape(row, SamplingParams(temperature=3.0, top_k=8))
     assert 0.5 * np.abs(p.probs - flat.probs_at(p.ids)).sum() > 0.15, "temperatures too alike for the power check"

@@ -178,9 +178,9 @@ def test_the_delay_proxy_adds_the_round_trip_time():
 
 @pytest.fixture(scope="module")
 def rpc_build():
-    from spec_cli.backend import _lib
+    from spec_cli.llama import llama_lib
 
-    if not _lib().llama_supports_rpc():
+    if not llama_lib().llama_supports_rpc():
         if os.environ.get("SPEC_NO_RPC") == "1":
             pytest.skip("SPEC_NO_RPC=1: llama-cpp-python is built without RPC on purpose")
         pytest.fail(f"llama-cpp-python is built without the RPC backend; reinstall it with {REINSTALL}", pytrace=False)
@@ -232,7 +232,7 @@ def servers(rpc_build, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_target(smollm2_path):
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     m = Model(smollm2_path, n_ctx=512, label="target")
     yield m

@@ -28,7 +28,7 @@ N = 48
 
 @pytest.fixture(scope="module")
 def pair(smollm2_f32_path, smollm2_path):
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     target = Model(smollm2_f32_path, n_ctx=1024, label="target")
     draft = Model(smollm2_path, n_ctx=1024, label="draft")

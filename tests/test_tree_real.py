@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spec_cli.backend import Model
+from spec_cli.llama import Model
 from spec_cli.cli import app
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.tree import TreeDrafter
@@ -61,14 +61,14 @@ def phrases(m):
 
 def chain_rows(m, ctx, seq):
     m.reset()
-    m.sync(ctx[:-1], logits=False)
+    m.sync(ctx[:-1], logits="none")
     return m.eval([ctx[-1], *seq], logits="all").copy()
 
 
 def tree_rows(m, ctx, tokens, parents):
     """A fresh cache holding ctx[:-1], then the last context token and the tree in one pass."""
     m.reset()
-    m.sync(ctx[:-1], logits=False)
+    m.sync(ctx[:-1], logits="none")
     return m.eval_tree(ctx[-1], tokens, parents).copy()
 
 
@@ -106,14 +106,14 @@ def test_keep_branch_leaves_exactly_the_accepted_path_in_seq_0(tree_target):
     after = m.eval([probe], logits="last")[0].copy()
 
     m.reset()
-    m.sync(ctx + kept, logits=False)
+    m.sync(ctx + kept, logits="none")
     fresh = m.eval([probe], logits="last")[0].copy()
     assert int(after.argmax()) == int(fresh.argmax())
     assert float(np.abs(after - fresh).max()) < ROW_TOLERANCE
 
     # had the first branch's cells gone to seq 0 instead, the next logits would differ
     m.reset()
-    m.sync(ctx + a[: len(kept)], logits=False)
+    m.sync(ctx + a[: len(kept)], logits="none")
     other = m.eval([probe], logits="last")[0].copy()
     assert float(np.abs(after - other).max()) > ROW_TOLERANCE
     m.reset()

@@ -77,7 +77,7 @@ def tie_gap_at(target, prompt: Sequence[int], generated: Sequence[int], a: int |
         return max(best - float(row[a]), best - float(row[b]))
 
     target.reset()
-    target.sync(list(prompt)[:-1], logits=False)
+    target.sync(list(prompt)[:-1], logits="none")
     for tok in context[len(prompt) - 1 : -1]:
         target.eval([tok], logits="none")
     gaps = [gap(target.eval([context[-1]], logits="last")[0])]

@@ -1,6 +1,6 @@
 """llama-cpp-python's own prompt-lookup decoding, as a peer for `spec bench`.
 
-The second module that imports llama_cpp (backend.py is the first, and the only one
+The second module that imports llama_cpp (spec_cli/llama/ is the first, and the only one
 the engine uses). This one drives the high-level `llama_cpp.Llama` exactly as its
 users do: once plain, once with `draft_model=LlamaPromptLookupDecoding()`, and times
 both the same way spec is timed: the prompt but its last token is evaluated first and

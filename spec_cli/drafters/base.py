@@ -52,8 +52,10 @@ class Drafter(Protocol):
         ...
 
 
-def prepare(drafter: object, tokens: Sequence[int]) -> None:
-    """Let a drafter that keeps a cache evaluate the prompt before the first round, if it has one."""
+def prepare(drafter: object, tokens: Sequence[int]) -> int | None:
+    """Let a drafter that keeps a cache evaluate the prompt before the first round, if it has one.
+
+    Returns the number of tokens its draft model evaluated, None where it has none to prepare.
+    """
     fn = getattr(drafter, "prepare", None)
-    if fn is not None:
-        fn(tokens)
+    return fn(tokens) if fn is not None else None

@@ -44,9 +44,10 @@ class CombinedDrafter:
         self.last_source = self.fallback.name if prop.tokens else None
         return prop
 
-    def prepare(self, tokens: Sequence[int]) -> None:
-        prepare(self.first, tokens)
-        prepare(self.fallback, tokens)
+    def prepare(self, tokens: Sequence[int]) -> int | None:
+        first = prepare(self.first, tokens)
+        fallback = prepare(self.fallback, tokens)
+        return fallback if fallback is not None else first  # the last draft model evaluation, as it happened
 
     def reset(self) -> None:
         self.first.reset()

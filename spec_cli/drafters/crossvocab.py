@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import Model
+from ..llama import Model
 from ..errors import SpecError
 from ..sampling import SamplingParams
 from ..vocabmap import TextAlignment, Vocab, tokenize_exact
@@ -109,8 +109,7 @@ class CrossVocabDrafter:
             self.outside_seconds += time.perf_counter() - t0
             return prop
         max_steps = min(STEPS_PER_TOKEN * n + EXTRA_STEPS, room + 1)
-        logits = d.sync(dtoks)
-        evaluated = d.last_sync_evaluated
+        evaluated, logits = d.sync(dtoks)
         sync_seconds = d.decode_seconds - dec0
         # Every round the sync re-reads a token or three: the target's own token, and the last
         # word where the two vocabularies split the accepted text differently. That is part of
@@ -161,10 +160,14 @@ class CrossVocabDrafter:
             prop.round_seconds += sync_seconds / evaluated - sync_seconds  # one token's share of the catch-up
         return prop
 
-    def prepare(self, tokens: Sequence[int]) -> None:
-        """Evaluate the prompt's text (less its last draft token) ahead of the first round."""
+    def prepare(self, tokens: Sequence[int]) -> int:
+        """Evaluate the prompt's text (less its last draft token) ahead of the first round.
+
+        Returns the number of tokens the draft model had to evaluate.
+        """
         dtoks = self.map.update(tokens)
-        self.model.sync(dtoks[:-1], logits=False)
+        evaluated, _ = self.model.sync(dtoks[:-1], logits="none")
+        return evaluated
 
     def reset(self) -> None:
         self.map.reset()

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import Model
+from ..llama import Model
 from ..sampling import Dist, SamplingParams, shape, shape_top_k
 from .base import Proposal
 
@@ -55,8 +55,7 @@ class ModelDrafter:
         else:
             first, step = d.sync, lambda t: d.eval([t])[0]
         t0 = d.decode_seconds
-        out = first(context)
-        evaluated = d.last_sync_evaluated
+        evaluated, out = first(context)
         sync_seconds = d.decode_seconds - t0
         if evaluated == 1:
             # In a steady run the sync evaluates one token (the target's correction, or the
@@ -94,9 +93,13 @@ class ModelDrafter:
             prop.round_seconds += sync_seconds / evaluated - sync_seconds
         return prop
 
-    def prepare(self, tokens: Sequence[int]) -> None:
-        """Evaluate the prompt (less its last token) ahead of the first round, as the target does."""
-        self.model.sync(list(tokens), logits=False)
+    def prepare(self, tokens: Sequence[int]) -> int:
+        """Evaluate the prompt (less its last token) ahead of the first round, as the target does.
+
+        Returns the number of tokens the draft model had to evaluate.
+        """
+        evaluated, _ = self.model.sync(list(tokens), logits="none")
+        return evaluated
 
     def reset(self) -> None:
         self.model.reset()

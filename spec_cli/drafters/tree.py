@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import Model
+from ..llama import Model
 from ..sampling import SamplingParams
 from .base import Proposal
 from .model import ModelDrafter
@@ -110,7 +110,7 @@ class TreeDrafter:
             paths.append((paths[parent] if parent >= 0 else []) + [token])
             return len(tokens) - 1
 
-        grow(-1, 0, 1.0, self.model.sync(context))
+        grow(-1, 0, 1.0, self.model.sync(context)[1])
         leaves = 1
         while alternatives and leaves < self.max_branches and len(tokens) < self.max_nodes:
             _, _, parent, token, prob = heapq.heappop(alternatives)
@@ -118,14 +118,14 @@ class TreeDrafter:
             leaves += 1
             depth = len(paths[node])
             if depth < n and len(tokens) < self.max_nodes:
-                grow(node, depth, prob, self.model.sync(context + paths[node]))
+                grow(node, depth, prob, self.model.sync(context + paths[node])[1])
         self.trees += 1
         self.nodes += len(tokens)
         self.branches += leaves
         return Proposal(tokens=tokens, parents=parents, decode_seconds=self.model.decode_seconds - t0)
 
-    def prepare(self, tokens: Sequence[int]) -> None:
-        self.chain.prepare(tokens)
+    def prepare(self, tokens: Sequence[int]) -> int:
+        return self.chain.prepare(tokens)
 
     def observe(self, prop: Proposal, outcome) -> None:
         from ..tokentree import on_first_branch

@@ -1,19 +1,17 @@
-"""The only module that talks to llama.cpp (through llama-cpp-python's C bindings).
+"""One loaded model: tokenize, evaluate, cut the KV cache; and whether two vocabularies agree.
 
 A `Model` is one GGUF file with one context and one sequence (seq 0). It keeps
 `tokens`, the exact list of tokens its KV cache holds at positions 0..n-1,
 and every change to the cache goes through `eval` (append) and `truncate`
 (cut back), so the list and the cache never disagree. Callers that want the
-cache to hold some token list call `sync`, which keeps the common prefix and
-evaluates only the rest: the draft model between rounds and the chat between
-turns both rely on that.
+cache to hold some token list call `sync`, which keeps the common prefix,
+evaluates only the rest and says how many tokens that was: the draft model
+between rounds and the chat between turns both rely on that.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,191 +19,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import SpecError
-from .sampling import top_k_of
-
-GGUF_MAGIC = b"GGUF"
-
-_llama = None  # the llama_cpp module, imported on first use (it loads a shared library)
-
-
-def _lib():
-    global _llama
-    if _llama is None:
-        import llama_cpp
-
-        llama_cpp.llama_backend_init()
-        if not os.environ.get("SPEC_VERBOSE"):
-            _silence_logs(llama_cpp)
-        _llama = llama_cpp
-    return _llama
-
-
-_get_logits_addr = None
-
-
-def _logits_address(ctx) -> int:
-    """llama_get_logits as a plain address (0 for NULL), without building a ctypes pointer object."""
-    global _get_logits_addr
-    if _get_logits_addr is None:
-        fn = _lib().llama_cpp._lib["llama_get_logits"]  # a new function object: its own restype
-        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_void_p
-        _get_logits_addr = fn
-    return _get_logits_addr(ctx) or 0
-
-
-_log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
-
-
-def _silence_logs(llama_cpp) -> None:
-    global _log_callback
-
-    @llama_cpp.llama_log_callback
-    def _quiet(level, text, user_data):  # noqa: ARG001
-        return None
-
-    _log_callback = _quiet
-    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-
-
-def default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        n = os.cpu_count() or 1
-    # On big machines half the logical cores are usually hyper-threads that slow llama.cpp down.
-    return n if n <= 4 else max(4, n // 2)
-
-
-def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build sees a GPU it can offload layers to (CUDA, Metal, Vulkan, ...).
-
-    llama_supports_gpu_offload() also says yes for a CPU build with the RPC backend (RPC
-    servers are offload targets), so the devices ggml reports decide where it can tell.
-    """
-    L = _lib()
-    if not L.llama_supports_gpu_offload():
-        return False
-    devices = _devices()
-    if devices is None:
-        return True  # ggml's library not found: trust llama.cpp's answer
-    return any(d["type"] in ("GPU", "integrated GPU") for d in devices)
-
-
-def backend_sampling_available() -> bool:
-    """Whether passes can hand back token ids picked inside llama.cpp's graph (backend sampling).
-
-    Needs a llama.cpp with llama_set_sampler (experimental there); SPEC_BACKEND_SAMPLING=0
-    turns it off, so that the numpy path can be compared with it or fallen back to. A model
-    uses it where it is offloaded to a GPU, or everywhere with SPEC_BACKEND_SAMPLING=all (Model).
-    """
-    if os.environ.get("SPEC_BACKEND_SAMPLING", "1").strip().lower() in ("0", "off", "no", "false"):
-        return False
-    L = _lib()
-    return all(hasattr(L, f) for f in ("llama_set_sampler", "llama_get_sampled_token_ith", "llama_get_sampled_candidates_ith"))
-
-
-# ggml's enum ggml_backend_dev_type
-_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
-
-
-def build_info() -> dict:
-    """What this llama.cpp build can do: versions, compiled-in backends, devices and their memory.
-
-    The backend registry and device calls are ggml's; llama-cpp-python binds few of them,
-    so they are called through ctypes on the ggml library it ships (already loaded).
-    """
-    import importlib.metadata
-
-    L = _lib()
-    info: dict = {
-        "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
-        "gpu_offload": gpu_offload_supported(),
-        "rpc": bool(L.llama_supports_rpc()),
-        "backend_sampling": backend_sampling_available(),
-        "mmap": bool(L.llama_supports_mmap()),
-        "max_devices": int(L.llama_max_devices()),
-        "system_info": L.llama_print_system_info().decode("utf-8", "replace").strip(),
-        "ggml_version": None,
-        "ggml_commit": None,
-        "backends": [],
-        "devices": [],
-    }
-    ggml = _ggml_library(Path(L.__file__).parent / "lib")
-    if ggml is None:
-        return info
-    for name in ("ggml_version", "ggml_commit"):
-        fn = getattr(ggml, name, None)
-        if fn is not None:
-            fn.restype = ctypes.c_char_p
-            info[name] = (fn() or b"").decode("utf-8", "replace")
-    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
-    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
-    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-    for i in range(ggml.ggml_backend_reg_count()):
-        info["backends"].append(ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode())
-    info["devices"] = _devices() or []
-    return info
-
-
-def _devices() -> list[dict] | None:
-    """The devices ggml sees (CPU, GPUs, RPC servers added so far), None without its library."""
-    ggml = _ggml_library(Path(_lib().__file__).parent / "lib")
-    if ggml is None:
-        return None
-    out: list[dict] = []
-    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
-        fn.restype = ctypes.c_char_p
-        fn.argtypes = [ctypes.c_void_p]
-    ggml.ggml_backend_dev_type.restype = ctypes.c_int
-    ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    ggml.ggml_backend_dev_memory.restype = None
-    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
-    for i in range(ggml.ggml_backend_dev_count()):
-        dev = ggml.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        out.append({
-            "name": ggml.ggml_backend_dev_name(dev).decode(),
-            "description": (ggml.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace"),
-            "type": _DEVICE_TYPES.get(ggml.ggml_backend_dev_type(dev), "unknown"),
-            "free_bytes": int(free.value),
-            "total_bytes": int(total.value),
-        })  # fmt: skip
-    return out
-
-
-def _ggml_library(lib_dir: Path):
-    for name in ("libggml.so", "libggml.dylib", "ggml.dll"):
-        if (lib_dir / name).exists():
-            try:
-                return ctypes.CDLL(str(lib_dir / name))
-            except OSError:
-                return None
-    return None
-
-
-def check_gguf(path: Path) -> None:
-    """Fail with a readable message before llama.cpp sees a file it cannot load."""
-    if not path.exists():
-        raise SpecError(f"model file not found: {path}")
-    if path.is_dir():
-        raise SpecError(f"model path is a directory, not a GGUF file: {path}")
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise SpecError(f"cannot read model file {path}: {e.strerror}") from None
-    if len(head) < 8 or head[:4] != GGUF_MAGIC:
-        raise SpecError(f"not a GGUF model file: {path} (expected a .gguf file from llama.cpp's converters)")
-    (version,) = struct.unpack("<I", head[4:8])
-    if version not in (2, 3):
-        raise SpecError(f"unsupported GGUF version {version} in {path}")
+from ..errors import SpecError
+from ..sampling import top_k_of
+from .gguf import check_gguf
+from .library import (
+    backend_sampling_available,
+    backend_sampling_setting,
+    default_threads,
+    gpu_offload_supported,
+    llama_lib,
+    logits_address,
+)
 
 
 @dataclass
@@ -232,46 +56,16 @@ class Model:
         label: str = "model",
         devices: int | None = None,
     ):
-        L = _lib()
+        L = llama_lib()
         self.path = Path(path)
         self.label = label
         check_gguf(self.path)
-        mparams = L.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        if devices is not None:
-            mparams.devices = devices  # a NULL-terminated ggml_backend_dev_t array (rpc.connect); None: llama.cpp's default
-        self._model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self._model:
-            raise SpecError(f"llama.cpp could not load {label} model {self.path} (corrupt file or unsupported architecture)")
+        self._model = self._load(L, n_gpu_layers, devices)
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
         self.n_ctx_train = int(L.llama_model_n_ctx_train(self._model))
-
         threads = n_threads or default_threads()
-        cparams = L.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch
-        cparams.n_seq_max = n_seq_max
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.no_perf = True
-        if hasattr(cparams, "n_outputs_max_per_seq"):
-            # A verification pass reads a sampled token for every row of seq 0 (the default is one).
-            cparams.n_outputs_max_per_seq = n_batch
-        # Keep the whole sliding-window cache: cutting back (rollback, chat edits) needs
-        # positions that a trimmed SWA cache would already have dropped.
-        cparams.swa_full = True
-        if n_seq_max > 1:
-            # Extra sequences hold the branches of a token tree, all sharing the context in
-            # seq 0. A unified cache lets them share its cells (seq_cp only tags cells) and
-            # gives every sequence the whole n_ctx; a split cache would divide n_ctx by n_seq_max.
-            cparams.kv_unified = True
-        self._ctx = L.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            L.llama_model_free(self._model)
-            self._model = None
-            raise SpecError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}; try a smaller --ctx")
+        self._ctx = self._new_context(L, _context_params(L, n_ctx, n_batch, n_seq_max, threads), n_ctx)
         self.n_ctx = int(L.llama_n_ctx(self._ctx))
         self.n_batch = int(L.llama_n_batch(self._ctx))
         self.n_threads = threads
@@ -279,6 +73,34 @@ class Model:
         self._mem = L.llama_get_memory(self._ctx)
         self._batch = L.llama_batch_init(self.n_batch, 0, n_seq_max)
         self.n_seq_max = n_seq_max
+        self._init_state()
+        self.backend_sampling = _wants_backend_sampling(n_gpu_layers)
+        self._sampler = None  # the chain attached to seq 0, if any
+        self._sampler_kind: tuple | None = None  # what it computes: ("argmax",) or ("top_k", k)
+        self._sampler_refused: set[tuple] = set()  # kinds llama.cpp could not run in the graph
+
+    def _load(self, L, n_gpu_layers: int, devices: int | None):
+        """The model's weights, with n_gpu_layers offloaded (to `devices` where given)."""
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        if devices is not None:
+            mparams.devices = devices  # a NULL-terminated ggml_backend_dev_t array (rpc.connect); None: llama.cpp's default
+        model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not model:
+            raise SpecError(f"llama.cpp could not load {self.label} model {self.path} (corrupt file or unsupported architecture)")
+        return model
+
+    def _new_context(self, L, cparams, n_ctx: int):
+        """A context on the loaded model; on failure the model is freed and a readable error raised."""
+        ctx = L.llama_init_from_model(self._model, cparams)
+        if not ctx:
+            L.llama_model_free(self._model)
+            self._model = None
+            raise SpecError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}; try a smaller --ctx")
+        return ctx
+
+    def _init_state(self) -> None:
+        """What the model tracks beside llama.cpp: the cached tokens, the token tree, timings, lookups."""
         self._branches = 0  # sequences 1.._branches hold the branches of the last eval_tree
         self._tree: tuple[list[int], list[int], list[list[int]]] | None = None
         self.tokens: list[int] = []
@@ -286,30 +108,17 @@ class Model:
         # llama_decode returns before the device has finished, so the wait is timed too.
         self.decode_seconds = 0.0
         self.decode_calls = 0
-        self.last_sync_evaluated = 0  # tokens the last sync() had to evaluate
         self._piece_buf = ctypes.create_string_buffer(256)
         # Per-token lookups that every emitted token makes: cached, the vocabulary never changes.
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
-        # Backend sampling: a sampler chain on seq 0 runs inside llama.cpp's graph, so a pass
-        # hands back token ids (or top-k candidates) instead of a logit row per position.
-        # It pays where a row is dear to copy out: on a GPU. On the CPU the sampler's graph nodes cost
-        # more than they save (docs/benchmark-log.md, issue 10: greedy plain decoding at 0.92x-0.97x of numpy's
-        # argmax on the full row, top-k at 0.92x), so there it is used only with SPEC_BACKEND_SAMPLING=all.
-        self.backend_sampling = backend_sampling_available() and (
-            os.environ.get("SPEC_BACKEND_SAMPLING", "").strip().lower() == "all"
-            or (n_gpu_layers != 0 and gpu_offload_supported())
-        )
-        self._sampler = None  # the chain attached to seq 0, if any
-        self._sampler_kind: tuple | None = None  # what it computes: ("argmax",) or ("top_k", k)
-        self._sampler_refused: set[tuple] = set()  # kinds llama.cpp could not run in the graph
         self._rows_addr = None  # where llama.cpp's logits buffer was, and views of it (_logit_rows)
         self._rows_views: dict[int, np.ndarray] = {}
 
     # --- vocabulary -------------------------------------------------------
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
-        L = _lib()
+        L = llama_lib()
         data = text.encode("utf-8")
         cap = len(data) + 16
         buf = (L.llama_token * cap)()
@@ -329,7 +138,7 @@ class Model:
         return self._piece(token, True)
 
     def _piece(self, token: int, special: bool) -> bytes:
-        L = _lib()
+        L = llama_lib()
         n = L.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
@@ -341,16 +150,16 @@ class Model:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def token_text(self, token: int) -> bytes:
-        return _lib().llama_vocab_get_text(self._vocab, token) or b""
+        return llama_lib().llama_vocab_get_text(self._vocab, token) or b""
 
     def is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)
         if eog is None:
-            eog = self._eog[token] = bool(_lib().llama_vocab_is_eog(self._vocab, token))
+            eog = self._eog[token] = bool(llama_lib().llama_vocab_is_eog(self._vocab, token))
         return eog
 
     def vocab_info(self) -> VocabInfo:
-        L = _lib()
+        L = llama_lib()
         return VocabInfo(
             kind=int(L.llama_vocab_type(self._vocab)),
             n_vocab=self.n_vocab,
@@ -360,7 +169,7 @@ class Model:
         )
 
     def meta(self, key: str) -> str | None:
-        L = _lib()
+        L = llama_lib()
         buf = ctypes.create_string_buffer(1 << 16)
         n = L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         if n < 0:
@@ -398,12 +207,10 @@ class Model:
     def _logit_rows(self, n: int) -> np.ndarray:
         """The last pass's n output rows of logits, as a view into llama.cpp's buffer.
 
-        Wrapping a ctypes pointer in an array (np.ctypeslib.as_array) cost ~55 µs right after
-        a pass, when none of its code is in the caches: a quarter of what plain decoding spent
-        outside the target's passes. The buffer moves only when llama.cpp grows it, so a view
-        per row count is kept until its address changes, and a lookup is all a pass costs.
+        Building a view is dear next to a one-token pass, and the buffer moves only when
+        llama.cpp grows it, so one view per row count is kept until its address changes.
         """
-        addr = _logits_address(self._ctx)
+        addr = logits_address(self._ctx)
         if addr != self._rows_addr:
             self._rows_addr, self._rows_views = addr, {}
         view = self._rows_views.get(n)
@@ -422,7 +229,7 @@ class Model:
         """
         if self._attach(("argmax",)):
             self._append(tokens, rows)
-            L = _lib()
+            L = llama_lib()
             idx = range(len(tokens)) if rows == "all" else (-1,)
             out = np.fromiter((L.llama_get_sampled_token_ith(self._ctx, i) for i in idx), dtype=np.int64)
             if (out < 0).any():
@@ -439,7 +246,7 @@ class Model:
         n = len(tokens)
         if 0 < k < self.n_vocab and self._attach(("top_k", k)):
             self._append(tokens, rows)
-            L = _lib()
+            L = llama_lib()
             idx = range(n) if rows == "all" else (-1,)
             out = []
             for i in idx:
@@ -470,7 +277,7 @@ class Model:
         """
         if kind == self._sampler_kind:
             return self._sampler is not None
-        L = _lib()
+        L = llama_lib()
         if self._sampler is not None:
             L.llama_set_sampler(self._ctx, 0, None)
             L.llama_sampler_free(self._sampler)
@@ -502,8 +309,8 @@ class Model:
             raise ContextFull(self.n_past + n, self.n_ctx)
         b = self._batch
         if n == 1:
-            # Plain decoding and each draft step: one token, no chunking (the general loop below
-            # cost ~30 µs a pass right after one, when its code is out of the caches).
+            # One token (plain decoding, each draft step): a short path, as the chunking loop
+            # below is dear next to a one-token pass.
             t = int(tokens[0])
             b.n_tokens = 1
             b.token[0] = t
@@ -554,9 +361,9 @@ class Model:
         sibling. Seq 0 (and `tokens`) gains only the root; the branches stay in their
         own sequences until `keep_branch` picks one, or any other cache operation drops them.
         """
-        from .tokentree import check_tree, depths, leaf_sets
+        from ..tokentree import check_tree, depths, leaf_sets
 
-        L = _lib()
+        L = llama_lib()
         self._attach(None)  # every row's logits are read; a sampler on seq 0 would keep the root's back
         self._drop_branches()
         check_tree(tokens, parents)
@@ -601,13 +408,10 @@ class Model:
     def _decode(self, batch) -> int:
         """One llama_decode, timed up to the moment its results are ready.
 
-        llama_decode only queues the work on GPU backends (CUDA, Metal): the wait
-        happens in whatever call next needs the results. Timing llama_decode alone
-        made a pass look nearly free there and put its cost on whoever read the
-        logits, so every cost curve and controller decision was wrong. Synchronizing
-        here books the whole pass to the pass; on the CPU it returns at once.
+        On GPU backends llama_decode only queues the work, so it is synchronized here to book
+        the whole pass to the pass (the cost curves rely on it); on the CPU that returns at once.
         """
-        L = _lib()
+        L = llama_lib()
         t0 = time.perf_counter()
         rc = L.llama_decode(self._ctx, batch)
         if rc == 0:
@@ -624,7 +428,7 @@ class Model:
         positions to seq 0 adds the tag 0 to them, and keeping only seq 0 frees
         every other cell. Nothing is evaluated again.
         """
-        from .tokentree import is_path
+        from ..tokentree import is_path
 
         if self._tree is None:
             raise RuntimeError("keep_branch needs an eval_tree first")
@@ -634,19 +438,19 @@ class Model:
             raise ValueError(f"{list(path)} is not a path from the root of the last tree")
         if path:
             seq = sets[path[-1]][0] + 1
-            _lib().llama_memory_seq_cp(self._mem, seq, 0, self.n_past, self.n_past + len(path))
+            llama_lib().llama_memory_seq_cp(self._mem, seq, 0, self.n_past, self.n_past + len(path))
             self.tokens.extend(tokens[i] for i in path)
         self._drop_branches()
 
     def _drop_branches(self) -> None:
         if self._branches:
             # One pass over the cells: untag every sequence but 0, free cells left with none.
-            _lib().llama_memory_seq_keep(self._mem, 0)
+            llama_lib().llama_memory_seq_keep(self._mem, 0)
         self._branches = 0
         self._tree = None
 
     def _seq_rm(self, p0: int) -> bool:
-        return bool(_lib().llama_memory_seq_rm(self._mem, 0, p0, -1))
+        return bool(llama_lib().llama_memory_seq_rm(self._mem, 0, p0, -1))
 
     def truncate(self, n: int) -> None:
         """Forget every cached position >= n (rejected drafts, edited history)."""
@@ -663,25 +467,29 @@ class Model:
 
     def cache_pos_max(self, seq: int = 0) -> int:
         """The highest position llama.cpp's cache holds for sequence `seq` (-1 when empty)."""
-        return int(_lib().llama_memory_seq_pos_max(self._mem, seq))
+        return int(llama_lib().llama_memory_seq_pos_max(self._mem, seq))
 
     def reset(self) -> None:
-        _lib().llama_memory_clear(self._mem, True)
+        llama_lib().llama_memory_clear(self._mem, True)
         self._branches = 0
         self._tree = None
         self.tokens.clear()
 
-    def sync(self, tokens: Sequence[int], logits: bool = True) -> np.ndarray | None:
+    def sync(self, tokens: Sequence[int], logits: str = "last") -> tuple[int, np.ndarray | None]:
         """Make the cache hold exactly `tokens`, evaluating only what is not already there.
 
-        With logits=True the last token is (re)evaluated so that its logits row is
-        returned; the cached prefix before it is reused.
+        Returns (evaluated, row): the number of tokens it had to evaluate to catch up, and
+        the last token's logits row with logits="last" (that token is re-evaluated if it was
+        cached; the prefix before it is reused), None with logits="none". The row is a view,
+        valid until the next evaluation, as with `eval`.
         """
-        rest = self._sync_prefix(tokens, keep_last=logits)
+        if logits not in ("last", "none"):
+            raise ValueError(f'sync gives logits "last" or "none", not {logits!r}')
+        rest = self._sync_prefix(tokens, keep_last=logits == "last")
         if not rest:
-            return None
-        out = self.eval(rest, logits="last" if logits else "none")
-        return out[0] if out is not None else None
+            return 0, None
+        out = self.eval(rest, logits=logits)
+        return len(rest), (out[0] if out is not None else None)
 
     def _sync_prefix(self, tokens: Sequence[int], keep_last: bool) -> Sequence[int]:
         """Cut the cache back to its common prefix with `tokens`; return what is left to evaluate.
@@ -696,24 +504,22 @@ class Model:
         if keep_last and common == len(tokens):
             common -= 1
         self.truncate(common)
-        rest = tokens[common:]
-        self.last_sync_evaluated = len(rest)
-        return rest
+        return tokens[common:]
 
-    def sync_argmax(self, tokens: Sequence[int]) -> int:
-        """`sync(tokens)`, returning only the argmax of the last row (backend sampling when available)."""
+    def sync_argmax(self, tokens: Sequence[int]) -> tuple[int, int]:
+        """`sync(tokens)` giving (evaluated, the argmax of the last row); backend sampling when available."""
         rest = self._sync_prefix(tokens, keep_last=True)
-        return int(self.eval_argmax(rest, rows="last")[0])
+        return len(rest), int(self.eval_argmax(rest, rows="last")[0])
 
-    def sync_top_k(self, tokens: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`sync(tokens)`, returning only the last row's k highest logits as (ids, logits)."""
+    def sync_top_k(self, tokens: Sequence[int], k: int) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+        """`sync(tokens)` giving (evaluated, the last row's k highest logits as (ids, logits))."""
         rest = self._sync_prefix(tokens, keep_last=True)
-        return self.eval_top_k(rest, k, rows="last")[0]
+        return len(rest), self.eval_top_k(rest, k, rows="last")[0]
 
     def close(self) -> None:
-        L = _llama
-        if L is None:
-            return
+        if getattr(self, "_batch", None) is None and not getattr(self, "_ctx", None) and not getattr(self, "_model", None):
+            return  # nothing of llama.cpp's to free (the library may never have been loaded)
+        L = llama_lib()
         if getattr(self, "_batch", None) is not None:
             L.llama_batch_free(self._batch)
             self._batch = None
@@ -739,6 +545,41 @@ class Model:
             self.close()
         except Exception:
             pass
+
+
+def _context_params(L, n_ctx: int, n_batch: int, n_seq_max: int, threads: int):
+    """llama_context_params for one model: sizes, threads, and a cache that can always be cut back."""
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = n_ctx
+    cparams.n_batch = n_batch
+    cparams.n_ubatch = n_batch
+    cparams.n_seq_max = n_seq_max
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.no_perf = True
+    if hasattr(cparams, "n_outputs_max_per_seq"):
+        # A verification pass reads a sampled token for every row of seq 0 (the default is one).
+        cparams.n_outputs_max_per_seq = n_batch
+    # Keep the whole sliding-window cache: cutting back (rollback, chat edits) needs
+    # positions that a trimmed SWA cache would already have dropped.
+    cparams.swa_full = True
+    if n_seq_max > 1:
+        # Extra sequences hold the branches of a token tree, all sharing the context in
+        # seq 0. A unified cache lets them share its cells (seq_cp only tags cells) and
+        # gives every sequence the whole n_ctx; a split cache would divide n_ctx by n_seq_max.
+        cparams.kv_unified = True
+    return cparams
+
+
+def _wants_backend_sampling(n_gpu_layers: int) -> bool:
+    """Whether a model starts with backend sampling: a sampler chain on seq 0 picks ids in llama.cpp's graph.
+
+    It pays where a logit row is dear to copy out, on a GPU; on the CPU its graph nodes cost
+    more than they save (docs/benchmark-log.md, issue 10), so there only with SPEC_BACKEND_SAMPLING=all.
+    """
+    return backend_sampling_available() and (
+        backend_sampling_setting() == "all" or (n_gpu_layers != 0 and gpu_offload_supported())
+    )
 
 
 class ContextFull(SpecError):
@@ -774,35 +615,3 @@ def check_compatible(target: Model, draft: Model) -> None:
         if target.token_text(t) != draft.token_text(t):
             raise refuse(f"map token {t} to different text ({target.token_text(t)!r} vs {draft.token_text(t)!r})")
 
-
-# --- deriving a draft by requantizing ----------------------------------------
-
-QUANT_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "F32")
-# F32 and F16 dequantize: the same weights in a bigger, slower file (a stand-in for a costly target).
-_FTYPE_NAMES = {"F32": "LLAMA_FTYPE_ALL_F32", "F16": "LLAMA_FTYPE_MOSTLY_F16"}
-
-
-def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:
-    """Write `src` requantized to `quant` at `dst` (atomically: a partial file never stays)."""
-    L = _lib()
-    if quant not in QUANT_TYPES:
-        raise SpecError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
-    check_gguf(src)
-    params = L.llama_model_quantize_default_params()
-    params.ftype = getattr(L, _FTYPE_NAMES.get(quant, f"LLAMA_FTYPE_MOSTLY_{quant}"))
-    params.allow_requantize = True
-    params.nthread = n_threads or default_threads()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    try:
-        rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            # llama.cpp only logs why; after a good source file, a full disk is the usual reason.
-            raise SpecError(
-                f"llama.cpp could not quantize {src.name} to {quant} (code {rc}); "
-                f"check that {dst.parent} is writable and has room for the new model, then run again"
-            )
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
