@@ -24,7 +24,7 @@ from spec_cli.calibrate import CostCurve
 from spec_cli.decode import GenerateOptions
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
-from spec_cli.session import AUTO_MAX_DRAFT, LoadedPair
+from spec_cli.loading import AUTO_MAX_DRAFT, LoadedPair
 from spec_cli.speedup import MIN_WORTHWHILE_SPEEDUP
 
 PROMPT = "def add(a, b):\n    return"

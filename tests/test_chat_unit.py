@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spec_cli.chat import (
+from spec_cli.conversation import (
     ChatTemplate,
     Conversation,
     InputAssembler,
@@ -272,7 +272,7 @@ class CharModel:
     ],
 )
 def test_prompt_has_exactly_the_bos_the_model_wants(template, add_bos, bos_count):
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
     from spec_cli.decode import GenerateOptions
 
     s = ChatSession(CharModel(template, add_bos), None, GenerateOptions())
@@ -282,8 +282,8 @@ def test_prompt_has_exactly_the_bos_the_model_wants(template, add_bos, bos_count
 
 
 def test_chat_session_leaves_the_callers_options_alone():
-    from spec_cli.chat import FALLBACK_STOP
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.conversation import FALLBACK_STOP
+    from spec_cli.turns import ChatSession
     from spec_cli.decode import GenerateOptions
 
     opts = GenerateOptions(draft_len=3, stop=("END",))
@@ -350,7 +350,7 @@ def auto_strategy(draft):
 
 
 def test_auto_carries_what_it_learnt_from_one_turn_to_the_next():
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
     from spec_cli.decode import GenerateOptions
 
     target, draft = chat_fake(standin_target_cost), chat_fake(draft_cost)
@@ -398,10 +398,10 @@ def test_draft_len_keeps_the_drafter_and_auto_measures_its_costs_once(monkeypatc
     """/draft-len 3 drafts with what --drafter chose at a fixed length; /draft-len auto goes back to
     the very strategy that was learning; the cost curve is read once for the whole chat."""
     from spec_cli import calibrate
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
     from spec_cli.cli.chat import Repl, chat_strategies
     from spec_cli.decode import GenerateOptions
-    from spec_cli.session import LoadedPair, ModelChoice
+    from spec_cli.loading import LoadedPair, ModelChoice
     from spec_cli.strategy import AdaptiveStrategy, FixedStrategy
 
     measured = []
@@ -443,10 +443,10 @@ def test_draft_len_keeps_the_drafter_and_auto_measures_its_costs_once(monkeypatc
 
 
 def test_draft_len_refused_under_no_spec_changes_nothing(capsys):
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
     from spec_cli.cli.chat import Repl, chat_strategies
     from spec_cli.decode import GenerateOptions
-    from spec_cli.session import LoadedPair, ModelChoice
+    from spec_cli.loading import LoadedPair, ModelChoice
 
     target = chat_fake(standin_target_cost)
     pair = LoadedPair(target, None, Path("t.gguf"), None)

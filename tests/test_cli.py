@@ -192,7 +192,7 @@ def test_auto_reports_its_decisions(gemma_q2k_path):
 
 
 def test_offload_warning_when_the_draft_stays_on_the_cpu():
-    from spec_cli.session import offload_warning
+    from spec_cli.loading import offload_warning
 
     assert "--ngl-draft 0" in offload_warning(20, 0, gpu=True)
     assert offload_warning(-1, 0, gpu=True) is not None
@@ -203,7 +203,7 @@ def test_offload_warning_when_the_draft_stays_on_the_cpu():
 
 @pytest.mark.parametrize("ngl_draft, expected", [(None, 5), (0, 0), (2, 2)])
 def test_the_draft_follows_the_target_offload_unless_told(smollm2_path, smollm2_q2k_path, ngl_draft, expected):
-    from spec_cli.session import ModelChoice, load_pair
+    from spec_cli.loading import ModelChoice, load_pair
 
     choice = ModelChoice(target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=256, ngl=5, ngl_draft=ngl_draft)
     pair = load_pair(choice)

@@ -14,7 +14,7 @@ from spec_cli.llama import Model
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.crossvocab import CrossVocabDrafter, model_vocab
 from spec_cli.sampling import SamplingParams, shape
-from spec_cli.session import LoadedPair, ModelChoice, build_strategy
+from spec_cli.loading import LoadedPair, ModelChoice, build_strategy
 from spec_cli.vocabmap import TextAlignment
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
@@ -141,7 +141,7 @@ def test_chat_with_a_draft_from_another_family(smollm2, target):
     """The other way round: SmolLM2 (ChatML template) as the target, Gemma (SentencePiece, with a
     BOS) as the draft. The reply is the target's own, and the second turn's draft catch-up only
     reads the new turn's text."""
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
 
     smollm2.reset()
     gemma = target
@@ -162,7 +162,7 @@ def test_chat_with_a_draft_from_another_family(smollm2, target):
 
 def test_chat_draft_len_keeps_the_cross_vocab_drafter(smollm2, target):
     """/draft-len must not fall back to ModelDrafter, which would feed the draft the target's token ids."""
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
     from spec_cli.cli.chat import Repl, chat_strategies
 
     pair = LoadedPair(smollm2, target, smollm2.path, target.path, cross_vocab=True)

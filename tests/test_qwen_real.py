@@ -24,7 +24,7 @@ from spec_cli.calibrate import CostCurve
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
 from spec_cli.sampling import SamplingParams, shape
-from spec_cli.session import LoadedPair, ModelChoice, build_strategy, load_pair
+from spec_cli.loading import LoadedPair, ModelChoice, build_strategy, load_pair
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
 
@@ -158,7 +158,7 @@ def test_q4_first_sampled_token_keeps_the_target_distribution(q4):
 def test_q4_two_turn_chat_reuses_its_caches_and_stops_at_im_end(q4, monkeypatch):
     """`spec chat --preset qwen-coder` (auto), in process, with the GGUF's own ChatML template."""
     import spec_cli.calibrate
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
     from spec_cli.cli.chat import chat_strategies
 
     # The CLI's strategy factory; auto's cost curve comes from the calibration cache, here

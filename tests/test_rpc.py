@@ -125,7 +125,7 @@ def test_the_lost_server_is_found_by_connecting_again(listener):
 
 
 def test_a_pair_in_models_toml_can_name_its_servers(tmp_path, monkeypatch):
-    from spec_cli.session import ModelChoice, rpc_servers
+    from spec_cli.loading import ModelChoice, rpc_servers
 
     monkeypatch.setenv("SPEC_HOME", str(tmp_path))
     (tmp_path / "models.toml").write_text(
@@ -268,7 +268,7 @@ def _speculate_like_the_local_target(pair, prompt, local_target, local_outputs) 
 def test_greedy_over_two_servers_is_the_local_target_and_the_draft_stays_local(
     servers, smollm2_path, smollm2_q2k_path, local_target, local_outputs
 ):
-    from spec_cli.session import ModelChoice, load_pair
+    from spec_cli.loading import ModelChoice, load_pair
 
     choice = ModelChoice(target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=512, rpc=",".join(s.endpoint for s in servers))
     pair = load_pair(choice)
@@ -383,7 +383,7 @@ def test_the_rpc_server_launcher_reports_a_port_in_use(rpc_build, servers):
 
 def test_the_draft_over_the_servers_with_the_target_local(servers, smollm2_path, smollm2_q2k_path, local_target, local_outputs):
     """--rpc-draft: the draft's layers go to the servers too; greedy output is still the target's."""
-    from spec_cli.session import ModelChoice, load_pair
+    from spec_cli.loading import ModelChoice, load_pair
 
     eps = ",".join(s.endpoint for s in servers)
     choice = ModelChoice(target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=512, rpc=eps, rpc_draft=True)
@@ -426,7 +426,7 @@ def test_the_chat_rescue_keeps_the_open_message_and_never_overwrites(tmp_path, m
     """What a lost server leaves behind, without a server: Repl._rescue on a conversation in progress."""
     from types import SimpleNamespace
 
-    from spec_cli.chat import Conversation
+    from spec_cli.conversation import Conversation
     from spec_cli.cli.chat import Repl
 
     monkeypatch.setenv("SPEC_CACHE", str(tmp_path))

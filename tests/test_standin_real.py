@@ -15,7 +15,7 @@ import pytest
 from spec_cli.calibrate import measure_costs
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
-from spec_cli.session import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
+from spec_cli.loading import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
 from spec_cli.speedup import acceptance_from_hist, best_predicted
 from tests.neartie import assert_same_or_near_tie
 

@@ -33,7 +33,7 @@ import numpy as np
 from ..calibrate import CostCurve, cached_costs, measure_costs
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
-from ..session import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
+from ..loading import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
 from ..stats import Stats
 from ..strategy import AdaptiveStrategy
 from . import reference as ref_mod

@@ -17,7 +17,7 @@ from ..bench import (
 )  # fmt: skip
 from ..bench.reference import ENV_VAR
 from ..sampling import SamplingParams
-from ..session import load_pair
+from ..loading import load_pair
 from . import app
 from .options import (
     Ctx, Draft, MaxTokens, Ngl, NglDraft, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP, model_choice,

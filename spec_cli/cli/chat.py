@@ -19,13 +19,13 @@ from typing import Annotated, Optional
 import typer
 
 from .. import rpc, ui
-from ..chat import Command, Conversation, InputAssembler, help_text, is_command, parse_command
-from ..chat_session import ChatSession, StrategyFactory, TurnResult
+from ..conversation import Command, Conversation, InputAssembler, help_text, is_command, parse_command
+from ..turns import ChatSession, StrategyFactory, TurnResult
 from ..decode import GenerateOptions
 from ..errors import SpecError
 from ..presets import Notify, cache_dir, spec_home
 from ..sampling import SamplingParams
-from ..session import LoadedPair, ModelChoice, build_strategy, load_pair, parse_draft_len
+from ..loading import LoadedPair, ModelChoice, build_strategy, load_pair, parse_draft_len
 from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Target, Temp, Threads, TopK, TopP, model_choice,

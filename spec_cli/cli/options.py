@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..session import ModelChoice
+from ..loading import ModelChoice
 
 Target = Annotated[Optional[str], typer.Option("--target", "-t", help="Target model: a .gguf path, a name from models.toml, or owner/repo:file.gguf.")]
 Draft = Annotated[Optional[str], typer.Option("--draft", "-d", help="Draft model, same forms as --target; one from another model family drafts text that is re-tokenized for the target.")]

@@ -13,7 +13,7 @@ from .. import ui
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..sampling import SamplingParams
-from ..session import build_strategy, load_pair, parse_draft_len
+from ..loading import build_strategy, load_pair, parse_draft_len
 from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Stop, Target, Temp, Threads, TopK, TopP,

@@ -1,7 +1,7 @@
 """The model-free half of `spec chat`: chat templates, the conversation and its JSON
 file, fitting it into the context, multi-line input and slash commands.
 
-Nothing here loads a model; `chat_session.py` joins this to the engine and
+Nothing here loads a model; `turns.py` joins this to the engine and
 `cli/chat.py` to the terminal.
 """
 

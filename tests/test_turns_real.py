@@ -36,7 +36,7 @@ def smol_draft(smollm2_q2k_path):
 
 
 def session(target, draft, **opts):
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
 
     target.reset()
     if draft is not None:
@@ -107,7 +107,7 @@ def test_turns_after_the_first_evaluate_only_their_new_tokens(smol, smol_draft, 
 
 def test_outgrowing_the_context_drops_oldest_turns_and_keeps_the_caches_whole(smollm2_path, smollm2_q2k_path):
     from spec_cli.llama import Model
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
 
     with Model(smollm2_path, n_ctx=256, n_threads=1, label="target") as t, Model(
         smollm2_q2k_path, n_ctx=256, n_threads=1, label="draft"
@@ -140,9 +140,9 @@ def test_two_turns_under_auto_evaluate_only_their_new_tokens(smol, smol_draft, s
     one for the whole chat. The target reads only the new turn; the draft, where auto keeps it,
     reads only what its cache lacks (auto may have left it out of some rounds, so it can trail
     the target by more than a fixed-length draft would)."""
-    from spec_cli.chat_session import ChatSession
+    from spec_cli.turns import ChatSession
     from spec_cli.cli.chat import chat_strategies
-    from spec_cli.session import LoadedPair, ModelChoice
+    from spec_cli.loading import LoadedPair, ModelChoice
     from spec_cli.strategy import AdaptiveStrategy
 
     smol.reset()

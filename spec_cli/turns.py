@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .llama import Model
-from .chat import ChatTemplate, Conversation, fit_history
+from .conversation import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
 from .drafters.base import prepare
 from .drafters.crossvocab import drafter_for
