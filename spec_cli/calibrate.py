@@ -28,6 +28,10 @@ COST_SAMPLES = 5
 # machine's (noise, or another program); it is measured again, up to MAX_ATTEMPTS times in all.
 INCREASE_TOLERANCE = 0.1
 MAX_ATTEMPTS = 3
+# A cached curve is checked at K = 1 and K = SPOT_K before each use; a ratio between the two that
+# moved by more than SHAPE_TOLERANCE either way means the curve is not this machine's now.
+SPOT_K = 4
+SHAPE_TOLERANCE = 1.5
 # Part of the cache key: curves measured the old ways (cold compute graph; timed without
 # waiting for a GPU to finish) are not reused.
 CURVE_METHOD = "warm-graph-sync-ids"
@@ -58,22 +62,9 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
     the loop, so every predicted speedup came out too high. Both caches are left
     empty.
     """
-    filler = [int(t) for t in prompt[1:]] or [int(prompt[0])]
-    filler = (filler * (max_k // len(filler) + 1))[:max_k]
-    target.reset()
-    target.sync(prompt, logits="none")
-    base = target.n_past
-    times: list[list[float]] = [[] for _ in range(max_k)]
-    for _ in range(samples):
-        for k in range(1, max_k + 1):
-            target.eval_argmax(filler[:k])  # same shape: the timed pass reuses its graph
-            target.truncate(base)
-            before = target.decode_seconds
-            target.eval_argmax(filler[:k])
-            times[k - 1].append(target.decode_seconds - before)
-            target.truncate(base)
-    target.reset()
-    target_ms = [1000.0 * float(np.median(t)) for t in times]
+    medians = _time_passes(target, prompt, range(1, max_k + 1), samples)
+    target_ms = [medians[k] for k in range(1, max_k + 1)]
+    filler = _filler(prompt, max_k)
 
     draft_ms = draft2_ms = float("nan")
     if draft is not None:
@@ -102,6 +93,37 @@ def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max
     return CostCurve(target_ms=target_ms, draft_ms=draft_ms, draft2_ms=draft2_ms)
 
 
+def spot_costs(target: Model, prompt: Sequence[int], k: int, samples: int = 3) -> tuple[float, float]:
+    """The median cost in ms of a one-token and of a k-token target pass after `prompt`."""
+    medians = _time_passes(target, prompt, (1, k), samples)
+    return medians[1], medians[k]
+
+
+def _filler(prompt: Sequence[int], n: int) -> list[int]:
+    filler = [int(t) for t in prompt[1:]] or [int(prompt[0])]
+    return (filler * (n // len(filler) + 1))[:n]
+
+
+def _time_passes(target: Model, prompt: Sequence[int], ks: Sequence[int], samples: int) -> dict[int, float]:
+    """Median ms of one target pass of k tokens after `prompt`, for each k (interleaved within
+    each sample, each timed pass after an untimed one of its shape); the cache is left empty."""
+    filler = _filler(prompt, max(ks))
+    target.reset()
+    target.sync(prompt, logits="none")
+    base = target.n_past
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    for _ in range(samples):
+        for k in times:
+            target.eval_argmax(filler[:k])  # same shape: the timed pass reuses its graph
+            target.truncate(base)
+            before = target.decode_seconds
+            target.eval_argmax(filler[:k])
+            times[k].append(target.decode_seconds - before)
+            target.truncate(base)
+    target.reset()
+    return {k: 1000.0 * float(np.median(t)) for k, t in times.items()}
+
+
 def _identity(model: Model | None) -> str | None:
     if model is None:
         return None
@@ -128,13 +150,21 @@ def cached_costs(target: Model, draft: Model | None, max_k: int, notify: Callabl
         # else ran (a curve read 1:24 2:140 3:85 4:60 ms here once, and kept auto off for good).
         notify(f"the cached cost curve is not increasing ({_fmt(cached.target_ms)}): measured on a busy machine; measuring again")
     elif cached is not None:
-        # A curve measured while the machine was busy (or on another power profile) would
-        # steer every later run: check its first point against one quick pass and measure
-        # again when the two disagree by more than 2x.
-        now = measure_costs(target, None, prompt[:8], 1, samples=3).target_ms[0]
-        if 0.5 <= now / cached.target_ms[0] <= 2.0:
+        # A curve measured while the machine was busy (or on another power profile) would steer
+        # every later run, and a curve too dear beyond K = 1 keeps a paying draft off for good
+        # (it is never tried, so the run never times a longer pass). Check two points against
+        # a few quick passes: the speed of a one-token pass, and what a SPOT_K-token pass costs
+        # next to it.
+        k = min(SPOT_K, len(cached.target_ms))
+        one, more = spot_costs(target, prompt[:8], k)
+        speed = one / cached.target_ms[0]
+        shape = (more / one) / (cached.target_ms[k - 1] / cached.target_ms[0])
+        if 0.5 <= speed <= 2.0 and 1.0 / SHAPE_TOLERANCE <= shape <= SHAPE_TOLERANCE:
             return cached
-        notify(f"the cached cost curve is stale ({cached.target_ms[0]:.1f} ms per pass then, {now:.1f} ms now); measuring again")
+        notify(
+            f"the cached cost curve is stale (1 token: {cached.target_ms[0]:.1f} ms then, {one:.1f} ms now; "
+            f"{k} tokens: {cached.target_ms[k - 1]:.1f} ms then, {more:.1f} ms now); measuring again"
+        )
     elif key in table:
         notify(f"the cached cost curve in {path} is damaged; measuring again (a few seconds)")
     else:

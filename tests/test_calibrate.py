@@ -71,6 +71,32 @@ def test_a_cached_curve_that_is_not_increasing_is_replaced(tmp_path, monkeypatch
     assert json.loads(path.read_text()) == {}
 
 
+@pytest.mark.parametrize(
+    "cached, replaced",
+    [
+        ([12.0, 26.0, 40.0, 54.0, 68.0], True),  # right at K = 1, priced as K single steps beyond: no draft could pay
+        ([12.0, 17.0, 19.0, 21.6, 24.0], False),  # within the noise of the quick check (1.2x at K = 4)
+    ],
+)
+def test_a_cached_curve_too_dear_beyond_one_token_is_replaced(tmp_path, monkeypatch, cached, replaced):
+    monkeypatch.setenv("SPEC_CACHE", str(tmp_path))
+    (tmp_path / "t.gguf").write_bytes(b"x")
+    target = CostedFake(tmp_path / "t.gguf", lambda k: 0.010 + 0.002 * k)  # 12, 14, 16, 18, 20 ms
+    calibrate.cached_costs(target, None, 5)
+    path = tmp_path / "calibration.json"
+    table = json.loads(path.read_text())
+    for entry in table.values():
+        entry["target_ms"] = cached
+    path.write_text(json.dumps(table))
+    notes: list[str] = []
+    curve = calibrate.cached_costs(target, None, 5, notify=notes.append)
+    if replaced:
+        assert any("stale" in n and "4 tokens: 54.0 ms then, 18.0 ms now" in n for n in notes), notes
+        assert curve.target_ms == pytest.approx([12, 14, 16, 18, 20], rel=1e-6)
+    else:
+        assert notes == [] and curve.target_ms == cached
+
+
 def test_the_runs_passes_rescale_the_curve_it_did_not_measure():
     # Calibrated 2x too dear throughout; the run measures only plain passes (K = 1). Every K
     # is rescaled alike, so the shape (and the predicted gain of drafting) is kept, where
