@@ -347,3 +347,4 @@ def serve(app: Starlette, sock: socket.socket, log_level: str = "warning") -> No
 
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=30, lifespan="on")
     Server(config).run(sockets=[sock])
+    broker.close(wait=60)  # after a forced exit too: the caller closes the models next, off the engine thread

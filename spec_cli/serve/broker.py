@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 WAITING, RUNNING, DONE = "waiting", "running", "done"
@@ -121,6 +122,9 @@ class Broker:
         if wait is not None and self._thread.is_alive():
             self._thread.join(wait)
 
+    def _should_stop(self, job: Job) -> bool:
+        return job.cancelled.is_set() or self._closing.is_set()
+
     def _serve(self) -> None:
         while True:
             job = self._jobs.get()
@@ -137,9 +141,8 @@ class Broker:
                     job.post("error", ShuttingDown())
                     continue
                 t0 = time.perf_counter()
-                should_stop = lambda j=job: j.cancelled.is_set() or self._closing.is_set()  # noqa: E731
                 try:
-                    outcome = self.work(job.request, job.post, should_stop)
+                    outcome = self.work(job.request, job.post, partial(self._should_stop, job))
                 except Exception as e:  # noqa: BLE001  (answered as an error object; the thread goes on)
                     job.post("error", e)
                 else:

@@ -331,7 +331,9 @@ class Outcome:
 
     def timings(self) -> dict:
         """llama-server's `timings` object (its names), plus what spec adds after them."""
-        ms = lambda s: round(s * 1000.0, 3)  # noqa: E731
+        def ms(seconds: float) -> float:
+            return round(seconds * 1000.0, 3)
+
         per_s = self.completion_tokens / self.t_generate if self.t_generate > 0 else 0.0
         return {
             "prompt_n": self.prompt_evaluated,
