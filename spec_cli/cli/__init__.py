@@ -77,6 +77,7 @@ from . import run as _run  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
 from . import chat as _chat  # noqa: E402,F401
 from . import doctor as _doctor  # noqa: E402,F401
+from . import serve as _serve  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
