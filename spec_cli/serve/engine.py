@@ -22,12 +22,12 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from ..chat import ChatTemplate
-from ..chat_session import _Prefill, _special_text
+from ..conversation import ChatTemplate
+from ..turns import _Prefill, _special_text
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..sampling import SamplingParams
-from ..session import DRAFTERS, LoadedPair, ModelChoice, build_strategy, load_pair, parse_draft_len
+from ..loading import DRAFTERS, LoadedPair, ModelChoice, build_strategy, load_pair, parse_draft_len
 from .schemas import ApiError, GenRequest, Outcome
 
 # The pair `spec serve` loads with no model options: the chat pair, as `spec chat` does.
