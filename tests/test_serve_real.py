@@ -95,7 +95,7 @@ def assert_same_greedy(smollm2_path, prompt: str, reference: dict, text: str) ->
     """The server's greedy text equals the target alone's, or differs first at a near-tie."""
     if text == reference["text"]:
         return
-    from spec_cli.backend import Model
+    from spec_cli.llama import Model
 
     with Model(smollm2_path, n_ctx=CTX, n_threads=1, label="target") as target:
         got = target.tokenize(reference["prompt"] + text)[len(target.tokenize(reference["prompt"])):]
