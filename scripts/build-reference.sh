@@ -10,6 +10,7 @@
 #   LLAMA_CPP_SDIST  a local llama_cpp_python-X.Y.Z.tar.gz to use instead of `pip download`
 #   JOBS             parallel compile jobs (default: number of cores)
 #   CMAKE_ARGS       extra cmake arguments (e.g. -DGGML_CUDA=on)
+#   WITH_SERVER=1    also build llama-server (to compare `spec serve` with it); printed third
 #
 # Idempotent: a second run with the same version finds the binaries and only prints their paths.
 # Takes about 10 minutes on 2 cores. The last two lines of output are the binary paths.
@@ -34,11 +35,19 @@ fi
 
 bin="$out/build/bin"
 stamp="$out/VERSION"
-if [ -x "$bin/llama-speculative-simple" ] && [ -x "$bin/llama-completion" ] \
-    && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+targets="llama-speculative-simple llama-completion"
+server=OFF
+if [ "${WITH_SERVER:-0}" = 1 ]; then
+    targets="$targets llama-server"
+    server=ON
+fi
+built=1
+for t in $targets; do
+    [ -x "$bin/$t" ] || built=0
+done
+if [ "$built" = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
     echo "build-reference: llama.cpp from llama-cpp-python $version is already built" >&2
-    echo "$bin/llama-speculative-simple"
-    echo "$bin/llama-completion"
+    for t in $targets; do echo "$bin/$t"; done
     exit 0
 fi
 
@@ -76,9 +85,8 @@ echo "build-reference: configuring llama.cpp (llama-cpp-python $version) in $out
 # LLAMA_CURL/LLAMA_OPENSSL off: the reference reads local GGUF files only and needs no network code.
 # shellcheck disable=SC2086
 cmake -S "$llama" -B "$out/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF ${CMAKE_ARGS:-} >&2
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=$server -DBUILD_SHARED_LIBS=OFF ${CMAKE_ARGS:-} >&2
 echo "build-reference: compiling with $jobs jobs (about 10 minutes on 2 cores)" >&2
-cmake --build "$out/build" --config Release -j "$jobs" --target llama-speculative-simple llama-completion >&2
+cmake --build "$out/build" --config Release -j "$jobs" --target $targets >&2
 echo "$version" > "$stamp"
-echo "$bin/llama-speculative-simple"
-echo "$bin/llama-completion"
+for t in $targets; do echo "$bin/$t"; done

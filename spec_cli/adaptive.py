@@ -113,6 +113,12 @@ RECHECK_AFTER = 2
 # EXPLORE_SHARE of the plain passes the run has had so far.
 EXPLORE_ALLOWANCE = 0.5
 EXPLORE_SHARE = 0.02
+# A measured pass, draft step or round more than STALL times what the controller expects is a
+# stall (pages of a model file read from disk, another program on the cores), not the cost of
+# drafting, and is left out; one such round, priced at 16x its cost, kept a paying draft model off
+# for the rest of a run. The (MAX_STALLS + 1)th in a row is taken: the machine has slowed down.
+STALL = 3.0
+MAX_STALLS = 2
 # ... or this share of what drafting would save per plain pass at full acceptance, if more.
 STAKE_SHARE = 0.1
 
@@ -190,6 +196,9 @@ class AdaptiveDraftLength:
         self._last = "off"  # what the last choose() decided, until update() has read it
         self._was_on = False  # whether the last choose() turned speculation on (kept past update)
         self._last_g = 0  # the length of the last round that drafted
+        self._chosen = 0  # what the last choose() returned
+        self._stalls: dict[str, int] = {}  # measurements left out in a row, by kind
+        self.stalls = 0  # measurements left out as stalls, all told
         self.reason = ""
         self.predicted = 1.0  # predicted speedup of the last choice over plain decoding
         self.counts = {"on": 0, "off": 0, "probe": 0}  # rounds by decision, for the stats
@@ -304,6 +313,7 @@ class AdaptiveDraftLength:
             self._on, self._was_on, self._last, self._since = True, True, "on", 0
             self.reason, self.predicted = f"g={g}: predicted {best:.2f}x (a={a:.2f}{self._measured_note()})", best
             self.counts["on"] += 1
+            self._chosen = g
             return g
         if staying:
             # Just turned off: one bad round can do that early in a run. Check again soon;
@@ -316,6 +326,7 @@ class AdaptiveDraftLength:
             g = self._probe_length()
             self.reason, self.predicted = f"probe g={g}: predicted {best:.2f}x (a={a:.2f}{self._measured_note()})", best
             self.counts["probe"] += 1
+            self._chosen = g
             return g
         self._last = "off"
         if g == 0:
@@ -330,6 +341,7 @@ class AdaptiveDraftLength:
             self.reason = f"off: predicted {best:.2f}x at best (g={g}, a={a:.2f}{self._measured_note()})"
         self.predicted = 1.0
         self.counts["off"] += 1
+        self._chosen = 0
         return 0
 
     def update(self, drafted: int, accepted: int) -> None:
@@ -383,6 +395,8 @@ class AdaptiveDraftLength:
         dearer still against the cheaper plain pass, and kept speculation off for good."""
         if not (1 <= k <= len(self.cost) and seconds > 0):
             return
+        if self._stall("pass", seconds, self.cost[k - 1]):
+            return
         r = seconds / self.prior_cost[k - 1]
         old = self._ratio[k - 1]
         self._ratio[k - 1] = r if np.isnan(old) else old + self.cost_weight * (r - old)
@@ -407,6 +421,9 @@ class AdaptiveDraftLength:
         the rate, but a cost of trying again after a pause, so in what trying has lost."""
         if tokens < 1 or seconds <= 0:
             return
+        g = max(1, min(self._chosen, self.g_max))
+        if self._stall("round", seconds, self.cost[g] + g * self.draft_step):
+            return
         loss = (seconds if spent is None else max(spent, seconds)) - tokens * self.cost[0]
         self._lost += loss
         if self._first_loss is None:
@@ -419,4 +436,15 @@ class AdaptiveDraftLength:
     def observe_draft(self, n: int, seconds: float) -> None:
         """Fold a measured drafting time for n tokens into draft_step."""
         if n > 0 and seconds >= 0:
+            if self.draft_step > 0 and self._stall("draft", seconds, n * self.draft_step):
+                return
             self.draft_step += self.cost_weight * (seconds / n - self.draft_step)
+
+    def _stall(self, kind: str, seconds: float, expected: float) -> bool:
+        """Whether to leave this measurement out as a stall (see STALL)."""
+        if seconds > STALL * expected and self._stalls.get(kind, 0) < MAX_STALLS:
+            self._stalls[kind] = self._stalls.get(kind, 0) + 1
+            self.stalls += 1
+            return True
+        self._stalls[kind] = 0
+        return False

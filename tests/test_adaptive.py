@@ -227,7 +227,12 @@ def test_observed_costs_change_the_choice():
                               cost_weight=1.0, probe_every=0)
     ctl.cost[8] = 1.0
     assert ctl.choose() == 8
-    ctl.observe_pass(9, 4.0)
+    from spec_cli.adaptive import MAX_STALLS
+
+    for _ in range(MAX_STALLS):
+        ctl.observe_pass(9, 4.0)  # 4x the price: left out as a stall at first
+        assert ctl.choose() == 8
+    ctl.observe_pass(9, 4.0)  # and taken when it persists
     assert ctl.choose() == 3
     ctl.observe_draft(3, 3.0)  # 1 per drafted token: no longer worth it
     assert ctl.choose() == 0
@@ -412,3 +417,29 @@ def test_a_catch_up_that_grows_with_the_pause_does_not_lock_a_drafter_out():
             break
         ctl.update(0, 0)
     assert tried_at is not None and tried_at < 200
+
+
+def test_one_stalled_round_does_not_keep_a_paying_draft_off():
+    # A draft that pays (every draft accepted, rounds measured at the predicted rate), whose second
+    # round stalls 30x (the draft model's pages read from disk): left out as a stall, not its cost.
+
+    def run(stall: float):
+        ctl = AdaptiveDraftLength(STANDIN, STANDIN_STEP, g_max=8, prior=0.7)
+        gs = []
+        for i in range(40):
+            g = ctl.choose()
+            if g:
+                factor = stall if i == 1 else 1.0
+                ctl.observe_pass(g + 1, factor * STANDIN[g])
+                ctl.observe_draft(g, factor * g * STANDIN_STEP)
+                ctl.observe_round(g + 1, factor * (STANDIN[g] + g * STANDIN_STEP))
+            ctl.update(g, g)
+            gs.append(g)
+        return gs, ctl
+
+    calm, _ = run(1.0)
+    gs, ctl = run(30.0)
+    assert gs[1] > 0, "the stall must hit a round that drafted"
+    assert sum(g > 0 for g in calm) >= 35
+    assert sum(g > 0 for g in gs) >= 30, (gs, ctl.reason)
+    assert ctl.stalls == 3  # its pass, its draft steps, its round
