@@ -34,12 +34,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from .adaptive import AdaptiveDraftLength, predicted_speedups
-from .drafters.base import Drafter, Proposal, prepare
+from .drafters.base import Drafter, Proposal, RoundOutcome
 from .sampling import SamplingParams
 
 # How much better another drafter's gain must be to take over from the last one's.
@@ -59,16 +59,32 @@ CURVE_CHECK_AFTER = 16
 CURVE_OFF = 1.4
 
 
-@dataclass
-class RoundOutcome:
-    drafted: int
-    accepted: int
-    # every token the target put after the context this round: the accepted drafts, then its own
-    target_tokens: list[int]
-    pass_tokens: int  # rows in the verification batch
-    pass_seconds: float
-    draft_seconds: float  # wall time of the proposal, catch-up included
-    path: list[int] | None = None  # for a token tree: the accepted nodes, from the root down
+class Strategy(Protocol):
+    """Everything decode.Engine may call on a strategy."""
+
+    name: str
+    # The draft length of every round; None where the strategy chooses it round by round.
+    draft_len: int | None
+    rounds: Counter  # rounds by the drafter that drafted them ("none": no draft)
+
+    def prepare(self, tokens: Sequence[int]) -> int | None:
+        """Before the first round, once the target has read `tokens`: let the draft model read them too.
+
+        Returns the tokens the draft model evaluated; None where no draft model read them.
+        """
+        ...
+
+    def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
+        """This round's proposal, at most `cap` tokens (none: the target decodes one token alone)."""
+        ...
+
+    def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
+        """What the target did with the proposal."""
+        ...
+
+    def describe(self) -> list[str]:
+        """Lines for the run's notes."""
+        ...
 
 
 class FixedStrategy:
@@ -85,22 +101,18 @@ class FixedStrategy:
         if g <= 0:
             return Proposal()
         prop = self.drafter.propose(context, g, params, rng)
-        prop.source = getattr(self.drafter, "last_source", None) or self.drafter.name
+        prop.source = self.drafter.last_source or self.drafter.name
         return prop
 
     def prepare(self, tokens: Sequence[int]) -> int | None:
-        return prepare(self.drafter, tokens)
+        return self.drafter.prepare(tokens)
 
     def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
         self.rounds[prop.source if prop.tokens else "none"] += 1
-        if hasattr(self.drafter, "observe"):
-            self.drafter.observe(prop, outcome)
+        self.drafter.observe(prop, outcome)
 
     def describe(self) -> list[str]:
-        lines = [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}"]
-        if hasattr(self.drafter, "describe"):
-            lines.extend(self.drafter.describe())
-        return lines
+        return [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}", *self.drafter.describe()]
 
 
 @dataclass
@@ -186,6 +198,7 @@ class AdaptiveStrategy:
                 continue
             self.sources.append(_Source(d, c, free))
         self.name = "auto(" + "+".join(s.drafter.name for s in self.sources) + ")" if self.sources else "auto(none)"
+        self.draft_len = None  # chosen round by round
         self.rounds: Counter = Counter()
         self.lengths: Counter = Counter()
         self._consulted: list[_Source] = []
@@ -199,13 +212,13 @@ class AdaptiveStrategy:
         for src in self.sources:
             if not src.free:
                 t0 = time.perf_counter()
-                done = prepare(src.drafter, tokens)
+                done = src.drafter.prepare(tokens)
                 seconds = time.perf_counter() - t0
                 last = done if done is not None else last
                 # Per context token: per draft token evaluated, times draft tokens per context token
                 # (another family's tokenizer splits the text differently). A prepare that found the
                 # cache already in place (chat prepares before the engine does) says nothing.
-                model = getattr(src.drafter, "model", None)
+                model = src.drafter.model
                 evaluated = done if model is not None else len(tokens)
                 cached = model.n_past if model is not None else len(tokens)
                 if evaluated > CATCH_UP_FROM and tokens:
@@ -227,7 +240,7 @@ class AdaptiveStrategy:
                 if not guess.tokens:
                     continue  # no match: nothing to decide, nothing to learn
                 guesses[i] = guess
-                src.kind = getattr(src.drafter, "guess_kind", None)
+                src.kind = src.drafter.guess_kind
             candidates.append(i)
         # The best gain goes first; ties keep the configured order. The drafter of the last
         # round keeps its turn unless another is clearly better: switching has a price the
@@ -330,8 +343,7 @@ class AdaptiveStrategy:
                 f"{src.drafter.name}: acceptance estimate {c.acceptance:.2f}" + (f" (by kind of match: {by_kind})" if by_kind else "")
                 + f", decisions {_fmt(c.counts)}; last: {c.reason or '-'}"
             )  # fmt: skip
-            if hasattr(src.drafter, "describe"):
-                lines.extend(src.drafter.describe())
+            lines.extend(src.drafter.describe())
         return lines
 
 

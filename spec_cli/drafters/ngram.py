@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..sampling import SamplingParams
-from .base import Proposal
+from .base import DrafterBase, Proposal
 
 
 def longest_match(ctx: np.ndarray, max_ngram: int = 4, min_ngram: int = 1) -> tuple[int, int]:
@@ -72,7 +72,7 @@ def continuation(ctx: np.ndarray, c: int, n: int) -> np.ndarray:
     return ctx[c + np.arange(n) % (len(ctx) - c)]
 
 
-class NgramDrafter:
+class NgramDrafter(DrafterBase):
     """Deterministic drafter over the prompt and the output so far (q = point masses).
 
     It is consulted every round, also when it ends up drafting nothing, so a round
