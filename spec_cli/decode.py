@@ -27,6 +27,7 @@ import numpy as np
 from .llama import Model
 from .drafters.base import Proposal, RoundOutcome
 from .errors import SpecError
+from .limits import MAX_DRAFT_LEN, check_prompt_fits, check_seed
 from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
 from .strategy import Strategy
@@ -49,10 +50,9 @@ class GenerateOptions:
     def check(self) -> None:
         if self.max_tokens < 1:
             raise SpecError(f"--max-tokens must be at least 1, got {self.max_tokens}")
-        if self.draft_len < 0 or self.draft_len > 64:
-            raise SpecError(f"--draft-len must be between 0 and 64, got {self.draft_len}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise SpecError(f"--seed must be a whole number from 0 up, got {self.seed}")
+        if not 0 <= self.draft_len <= MAX_DRAFT_LEN:
+            raise SpecError(f"--draft-len must be between 0 and {MAX_DRAFT_LEN}, got {self.draft_len}")
+        check_seed(self.seed)
         try:
             self.sampling.check()
         except ValueError as e:
@@ -196,11 +196,7 @@ class Engine:
         target = self.target
         if not prompt:
             raise SpecError("the prompt is empty")
-        if len(prompt) >= target.n_ctx:
-            raise SpecError(
-                f"the prompt is {len(prompt)} tokens but the context holds {target.n_ctx}; "
-                "use a larger --ctx or a shorter prompt"
-            )
+        check_prompt_fits(len(prompt), target.n_ctx)
         seed = opts.seed if opts.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         strategy = self.strategy
         stats = Stats(

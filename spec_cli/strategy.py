@@ -34,13 +34,25 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
 from .adaptive import AdaptiveDraftLength, predicted_speedups
 from .drafters.base import Drafter, Proposal, RoundOutcome
+from .drafters.combined import CombinedDrafter
+from .drafters.crossvocab import CrossVocabDrafter
+from .drafters.model import ModelDrafter
+from .drafters.ngram import NgramDrafter
+from .drafters.tree import TreeDrafter
+from .errors import SpecError
+from .limits import AUTO, MAX_DRAFT_LEN, MODEL, NGRAM, TREE, TREE_BRANCHES, TREE_DEPTH
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .calibrate import CostCurve
+    from .loading import LoadedPair, ModelChoice
+    from .presets import Notify
 
 # How much better another drafter's gain must be to take over from the last one's.
 STICKY = 1.1
@@ -367,3 +379,113 @@ def shadow_evidence(guess: Sequence[int], truth: Sequence[int]) -> tuple[int, in
 def _fmt(counter) -> str:
     items = sorted(counter.items(), key=lambda kv: str(kv[0]))
     return ", ".join(f"{k}: {v}" for k, v in items) or "-"
+
+
+# --- building a strategy from the command-line choices ----------------------------------------
+
+# --draft-len auto: the longest draft any controller may choose.
+AUTO_MAX_DRAFT = 8
+# The lookup's prior counts as this many guesses at a coin flip, so a couple of lucky matches
+# do not start it drafting: on text that does not repeat itself one rejected 3-token draft costs
+# ~2 % of a 64-token run on a CPU (docs/benchmark-log.md).
+NGRAM_PRIOR_WEIGHT = 4.0
+# A draft model that shares the target's tokenizer agrees with it on most tokens (0.6-0.9 in the
+# literature and in docs/benchmark-log.md), so its controller starts from 0.7, not a coin flip,
+# and forgets more slowly than the lookup's: its acceptance does not jump with the text, and a
+# short run has few rounds to relearn it in.
+MODEL_PRIOR = 0.7
+MODEL_DECAY = 0.98
+# A draft from another model family agrees less often (0.6-0.67 per token for SmolLM2-135M
+# drafting for Gemma-3-270M), and a target token costs it more than one draft step: its tokens
+# are shorter, one more step shows the last token complete, and each round re-reads the end of
+# the accepted text (1.44-1.64 draft tokens per target token; docs/benchmark-log.md).
+XVOCAB_PRIOR = 0.6
+XVOCAB_STEPS = 1.6
+# Its probes cost more for less expected gain, so it probes half as often and drafts at most 2
+# tokens, the best length at its acceptance on a CPU (docs/benchmark-log.md).
+XVOCAB_PROBE_EVERY = 16
+XVOCAB_MAX_DRAFT = 2
+# It must promise a clear gain before auto turns it on: near break-even, a lucky probe turns it
+# on and the next rounds off again, each cycle paying the draft's catch-up.
+XVOCAB_MIN_GAIN = 1.15
+
+
+def parse_draft_len(text: str | int | None) -> int | None:
+    """--draft-len: a number of tokens, or "auto" (None) for the adaptive controller."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        n = int(str(text))
+    except ValueError:
+        raise SpecError(f"--draft-len takes a number of tokens or 'auto', got {text!r}") from None
+    if not 0 <= n <= MAX_DRAFT_LEN:
+        raise SpecError(f"--draft-len must be between 0 and {MAX_DRAFT_LEN}, or 'auto', got {n}")
+    return n
+
+
+def build_strategy(
+    pair: LoadedPair,
+    choice: ModelChoice,
+    draft_len: int | None,
+    notify: Notify = lambda s: None,
+    draft_min_p: float = 0.0,
+    costs: CostCurve | None = None,
+) -> Strategy | None:
+    """The speculation strategy for these models and options; None means the target alone.
+
+    `costs` (a CostCurve) stands in for the cached calibration under --draft-len auto;
+    `spec bench` reads the cache once and builds a fresh strategy for every run.
+    """
+    from .calibrate import cached_costs, forget_costs  # looked up when called (tests script it)
+
+    if choice.no_spec or draft_len == 0:
+        return None
+    if not 0.0 <= draft_min_p < 1.0:
+        raise SpecError(f"--draft-min-p must be in [0, 1), got {draft_min_p}")
+    model = None
+    if pair.draft is not None and pair.cross_vocab:
+        if choice.drafter == TREE:
+            raise SpecError("--drafter tree needs a draft with the target's vocabulary; use --drafter model or auto")
+        model = CrossVocabDrafter(pair.target, pair.draft, min_confidence=draft_min_p)
+    elif pair.draft is not None:
+        model = ModelDrafter(pair.draft, min_confidence=draft_min_p)
+    ngram = NgramDrafter(max_ngram=4, min_ngram=2)
+    if choice.drafter in (MODEL, TREE) and model is None:
+        raise SpecError(f"--drafter {choice.drafter} needs a draft model; pass --draft MODEL")
+    if choice.drafter == TREE:
+        if pair.target.n_seq_max < TREE_BRANCHES + 1:
+            raise SpecError("--drafter tree needs a target loaded with several sequences (load_pair does that for 'tree')")
+        tree = TreeDrafter(pair.draft, max_branches=TREE_BRANCHES)
+        if draft_len is None:
+            # The adaptive controller sizes chains from a chain's cost curve; trees keep a fixed depth.
+            notify(f"--drafter tree: tree depth {TREE_DEPTH} (--draft-len auto does not size trees)")
+            draft_len = TREE_DEPTH
+        return FixedStrategy(tree, draft_len)
+    if draft_len is not None:
+        chosen = {MODEL: model, NGRAM: ngram, AUTO: CombinedDrafter(ngram, model) if model else ngram}[choice.drafter]
+        return FixedStrategy(chosen, draft_len)
+    on_curve_off = None
+    if costs is None:
+        draft = pair.draft if choice.drafter != NGRAM else None
+        costs = cached_costs(pair.target, draft, AUTO_MAX_DRAFT + 1, notify)
+
+        def on_curve_off(ratio: float) -> None:
+            forget_costs(pair.target, draft, AUTO_MAX_DRAFT + 1)
+    cost = np.array(costs.target_ms) / 1000.0
+    sources = []
+    if choice.drafter in (AUTO, NGRAM):
+        # Its guesses are checked for free in every round (shadow evidence), so it needs no probes.
+        ngram_ctl = AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT, probe_every=0, prior_weight=NGRAM_PRIOR_WEIGHT)
+        sources.append((ngram, ngram_ctl, True))
+    if choice.drafter in (AUTO, MODEL) and model is not None:
+        catch_up = costs.draft2_ms - costs.draft_ms if np.isfinite(costs.draft2_ms) else 0.0
+        if pair.cross_vocab:
+            steps, g_max = XVOCAB_STEPS, XVOCAB_MAX_DRAFT
+            more = dict(prior=XVOCAB_PRIOR, probe_every=XVOCAB_PROBE_EVERY, min_gain=XVOCAB_MIN_GAIN)
+        else:
+            steps, g_max, more = 1.0, AUTO_MAX_DRAFT, dict(prior=MODEL_PRIOR)
+        ctl = AdaptiveDraftLength(
+            cost, steps * costs.draft_ms / 1000.0, g_max, catch_up=max(0.0, catch_up) / 1000.0, decay=MODEL_DECAY, **more,
+        )  # fmt: skip
+        sources.append((model, ctl, False))
+    return AdaptiveStrategy(sources, on_curve_off=on_curve_off)

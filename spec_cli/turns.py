@@ -82,7 +82,7 @@ class ChatSession:
     session asks it once at the start (for `auto`, else for opts.draft_len) and again on
     each `set_draft_len`. Without one, the draft model drafts at a fixed length (the
     drafter `drafter_for` picks), and auto is not on offer: `spec chat` passes one built
-    on `session.build_strategy`. `opts` is copied, never changed.
+    on `strategy.build_strategy`. `opts` is copied, never changed.
     """
 
     def __init__(

@@ -12,10 +12,10 @@ import pytest
 
 from spec_cli.llama import Model
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy
+from spec_cli.strategy import FixedStrategy, build_strategy
 from spec_cli.drafters.crossvocab import CrossVocabDrafter, model_vocab
 from spec_cli.sampling import SamplingParams, shape
-from spec_cli.loading import LoadedPair, ModelChoice, build_strategy
+from spec_cli.loading import LoadedPair, ModelChoice
 from spec_cli.vocabmap import TextAlignment
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie

@@ -14,9 +14,9 @@ import pytest
 
 from spec_cli.calibrate import measure_costs
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy
+from spec_cli.strategy import AUTO_MAX_DRAFT, FixedStrategy, build_strategy
 from spec_cli.drafters import ModelDrafter
-from spec_cli.loading import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
+from spec_cli.loading import LoadedPair, ModelChoice
 from spec_cli.speedup import acceptance_from_hist, best_predicted
 from tests.neartie import assert_same_or_near_tie
 
