@@ -59,7 +59,7 @@ numpy only; no model.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -92,16 +92,6 @@ def predicted_speedups(
     extra = np.where(g > 0, float(a) ** g * catch_up, 0.0)
     rate = expected_tokens(a, g_top) / (g * draft_step + cost[: g_top + 1] + round_overhead + extra)
     return rate / rate[0]
-
-
-def cost_curve(points: Mapping[int, float], k_max: int = 16) -> np.ndarray:
-    """A cost curve for K = 1..k_max from measurements at some K (linear in between,
-    flat beyond the last one measured). Index K - 1 holds cost(K)."""
-    if 1 not in points:
-        raise ValueError("the cost curve needs a measurement at K = 1 (plain decoding)")
-    ks = np.array(sorted(points), dtype=np.float64)
-    vs = np.array([points[int(k)] for k in ks], dtype=np.float64)
-    return np.interp(np.arange(1, k_max + 1), ks, vs)
 
 
 # Pseudo-acceptances added to the estimate when sizing a probe (see _probe_length).
