@@ -25,8 +25,8 @@ Only the draft model's one-token passes are booked as its price per drafted
 token (Proposal.steps, step_seconds). A pass that catches the draft cache up on
 several tokens (the prompt, rounds in which something else drafted or nothing
 was drafted, the two tokens after a fully accepted round) is real time but not
-a cost of drafting one more token; booked per token it made the draft model
-look several times dearer than it is and switched it off where it paid.
+a cost of drafting one more token; booked per token, it would make the draft model
+look several times dearer than it is and switch it off where it pays.
 """
 
 from __future__ import annotations
@@ -147,12 +147,11 @@ class _Source:
 
         For a drafter with kinds of guesses: its gain with the acceptance of this kind in place of
         its overall estimate. The controller's one estimate mixes the lookup's long matches (first
-        guess right ~0.9 of the time on the bench suite) with its short ones (~0.5-0.7), so a draft
-        model with a steadier estimate went first also in rounds where a long match would have
-        drafted for free. Only the order uses it: the draft length and whether to draft at all still
-        come from the controller, which learns from every kind at once (a controller per kind,
-        tried, relearnt too slowly on short runs). Against ordering by the one estimate: 1.11-1.12x
-        on the code prompt of both same-family stand-ins, the rest within noise (docs/benchmark-log.md).
+        guess right ~0.9 of the time on the bench suite) with its short ones (~0.5-0.7); by it alone
+        a draft model with a steadier estimate would go first also in rounds where a long match
+        drafts for free. Only the order uses it: the draft length and whether to draft at all come
+        from the controller, which learns from every kind at once, faster than one per kind would
+        on short runs (docs/benchmark-log.md).
         """
         gain = self.ctl.best_speedup()
         if self.kind is None:
@@ -306,7 +305,7 @@ class AdaptiveStrategy:
                     # A draft model that proposed nothing because its first guess was already
                     # wrong (it ended the text, or contradicted it: drafters/crossvocab.py) spent
                     # its time all the same: a round with one rejected draft. Counted as nothing,
-                    # a probe stayed due and was paid for again round after round.
+                    # a probe would stay due and be paid for again every round.
                     drafted = 1
                 if not src.free:
                     if self._lag > CATCH_UP_FROM:
