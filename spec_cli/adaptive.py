@@ -33,33 +33,25 @@ pass, the measurement taking over as rounds accumulate. The draft length itself
 still comes from the prediction, which knows how the gain moves with g.
 
 Trying is bounded: a probe, or turning speculation on again after a pause, is a guess
-that may lose, and near break-even the guesses added up to 5-20 % of a short run. What
+that may lose, and near break-even the guesses can add up to 5-20 % of a short run. What
 a drafter's measured rounds lost against plain decoding, all told (a draft model's
 catch-up on the rounds it sat out included), may reach half a plain pass plus a share
 of the run: 2 %, or a tenth of what drafting would save at full acceptance if that is
 more; past that it tries nothing new until the run has grown enough (`_may_try`). A
 probe does not count what the first round drafted lost, and a catch-up still to pay
-counts as one plain pass at most. Each drafter has its own budget: one shared by the
-n-gram lookup and the draft model measured no better, and held the draft model back
-where it paid (docs/benchmark-log.md).
+counts as one plain pass at most. Each drafter has its own budget, so the lookup's
+losses do not hold back a draft model that pays (docs/benchmark-log.md).
 
 The cost curve is a prior: each K the run measures corrects it by the measured /
 calibrated ratio, and the K it has not measured by their measured neighbours' ratios
 (`observe_pass`), so the curve keeps its shape.
-
-Simulated (before the measured blend, the probe sizing and the one-token ramp were
-added) on the Gemma CPU curve of docs/machine-notes.md with i.i.d. acceptance: when drafts never
-pay, the probes cost 1.5 % against plain decoding over 1,000 rounds (3 % over
-100); when they do, the result is within 1-2 % of the best fixed draft length
-over 1,000 rounds, except near the break-even rate, where either choice is
-about as fast.
 
 numpy only; no model.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -92,16 +84,6 @@ def predicted_speedups(
     extra = np.where(g > 0, float(a) ** g * catch_up, 0.0)
     rate = expected_tokens(a, g_top) / (g * draft_step + cost[: g_top + 1] + round_overhead + extra)
     return rate / rate[0]
-
-
-def cost_curve(points: Mapping[int, float], k_max: int = 16) -> np.ndarray:
-    """A cost curve for K = 1..k_max from measurements at some K (linear in between,
-    flat beyond the last one measured). Index K - 1 holds cost(K)."""
-    if 1 not in points:
-        raise ValueError("the cost curve needs a measurement at K = 1 (plain decoding)")
-    ks = np.array(sorted(points), dtype=np.float64)
-    vs = np.array([points[int(k)] for k in ks], dtype=np.float64)
-    return np.interp(np.arange(1, k_max + 1), ks, vs)
 
 
 # Pseudo-acceptances added to the estimate when sizing a probe (see _probe_length).
@@ -257,8 +239,8 @@ class AdaptiveDraftLength:
 
         Neither is decided on evidence that it pays: a probe is a guess, and turning on
         again follows a few lucky rounds. Near break-even (a draft that pays on some text
-        and not on other) each costs a little, and on a short run they added up to 5-20 %
-        (docs/benchmark-log.md, issue 11). So the time they lose is bounded: what the measured
+        and not on other) each costs a little, and on a short run they can add up to 5-20 %
+        (docs/benchmark-log.md). So the time they lose is bounded: what the measured
         rounds lost, all told, may be at most EXPLORE_ALLOWANCE plain passes plus
         EXPLORE_SHARE of the run so far. A drafter that has paid overall (nothing lost)
         is never held back; one that keeps losing gets a try every so often, so a change
@@ -267,14 +249,14 @@ class AdaptiveDraftLength:
 
         A probe does not count what the first round drafted lost: without that round there
         is no evidence at all, and whether it was lucky says little about the text after it
-        (a draft model whose first 5 drafts all missed, on a prompt that accepts 60-80 % after
-        them, used up the budget there and stayed off where it paid 1.45x). Turning on counts
-        it: that is a decision on evidence, and the first round is some."""
+        (a few early misses would otherwise use up the budget and keep off a draft model that
+        pays later in the text). Turning on counts it: that is a decision on evidence, and the
+        first round is some."""
         budget = (EXPLORE_ALLOWANCE + self.explore_share() * self._rounds) * self.cost[0]
         lost = self._lost - ((self._first_loss or 0.0) if probe else 0.0)
         # The catch-up is counted up front as one plain pass at most (what it really cost joins
-        # `lost` once paid): it grows a token per round off, about as fast as the budget, and
-        # counted whole it kept a drafter that had lost once off for the rest of the run.
+        # `lost` once paid): it grows a token per round off, about as fast as the budget, so
+        # counted whole it would keep a drafter that had lost once off for the rest of the run.
         return lost + min(pending, self.cost[0]) <= budget
 
     def explore_share(self) -> float:
@@ -373,8 +355,8 @@ class AdaptiveDraftLength:
             if accepted == drafted:
                 # Every draft landed: probe again next round, longer as the estimate grows. A
                 # short probe on a steep curve measures below plain decoding even when all of it
-                # is accepted; judged by that rate, the wait doubled and a draft model that
-                # paid 1.45x at g=5 came back 40 rounds late.
+                # is accepted; judged by that rate, the wait would double and a draft model that
+                # pays at a longer length would come back many rounds late.
                 self._interval = 1
             elif not first and (self.acceptance < before or (measured is not None and measured < 1.0)):
                 self._interval = min(2 * self._interval, self.probe_max)

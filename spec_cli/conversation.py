@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from .errors import SpecError
 from .files import write_text_atomic
+from .limits import MAX_DRAFT_LEN
 
 # --- chat templates ------------------------------------------------------------
 
@@ -339,8 +340,8 @@ def parse_command(text: str) -> Command:
             value = int(arg)
         except ValueError:
             raise SpecError(f"/draft-len takes a whole number or 'auto', got {arg!r}") from None
-        if not 0 <= value <= 64:
-            raise SpecError(f"/draft-len must be between 0 and 64, got {value}")
+        if not 0 <= value <= MAX_DRAFT_LEN:
+            raise SpecError(f"/draft-len must be between 0 and {MAX_DRAFT_LEN}, got {value}")
     elif name == "temp":
         try:
             value = float(arg)

@@ -25,11 +25,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .llama import Model
-from .drafters.base import Drafter, Proposal
+from .drafters.base import Proposal, RoundOutcome
 from .errors import SpecError
+from .limits import MAX_DRAFT_LEN, check_prompt_fits, check_seed
 from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
-from .strategy import FixedStrategy, RoundOutcome
+from .strategy import Strategy
 from .textstream import TextStream
 from .tokentree import accept_tree_greedy, prune
 from .verify import accept_greedy, accept_sampled
@@ -41,7 +42,7 @@ DRAFT, TARGET = "draft", "target"
 @dataclass
 class GenerateOptions:
     max_tokens: int = 128
-    draft_len: int = 4
+    draft_len: int = 4  # as asked for (bounds checked here); the Engine's strategy is what drafts
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None
     stop: Sequence[str] = ()
@@ -49,10 +50,9 @@ class GenerateOptions:
     def check(self) -> None:
         if self.max_tokens < 1:
             raise SpecError(f"--max-tokens must be at least 1, got {self.max_tokens}")
-        if self.draft_len < 0 or self.draft_len > 64:
-            raise SpecError(f"--draft-len must be between 0 and 64, got {self.draft_len}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise SpecError(f"--seed must be a whole number from 0 up, got {self.seed}")
+        if not 0 <= self.draft_len <= MAX_DRAFT_LEN:
+            raise SpecError(f"--draft-len must be between 0 and {MAX_DRAFT_LEN}, got {self.draft_len}")
+        check_seed(self.seed)
         try:
             self.sampling.check()
         except ValueError as e:
@@ -123,7 +123,7 @@ class _Run:
 
     opts: GenerateOptions
     rng: np.random.Generator
-    strategy: object | None
+    strategy: Strategy | None
     stats: Stats
     context: list[int]
     stream: TextStream
@@ -134,16 +134,15 @@ class _Run:
 
 
 class Engine:
-    """Generation with the target, speculating through a strategy (or a drafter at a fixed draft length).
+    """Generation with the target, speculating through a strategy.
 
-    Engine(target) or a draft length of 0 is plain decoding; Engine(target, drafter)
-    drafts opts.draft_len tokens every round; Engine(target, strategy=...) lets the
-    strategy choose the drafter and the length round by round.
+    Engine(target) is plain decoding; Engine(target, FixedStrategy(drafter, k)) drafts k
+    tokens every round; Engine(target, AdaptiveStrategy(...)) lets the strategy choose the
+    drafter and the length round by round.
     """
 
-    def __init__(self, target: Model, drafter: Drafter | None = None, strategy=None):
+    def __init__(self, target: Model, strategy: Strategy | None = None):
         self.target = target
-        self.drafter = drafter
         self.strategy = strategy
 
     def generate(
@@ -197,25 +196,19 @@ class Engine:
         target = self.target
         if not prompt:
             raise SpecError("the prompt is empty")
-        if len(prompt) >= target.n_ctx:
-            raise SpecError(
-                f"the prompt is {len(prompt)} tokens but the context holds {target.n_ctx}; "
-                "use a larger --ctx or a shorter prompt"
-            )
+        check_prompt_fits(len(prompt), target.n_ctx)
         seed = opts.seed if opts.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         strategy = self.strategy
-        if strategy is None and self.drafter is not None and opts.draft_len > 0:
-            strategy = FixedStrategy(self.drafter, opts.draft_len)
         stats = Stats(
             drafter=strategy.name if strategy is not None else "none",
-            draft_len=getattr(strategy, "draft_len", 0) if strategy is not None else 0,
+            draft_len=(strategy.draft_len or 0) if strategy is not None else 0,
             prompt_tokens=len(prompt),
             seed=seed,
         )
         run = _Run(opts, np.random.default_rng(seed), strategy, stats, list(prompt), TextStream(opts.stop))
         t0 = time.perf_counter()
         stats.prompt_tokens_evaluated, _ = target.sync(run.context[:-1], logits="none")
-        if strategy is not None and hasattr(strategy, "prepare"):
+        if strategy is not None:
             # A draft model reads the prompt here too, so that its first round is not
             # charged with prompt processing (and drafting does not look dear because of it).
             strategy.prepare(run.context[:-1])

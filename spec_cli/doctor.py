@@ -15,9 +15,10 @@ from typing import Callable
 
 from .llama import Model, build_info, default_threads
 from .errors import SpecError
+from .limits import LLAMA_CPP_PYTHON_PIN
 from .presets import cache_dir, load_catalog, pair, resolve, spec_home
 
-PIN = "llama-cpp-python==0.3.36"
+PIN = LLAMA_CPP_PYTHON_PIN
 
 
 def gpu_present() -> str | None:

@@ -8,15 +8,10 @@ from pathlib import Path
 from .llama import Model, check_compatible, gpu_offload_supported
 from .drafters.crossvocab import check_cross_vocab
 from .errors import SpecError
+from .limits import DRAFTERS, TREE_BRANCHES
 from .presets import Notify, load_catalog, pair, pair_rpc, resolve
 from .rpc import parse_endpoints
 
-DRAFTERS = ("auto", "model", "ngram", "tree")
-
-# --drafter tree: the target verifies up to this many branches at once, each in its own
-# llama.cpp sequence beside seq 0; and the tree's depth when --draft-len is auto.
-TREE_BRANCHES = 4
-TREE_DEPTH = 4
 
 
 @dataclass
@@ -41,7 +36,7 @@ class ModelChoice:
         if (self.ngl is not None and self.ngl < -1) or (self.ngl_draft is not None and self.ngl_draft < -1):
             raise SpecError("--ngl and --ngl-draft take a layer count, or -1 for all layers")
         if self.drafter not in DRAFTERS:
-            raise SpecError(f"--drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
+            raise SpecError(f"--drafter must be one of {', '.join(sorted(DRAFTERS))}, got {self.drafter!r}")
 
 
 def resolve_refs(choice: ModelChoice, default_preset: str) -> tuple[str, str | None]:
@@ -107,9 +102,9 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
     )  # fmt: skip
     target.rpc_servers = tuple(servers)  # part of the calibration cache's key
     if servers:
-        # Over RPC, backend sampling costs round trips per row (the ids are read row by row
-        # from the servers): verifying 8 tokens took 239 ms with it and 127 ms without at 5 ms
-        # of round-trip time (docs/benchmark-log.md, issue 12). Full logit rows come back in one read.
+        # Over RPC, backend sampling costs a round trip per row (the ids are read row by row from
+        # the servers), full logit rows one read: verifying 8 tokens at 5 ms of round-trip time,
+        # 239 ms against 127 ms (docs/benchmark-log.md).
         target.use_backend_sampling(False)
     draft = None
     cross_vocab = False
@@ -166,125 +161,3 @@ def offload_warning(ngl: int, ngl_draft: int, gpu: bool) -> str | None:
             "leave --ngl-draft out to offload the draft like the target"
         )
     return None
-
-
-def parse_draft_len(text: str | int | None) -> int | None:
-    """--draft-len: a number of tokens, or "auto" (None) for the adaptive controller."""
-    if text is None or str(text).strip().lower() == "auto":
-        return None
-    try:
-        n = int(str(text))
-    except ValueError:
-        raise SpecError(f"--draft-len takes a number of tokens or 'auto', got {text!r}") from None
-    if not 0 <= n <= 64:
-        raise SpecError(f"--draft-len must be between 0 and 64, or 'auto', got {n}")
-    return n
-
-
-AUTO_MAX_DRAFT = 8
-NGRAM_PRIOR_WEIGHT = 4.0
-# A draft model that shares the target's tokenizer agrees with it on most tokens (0.6-0.9
-# in the literature and in docs/benchmark-log.md), so its controller starts from 0.7, not a coin
-# flip, and forgets more slowly than the lookup's: its acceptance does not jump with the
-# text the way an n-gram's does, and a 32-token run has few rounds to relearn it in.
-MODEL_PRIOR = 0.7
-MODEL_DECAY = 0.98
-# A draft from another model family (issue 11) agrees with the target less often (0.6 to 0.67
-# per token for SmolLM2-135M drafting for Gemma-3-270M, docs/benchmark-log.md), and a target token costs
-# it more than one draft step: its tokens are shorter, one more step shows the last token
-# complete, and each round re-reads the end of the accepted text (1.64 SmolLM2 tokens evaluated
-# per Gemma token proposed at g=2, 1.44 at g=3).
-XVOCAB_PRIOR = 0.6
-XVOCAB_STEPS = 1.6
-# Its probes cost more than a same-family draft's (a longer draft per target token, and a
-# catch-up on the text it sat out) for less expected gain, so it probes half as often and
-# drafts at most 2 tokens. At its acceptance (0.6-0.7 greedy, less under sampling, where a
-# point mass is kept with the target's own probability) 2 was the best length on this CPU
-# (docs/benchmark-log.md, issue 11), and a probe of 4 that finds nothing costs ~5 % of a 32-token
-# run, against ~1 % for a probe of 2.
-XVOCAB_PROBE_EVERY = 16
-XVOCAB_MAX_DRAFT = 2
-# And it must promise a clear gain before auto turns it on: near break-even (as on this CPU)
-# a lucky probe turned it on, the next rounds off again, and each such cycle re-probed two
-# rounds later and paid the draft's catch-up, 0.85-0.93x on prose prompts in all.
-XVOCAB_MIN_GAIN = 1.15
-
-
-def build_strategy(
-    pair: LoadedPair,
-    choice: ModelChoice,
-    draft_len: int | None,
-    notify: Notify = lambda s: None,
-    draft_min_p: float = 0.0,
-    costs=None,
-):
-    """The speculation strategy for these models and options; None means the target alone.
-
-    `costs` (a CostCurve) stands in for the cached calibration under --draft-len auto;
-    `spec bench` reads the cache once and builds a fresh strategy for every run.
-    """
-    import numpy as np
-
-    from .adaptive import AdaptiveDraftLength
-    from .calibrate import cached_costs, forget_costs
-    from .drafters import ModelDrafter
-    from .drafters.combined import CombinedDrafter
-    from .drafters.crossvocab import CrossVocabDrafter
-    from .drafters.ngram import NgramDrafter
-    from .drafters.tree import TreeDrafter
-    from .strategy import AdaptiveStrategy, FixedStrategy
-
-    if choice.no_spec or draft_len == 0:
-        return None
-    if not 0.0 <= draft_min_p < 1.0:
-        raise SpecError(f"--draft-min-p must be in [0, 1), got {draft_min_p}")
-    model = None
-    if pair.draft is not None and pair.cross_vocab:
-        if choice.drafter == "tree":
-            raise SpecError("--drafter tree needs a draft with the target's vocabulary; use --drafter model or auto")
-        model = CrossVocabDrafter(pair.target, pair.draft, min_confidence=draft_min_p)
-    elif pair.draft is not None:
-        model = ModelDrafter(pair.draft, min_confidence=draft_min_p)
-    ngram = NgramDrafter(max_ngram=4, min_ngram=2)
-    if choice.drafter in ("model", "tree") and model is None:
-        raise SpecError(f"--drafter {choice.drafter} needs a draft model; pass --draft MODEL")
-    if choice.drafter == "tree":
-        if pair.target.n_seq_max < TREE_BRANCHES + 1:
-            raise SpecError("--drafter tree needs a target loaded with several sequences (load_pair does that for 'tree')")
-        tree = TreeDrafter(pair.draft, max_branches=TREE_BRANCHES)
-        if draft_len is None:
-            # The adaptive controller sizes chains from a chain's cost curve; trees keep a fixed depth.
-            notify(f"--drafter tree: tree depth {TREE_DEPTH} (--draft-len auto does not size trees)")
-            draft_len = TREE_DEPTH
-        return FixedStrategy(tree, draft_len)
-    if draft_len is not None:
-        chosen = {"model": model, "ngram": ngram, "auto": CombinedDrafter(ngram, model) if model else ngram}[choice.drafter]
-        return FixedStrategy(chosen, draft_len)
-    on_curve_off = None
-    if costs is None:
-        draft = pair.draft if choice.drafter != "ngram" else None
-        costs = cached_costs(pair.target, draft, AUTO_MAX_DRAFT + 1, notify)
-
-        def on_curve_off(ratio: float) -> None:
-            forget_costs(pair.target, draft, AUTO_MAX_DRAFT + 1)
-    cost = np.array(costs.target_ms) / 1000.0
-    sources = []
-    if choice.drafter in ("auto", "ngram"):
-        # Its guesses are checked for free in every round (shadow evidence), so it needs no probes.
-        # The prior counts as NGRAM_PRIOR_WEIGHT guesses at a coin flip, so a couple of lucky
-        # matches are not enough to start drafting: on text that does not repeat itself one
-        # rejected 3-token draft already costs ~2 % of a 64-token run on this CPU (docs/benchmark-log.md).
-        ngram_ctl = AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT, probe_every=0, prior_weight=NGRAM_PRIOR_WEIGHT)
-        sources.append((ngram, ngram_ctl, True))
-    if choice.drafter in ("auto", "model") and model is not None:
-        catch_up = costs.draft2_ms - costs.draft_ms if np.isfinite(costs.draft2_ms) else 0.0
-        if pair.cross_vocab:
-            steps, g_max = XVOCAB_STEPS, XVOCAB_MAX_DRAFT
-            more = dict(prior=XVOCAB_PRIOR, probe_every=XVOCAB_PROBE_EVERY, min_gain=XVOCAB_MIN_GAIN)
-        else:
-            steps, g_max, more = 1.0, AUTO_MAX_DRAFT, dict(prior=MODEL_PRIOR)
-        ctl = AdaptiveDraftLength(
-            cost, steps * costs.draft_ms / 1000.0, g_max, catch_up=max(0.0, catch_up) / 1000.0, decay=MODEL_DECAY, **more,
-        )  # fmt: skip
-        sources.append((model, ctl, False))
-    return AdaptiveStrategy(sources, on_curve_off=on_curve_off)

@@ -28,6 +28,7 @@ import time
 from typing import Sequence
 
 from .errors import SpecError
+from .limits import LLAMA_CPP_PYTHON_PIN
 
 DEFAULT_PORT = 50052  # rpc-server's default
 CONNECT_TIMEOUT = 3.0  # seconds for a TCP connect and for the handshake's answer
@@ -156,7 +157,7 @@ def _ggml():
     if not L.llama_supports_rpc():
         raise SpecError(
             "this llama-cpp-python was built without the RPC backend; reinstall it with: "
-            'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
+            f'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir {LLAMA_CPP_PYTHON_PIN}'
         )
     g = ggml_lib()
     if g is None:

@@ -14,14 +14,13 @@ read from a measured curve, `target_ms[k - 1]` = one llama_decode of k tokens, a
 
 where target_ms[0] is also what one token costs without speculation.
 
-One refinement, found by comparing predictions with `spec bench`: the draft model keeps
-its KV cache between rounds, so each round starts by evaluating what the draft has not
+One refinement: the draft model keeps its KV cache between rounds, so each round starts by evaluating what the draft has not
 seen. After a rejection that is one token (the target's correction), but after a round
 that accepted all g drafts it is two (the last draft, which the draft sampled but never
 evaluated, and the target's bonus token), and a two-token pass costs more than a
 one-token one (1.7x on the CPU of docs/machine-notes.md). That happens with probability a^g, so the
 round costs a^g * (draft2_ms - draft_ms) more on average. At g = 1 and a = 0.74 that is
-+8 ms on a 46 ms round, and without it the prediction came out 13 % too high.
++8 ms on a 46 ms round; left out, the prediction is 13 % too high (docs/benchmark-log.md).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ Only the draft model's one-token passes are booked as its price per drafted
 token (Proposal.steps, step_seconds). A pass that catches the draft cache up on
 several tokens (the prompt, rounds in which something else drafted or nothing
 was drafted, the two tokens after a fully accepted round) is real time but not
-a cost of drafting one more token; booked per token it made the draft model
-look several times dearer than it is and switched it off where it paid.
+a cost of drafting one more token; booked per token, it would make the draft model
+look several times dearer than it is and switch it off where it pays.
 """
 
 from __future__ import annotations
@@ -34,13 +34,25 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
 from .adaptive import AdaptiveDraftLength, predicted_speedups
-from .drafters.base import Drafter, Proposal, prepare
+from .drafters.base import Drafter, Proposal, RoundOutcome
+from .drafters.combined import CombinedDrafter
+from .drafters.crossvocab import CrossVocabDrafter
+from .drafters.model import ModelDrafter
+from .drafters.ngram import NgramDrafter
+from .drafters.tree import TreeDrafter
+from .errors import SpecError
+from .limits import AUTO, MAX_DRAFT_LEN, MODEL, NGRAM, TREE, TREE_BRANCHES, TREE_DEPTH
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .calibrate import CostCurve
+    from .loading import LoadedPair, ModelChoice
+    from .presets import Notify
 
 # How much better another drafter's gain must be to take over from the last one's.
 STICKY = 1.1
@@ -59,16 +71,32 @@ CURVE_CHECK_AFTER = 16
 CURVE_OFF = 1.4
 
 
-@dataclass
-class RoundOutcome:
-    drafted: int
-    accepted: int
-    # every token the target put after the context this round: the accepted drafts, then its own
-    target_tokens: list[int]
-    pass_tokens: int  # rows in the verification batch
-    pass_seconds: float
-    draft_seconds: float  # wall time of the proposal, catch-up included
-    path: list[int] | None = None  # for a token tree: the accepted nodes, from the root down
+class Strategy(Protocol):
+    """Everything decode.Engine may call on a strategy."""
+
+    name: str
+    # The draft length of every round; None where the strategy chooses it round by round.
+    draft_len: int | None
+    rounds: Counter  # rounds by the drafter that drafted them ("none": no draft)
+
+    def prepare(self, tokens: Sequence[int]) -> int | None:
+        """Before the first round, once the target has read `tokens`: let the draft model read them too.
+
+        Returns the tokens the draft model evaluated; None where no draft model read them.
+        """
+        ...
+
+    def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
+        """This round's proposal, at most `cap` tokens (none: the target decodes one token alone)."""
+        ...
+
+    def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
+        """What the target did with the proposal."""
+        ...
+
+    def describe(self) -> list[str]:
+        """Lines for the run's notes."""
+        ...
 
 
 class FixedStrategy:
@@ -85,22 +113,18 @@ class FixedStrategy:
         if g <= 0:
             return Proposal()
         prop = self.drafter.propose(context, g, params, rng)
-        prop.source = getattr(self.drafter, "last_source", None) or self.drafter.name
+        prop.source = self.drafter.last_source or self.drafter.name
         return prop
 
     def prepare(self, tokens: Sequence[int]) -> int | None:
-        return prepare(self.drafter, tokens)
+        return self.drafter.prepare(tokens)
 
     def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
         self.rounds[prop.source if prop.tokens else "none"] += 1
-        if hasattr(self.drafter, "observe"):
-            self.drafter.observe(prop, outcome)
+        self.drafter.observe(prop, outcome)
 
     def describe(self) -> list[str]:
-        lines = [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}"]
-        if hasattr(self.drafter, "describe"):
-            lines.extend(self.drafter.describe())
-        return lines
+        return [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}", *self.drafter.describe()]
 
 
 @dataclass
@@ -123,12 +147,11 @@ class _Source:
 
         For a drafter with kinds of guesses: its gain with the acceptance of this kind in place of
         its overall estimate. The controller's one estimate mixes the lookup's long matches (first
-        guess right ~0.9 of the time on the bench suite) with its short ones (~0.5-0.7), so a draft
-        model with a steadier estimate went first also in rounds where a long match would have
-        drafted for free. Only the order uses it: the draft length and whether to draft at all still
-        come from the controller, which learns from every kind at once (a controller per kind,
-        tried, relearnt too slowly on short runs). Against ordering by the one estimate: 1.11-1.12x
-        on the code prompt of both same-family stand-ins, the rest within noise (docs/benchmark-log.md).
+        guess right ~0.9 of the time on the bench suite) with its short ones (~0.5-0.7); by it alone
+        a draft model with a steadier estimate would go first also in rounds where a long match
+        drafts for free. Only the order uses it: the draft length and whether to draft at all come
+        from the controller, which learns from every kind at once, faster than one per kind would
+        on short runs (docs/benchmark-log.md).
         """
         gain = self.ctl.best_speedup()
         if self.kind is None:
@@ -186,6 +209,7 @@ class AdaptiveStrategy:
                 continue
             self.sources.append(_Source(d, c, free))
         self.name = "auto(" + "+".join(s.drafter.name for s in self.sources) + ")" if self.sources else "auto(none)"
+        self.draft_len = None  # chosen round by round
         self.rounds: Counter = Counter()
         self.lengths: Counter = Counter()
         self._consulted: list[_Source] = []
@@ -199,13 +223,13 @@ class AdaptiveStrategy:
         for src in self.sources:
             if not src.free:
                 t0 = time.perf_counter()
-                done = prepare(src.drafter, tokens)
+                done = src.drafter.prepare(tokens)
                 seconds = time.perf_counter() - t0
                 last = done if done is not None else last
                 # Per context token: per draft token evaluated, times draft tokens per context token
                 # (another family's tokenizer splits the text differently). A prepare that found the
                 # cache already in place (chat prepares before the engine does) says nothing.
-                model = getattr(src.drafter, "model", None)
+                model = src.drafter.model
                 evaluated = done if model is not None else len(tokens)
                 cached = model.n_past if model is not None else len(tokens)
                 if evaluated > CATCH_UP_FROM and tokens:
@@ -227,7 +251,7 @@ class AdaptiveStrategy:
                 if not guess.tokens:
                     continue  # no match: nothing to decide, nothing to learn
                 guesses[i] = guess
-                src.kind = getattr(src.drafter, "guess_kind", None)
+                src.kind = src.drafter.guess_kind
             candidates.append(i)
         # The best gain goes first; ties keep the configured order. The drafter of the last
         # round keeps its turn unless another is clearly better: switching has a price the
@@ -281,7 +305,7 @@ class AdaptiveStrategy:
                     # A draft model that proposed nothing because its first guess was already
                     # wrong (it ended the text, or contradicted it: drafters/crossvocab.py) spent
                     # its time all the same: a round with one rejected draft. Counted as nothing,
-                    # a probe stayed due and was paid for again round after round.
+                    # a probe would stay due and be paid for again every round.
                     drafted = 1
                 if not src.free:
                     if self._lag > CATCH_UP_FROM:
@@ -330,8 +354,7 @@ class AdaptiveStrategy:
                 f"{src.drafter.name}: acceptance estimate {c.acceptance:.2f}" + (f" (by kind of match: {by_kind})" if by_kind else "")
                 + f", decisions {_fmt(c.counts)}; last: {c.reason or '-'}"
             )  # fmt: skip
-            if hasattr(src.drafter, "describe"):
-                lines.extend(src.drafter.describe())
+            lines.extend(src.drafter.describe())
         return lines
 
 
@@ -355,3 +378,113 @@ def shadow_evidence(guess: Sequence[int], truth: Sequence[int]) -> tuple[int, in
 def _fmt(counter) -> str:
     items = sorted(counter.items(), key=lambda kv: str(kv[0]))
     return ", ".join(f"{k}: {v}" for k, v in items) or "-"
+
+
+# --- building a strategy from the command-line choices ----------------------------------------
+
+# --draft-len auto: the longest draft any controller may choose.
+AUTO_MAX_DRAFT = 8
+# The lookup's prior counts as this many guesses at a coin flip, so a couple of lucky matches
+# do not start it drafting: on text that does not repeat itself one rejected 3-token draft costs
+# ~2 % of a 64-token run on a CPU (docs/benchmark-log.md).
+NGRAM_PRIOR_WEIGHT = 4.0
+# A draft model that shares the target's tokenizer agrees with it on most tokens (0.6-0.9 in the
+# literature and in docs/benchmark-log.md), so its controller starts from 0.7, not a coin flip,
+# and forgets more slowly than the lookup's: its acceptance does not jump with the text, and a
+# short run has few rounds to relearn it in.
+MODEL_PRIOR = 0.7
+MODEL_DECAY = 0.98
+# A draft from another model family agrees less often (0.6-0.67 per token for SmolLM2-135M
+# drafting for Gemma-3-270M), and a target token costs it more than one draft step: its tokens
+# are shorter, one more step shows the last token complete, and each round re-reads the end of
+# the accepted text (1.44-1.64 draft tokens per target token; docs/benchmark-log.md).
+XVOCAB_PRIOR = 0.6
+XVOCAB_STEPS = 1.6
+# Its probes cost more for less expected gain, so it probes half as often and drafts at most 2
+# tokens, the best length at its acceptance on a CPU (docs/benchmark-log.md).
+XVOCAB_PROBE_EVERY = 16
+XVOCAB_MAX_DRAFT = 2
+# It must promise a clear gain before auto turns it on: near break-even, a lucky probe turns it
+# on and the next rounds off again, each cycle paying the draft's catch-up.
+XVOCAB_MIN_GAIN = 1.15
+
+
+def parse_draft_len(text: str | int | None) -> int | None:
+    """--draft-len: a number of tokens, or "auto" (None) for the adaptive controller."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        n = int(str(text))
+    except ValueError:
+        raise SpecError(f"--draft-len takes a number of tokens or 'auto', got {text!r}") from None
+    if not 0 <= n <= MAX_DRAFT_LEN:
+        raise SpecError(f"--draft-len must be between 0 and {MAX_DRAFT_LEN}, or 'auto', got {n}")
+    return n
+
+
+def build_strategy(
+    pair: LoadedPair,
+    choice: ModelChoice,
+    draft_len: int | None,
+    notify: Notify = lambda s: None,
+    draft_min_p: float = 0.0,
+    costs: CostCurve | None = None,
+) -> Strategy | None:
+    """The speculation strategy for these models and options; None means the target alone.
+
+    `costs` (a CostCurve) stands in for the cached calibration under --draft-len auto;
+    `spec bench` reads the cache once and builds a fresh strategy for every run.
+    """
+    from .calibrate import cached_costs, forget_costs  # looked up when called (tests script it)
+
+    if choice.no_spec or draft_len == 0:
+        return None
+    if not 0.0 <= draft_min_p < 1.0:
+        raise SpecError(f"--draft-min-p must be in [0, 1), got {draft_min_p}")
+    model = None
+    if pair.draft is not None and pair.cross_vocab:
+        if choice.drafter == TREE:
+            raise SpecError("--drafter tree needs a draft with the target's vocabulary; use --drafter model or auto")
+        model = CrossVocabDrafter(pair.target, pair.draft, min_confidence=draft_min_p)
+    elif pair.draft is not None:
+        model = ModelDrafter(pair.draft, min_confidence=draft_min_p)
+    ngram = NgramDrafter(max_ngram=4, min_ngram=2)
+    if choice.drafter in (MODEL, TREE) and model is None:
+        raise SpecError(f"--drafter {choice.drafter} needs a draft model; pass --draft MODEL")
+    if choice.drafter == TREE:
+        if pair.target.n_seq_max < TREE_BRANCHES + 1:
+            raise SpecError("--drafter tree needs a target loaded with several sequences (load_pair does that for 'tree')")
+        tree = TreeDrafter(pair.draft, max_branches=TREE_BRANCHES)
+        if draft_len is None:
+            # The adaptive controller sizes chains from a chain's cost curve; trees keep a fixed depth.
+            notify(f"--drafter tree: tree depth {TREE_DEPTH} (--draft-len auto does not size trees)")
+            draft_len = TREE_DEPTH
+        return FixedStrategy(tree, draft_len)
+    if draft_len is not None:
+        chosen = {MODEL: model, NGRAM: ngram, AUTO: CombinedDrafter(ngram, model) if model else ngram}[choice.drafter]
+        return FixedStrategy(chosen, draft_len)
+    on_curve_off = None
+    if costs is None:
+        draft = pair.draft if choice.drafter != NGRAM else None
+        costs = cached_costs(pair.target, draft, AUTO_MAX_DRAFT + 1, notify)
+
+        def on_curve_off(ratio: float) -> None:
+            forget_costs(pair.target, draft, AUTO_MAX_DRAFT + 1)
+    cost = np.array(costs.target_ms) / 1000.0
+    sources = []
+    if choice.drafter in (AUTO, NGRAM):
+        # Its guesses are checked for free in every round (shadow evidence), so it needs no probes.
+        ngram_ctl = AdaptiveDraftLength(cost, 0.0, AUTO_MAX_DRAFT, probe_every=0, prior_weight=NGRAM_PRIOR_WEIGHT)
+        sources.append((ngram, ngram_ctl, True))
+    if choice.drafter in (AUTO, MODEL) and model is not None:
+        catch_up = costs.draft2_ms - costs.draft_ms if np.isfinite(costs.draft2_ms) else 0.0
+        if pair.cross_vocab:
+            steps, g_max = XVOCAB_STEPS, XVOCAB_MAX_DRAFT
+            more = dict(prior=XVOCAB_PRIOR, probe_every=XVOCAB_PROBE_EVERY, min_gain=XVOCAB_MIN_GAIN)
+        else:
+            steps, g_max, more = 1.0, AUTO_MAX_DRAFT, dict(prior=MODEL_PRIOR)
+        ctl = AdaptiveDraftLength(
+            cost, steps * costs.draft_ms / 1000.0, g_max, catch_up=max(0.0, catch_up) / 1000.0, decay=MODEL_DECAY, **more,
+        )  # fmt: skip
+        sources.append((model, ctl, False))
+    return AdaptiveStrategy(sources, on_curve_off=on_curve_off)

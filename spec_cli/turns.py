@@ -22,17 +22,20 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .llama import Model
 from .conversation import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
-from .drafters.base import prepare
+from .drafters.base import Proposal, RoundOutcome
 from .drafters.crossvocab import drafter_for
 from .errors import SpecError
+from .sampling import SamplingParams
 from .stats import Stats
-from .strategy import FixedStrategy
+from .strategy import FixedStrategy, Strategy
 
 # A draft length (None: auto) -> the strategy that drafts at it (None: the target alone).
-StrategyFactory = Callable[[int | None], object | None]
+StrategyFactory = Callable[[int | None], Strategy | None]
 
 
 @dataclass
@@ -79,7 +82,7 @@ class ChatSession:
     session asks it once at the start (for `auto`, else for opts.draft_len) and again on
     each `set_draft_len`. Without one, the draft model drafts at a fixed length (the
     drafter `drafter_for` picks), and auto is not on offer: `spec chat` passes one built
-    on `session.build_strategy`. `opts` is copied, never changed.
+    on `strategy.build_strategy`. `opts` is copied, never changed.
     """
 
     def __init__(
@@ -121,7 +124,7 @@ class ChatSession:
         """The draft length as /stats shows it: a number, or "auto" where the strategy chooses it."""
         if self.strategy is None:
             return "0"
-        fixed = getattr(self.strategy, "draft_len", None)  # a FixedStrategy's (a tree's depth under auto too)
+        fixed = self.strategy.draft_len  # a FixedStrategy's (a tree's depth under auto too)
         return str(fixed) if fixed is not None else "auto"
 
     # --- prompt building ------------------------------------------------------
@@ -240,21 +243,29 @@ class _Prefill:
     model was not prepared (no draft model, only the n-gram lookup drafts, or auto left it out).
     """
 
-    def __init__(self, strategy, draft: Model | None):
+    def __init__(self, strategy: Strategy, draft: Model | None):
         self.strategy = strategy
         self.draft = draft
         self.draft_evaluated: int | None = None
+        # the rest of the Strategy protocol: the strategy's own
+        self.name, self.draft_len, self.rounds = strategy.name, strategy.draft_len, strategy.rounds
 
-    def prepare(self, tokens: Sequence[int]) -> None:
+    def prepare(self, tokens: Sequence[int]) -> int | None:
         # Every drafter that reads the prompt into the draft model does so with one sync() and
         # returns its count; a strategy that leaves the draft alone returns None.
-        evaluated = prepare(self.strategy, tokens)
+        evaluated = self.strategy.prepare(tokens)
         if self.draft is not None:
             self.draft_evaluated = evaluated
+        return evaluated
 
-    def __getattr__(self, name: str):
-        # name, draft_len, propose, observe, describe: the strategy's own
-        return getattr(self.strategy, name)
+    def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
+        return self.strategy.propose(context, cap, params, rng)
+
+    def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
+        self.strategy.observe(prop, outcome)
+
+    def describe(self) -> list[str]:
+        return self.strategy.describe()
 
 
 def _special_text(model: Model, token: int) -> str:

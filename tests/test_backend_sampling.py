@@ -12,6 +12,7 @@ import pytest
 
 from spec_cli.llama import backend_sampling_available
 from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.sampling import SamplingParams, shape, shape_top_k, top_k_of
 from tests.chisquare import first_token_chi2
@@ -132,7 +133,7 @@ def test_greedy_speculation_equals_target_alone_on_both_paths(target, draft, pat
     paths(False)
     reference = Engine(target).generate(prompt, GenerateOptions(max_tokens=32, draft_len=0)).tokens
     paths(backend)
-    res = Engine(target, ModelDrafter(draft)).generate(prompt, GenerateOptions(max_tokens=32, draft_len=4))
+    res = Engine(target, FixedStrategy(ModelDrafter(draft), 4)).generate(prompt, GenerateOptions(max_tokens=32, draft_len=4))
     assert res.stats.drafted > 0
     assert target.backend_sampler == ("argmax" if backend else None)
     assert draft.backend_sampler == ("argmax" if backend else None)
@@ -150,7 +151,7 @@ def test_first_sampled_token_keeps_target_distribution_on_backend_top_k(target, 
     assert 0.5 * np.abs(p.probs_at(ids) - q.probs_at(ids)).sum() > 0.2, "draft and target too alike for the power check"
     paths(True)
     runs = 400
-    engine = Engine(target, ModelDrafter(draft))
+    engine = Engine(target, FixedStrategy(ModelDrafter(draft), 2))
     firsts = []
     for seed in range(runs):
         res = engine.generate(prompt, GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params))

@@ -24,7 +24,8 @@ from spec_cli.calibrate import CostCurve
 from spec_cli.decode import GenerateOptions
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
-from spec_cli.loading import AUTO_MAX_DRAFT, LoadedPair
+from spec_cli.loading import LoadedPair
+from spec_cli.strategy import AUTO_MAX_DRAFT
 from spec_cli.speedup import MIN_WORTHWHILE_SPEEDUP
 
 PROMPT = "def add(a, b):\n    return"
@@ -820,7 +821,7 @@ def test_cli_bench_under_sampling_skips_the_greedy_check(monkeypatch, capsys, tm
         (["--top-p", "0"], "top-p must be in (0, 1], got 0.0"),
         (["--temp", "-0.5"], "temperature must be >= 0, got -0.5"),
         (["--top-k", "-1"], "top-k must be >= 0"),
-        (["--seed", "-1", "--temp", "0.5"], "--seed must be >= 0"),
+        (["--seed", "-1", "--temp", "0.5"], "--seed must be a whole number from 0 up"),
     ],
 )
 def test_cli_bad_sampling_values_are_one_line(args, message, capsys):

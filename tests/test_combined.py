@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spec_cli.drafters.base import Proposal
+from spec_cli.drafters.base import DrafterBase, Proposal
 from spec_cli.drafters.combined import CombinedDrafter
 from spec_cli.drafters.ngram import NgramDrafter
 from spec_cli.sampling import Dist, SamplingParams
@@ -13,7 +13,7 @@ P = SamplingParams()
 RNG = np.random.default_rng(0)
 
 
-class ScriptedDrafter:
+class ScriptedDrafter(DrafterBase):
     """Returns queued proposals in order and records every call."""
 
     name = "fake"

@@ -106,7 +106,7 @@ def test_greedy_output_is_the_targets_and_the_draft_cache_follows_the_text():
     for g in (1, 3, 5):
         target, draft = make_pair()
         drafter = Checked(target, draft)
-        res = Engine(target, drafter).generate(prompt, GenerateOptions(max_tokens=60, draft_len=g))
+        res = Engine(target, FixedStrategy(drafter, g)).generate(prompt, GenerateOptions(max_tokens=60, draft_len=g))
         assert res.tokens == alone.tokens, g
         s = res.stats
         # the draft's text agrees with the target's in most places, and its mistakes were turned down
@@ -123,7 +123,7 @@ def test_greedy_output_is_the_targets_and_the_draft_cache_follows_the_text():
 def test_draft_ending_the_text_lets_its_last_word_through():
     target, draft = make_pair()
     prompt = target.tokenize(DOC[:-5].decode())  # "...on the", and " cat." is what is left
-    res = Engine(target, CrossVocabDrafter(target, draft)).generate(prompt, GenerateOptions(max_tokens=10, draft_len=4))
+    res = Engine(target, FixedStrategy(CrossVocabDrafter(target, draft), 4)).generate(prompt, GenerateOptions(max_tokens=10, draft_len=4))
     assert target.text_of(res.tokens) == b" cat."
     assert res.stats.drafted == res.stats.accepted == 2  # " cat" and "." in one round: the draft's EOS made "." final
 
@@ -159,7 +159,7 @@ def test_sampling_keeps_the_targets_distribution():
         target = TextModel(tv, soft, add_bos=True)
         draft = TextModel(dv, writer(dv, b"The cat sat on the mat"), add_bos=False)
         prompt = target.tokenize(prompt_text)
-        eng = Engine(target, strategy=FixedStrategy(CrossVocabDrafter(target, draft), 3))
+        eng = Engine(target, FixedStrategy(CrossVocabDrafter(target, draft), 3))
         res = eng.generate(prompt, GenerateOptions(max_tokens=2, draft_len=3, seed=seed, sampling=params))
         counts[words.index(res.tokens[0]), words.index(res.tokens[1])] += 1
         drafted += res.stats.drafted

@@ -12,9 +12,10 @@ import pytest
 
 from spec_cli.llama import Model
 from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.strategy import FixedStrategy, build_strategy
 from spec_cli.drafters.crossvocab import CrossVocabDrafter, model_vocab
 from spec_cli.sampling import SamplingParams, shape
-from spec_cli.loading import LoadedPair, ModelChoice, build_strategy
+from spec_cli.loading import LoadedPair, ModelChoice
 from spec_cli.vocabmap import TextAlignment
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
@@ -69,7 +70,7 @@ def test_draft_tokens_are_the_tokenization_of_the_text_on_real_tokenizers(target
 def test_greedy_output_is_the_targets(target, xdraft, target_only, prompt):
     toks, reference = target_only(prompt)
     target.reset()
-    res = Engine(target, CrossVocabDrafter(target, xdraft)).generate(toks, GenerateOptions(max_tokens=32, draft_len=3))
+    res = Engine(target, FixedStrategy(CrossVocabDrafter(target, xdraft), 3)).generate(toks, GenerateOptions(max_tokens=32, draft_len=3))
     assert res.stats.drafted > 0
     assert_same_or_near_tie(target, toks, reference, res.tokens)
 
@@ -93,7 +94,7 @@ class Checked(CrossVocabDrafter):
 def test_draft_cache_follows_the_accepted_text_after_rejections(target, xdraft):
     toks = target.tokenize("Write a short story about a robot who learns to paint.")
     drafter = Checked(target, xdraft)
-    res = Engine(target, drafter).generate(toks, GenerateOptions(max_tokens=40, draft_len=4))
+    res = Engine(target, FixedStrategy(drafter, 4)).generate(toks, GenerateOptions(max_tokens=40, draft_len=4))
     s = res.stats
     assert 0 < s.accepted < s.drafted  # some drafts were turned down: the cache had to be cut back
     assert drafter.checks >= s.target_passes - 1
@@ -120,7 +121,7 @@ def test_first_sampled_token_keeps_the_targets_distribution(target, xdraft):
     p = shape(target.sync(prompt)[1].copy(), params)
     target.reset()
     runs = 400
-    engine = Engine(target, CrossVocabDrafter(target, xdraft))
+    engine = Engine(target, FixedStrategy(CrossVocabDrafter(target, xdraft), 2))
     firsts, drafted, accepted = [], 0, 0
     for seed in range(runs):
         res = engine.generate(prompt, GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params))

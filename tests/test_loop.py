@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
@@ -25,7 +26,7 @@ def target_only(prompt, n, table=CYCLE, eog=None):
 def run_spec(draft_table, prompt=(1,), n=20, g=4, eog=None, n_ctx=512, **kw):
     t = FakeModel(table_lm(CYCLE, V), V, eog=eog, n_ctx=n_ctx)
     d = FakeModel(table_lm(draft_table, V), V, n_ctx=n_ctx)
-    res = Engine(t, ModelDrafter(d)).generate(list(prompt), GenerateOptions(max_tokens=n, draft_len=g, **kw))
+    res = Engine(t, FixedStrategy(ModelDrafter(d), g)).generate(list(prompt), GenerateOptions(max_tokens=n, draft_len=g, **kw))
     return res, t, d
 
 
@@ -133,7 +134,7 @@ def test_same_seed_same_sampled_output():
         t = FakeModel(soft_lm(V, 1), V)
         d = FakeModel(soft_lm(V, 2), V)
         opts = GenerateOptions(max_tokens=30, draft_len=3, seed=seed, sampling=SamplingParams(temperature=1.0, top_k=0))
-        return Engine(t, ModelDrafter(d)).generate([1], opts).tokens
+        return Engine(t, FixedStrategy(ModelDrafter(d), 3)).generate([1], opts).tokens
 
     assert go(7) == go(7)
     assert go(7) != go(8)
@@ -150,7 +151,7 @@ def test_sampled_loop_keeps_target_distribution():
         counts = np.zeros((n_vocab, n_vocab))
         for seed in range(runs):
             t = FakeModel(tgt, n_vocab)
-            eng = Engine(t, ModelDrafter(FakeModel(drf, n_vocab)) if use_draft else None)
+            eng = Engine(t, FixedStrategy(ModelDrafter(FakeModel(drf, n_vocab)), 2) if use_draft else None)
             out = eng.generate([1], GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params)).tokens
             counts[out[0], out[1]] += 1
         return counts
@@ -179,7 +180,7 @@ def test_sampled_loop_with_the_ngram_drafter_keeps_target_distribution():
     counts = np.zeros((n_vocab, n_vocab))
     drafted = accepted = 0
     for seed in range(runs):
-        eng = Engine(FakeModel(tgt, n_vocab), NgramDrafter(max_ngram=2))
+        eng = Engine(FakeModel(tgt, n_vocab), FixedStrategy(NgramDrafter(max_ngram=2), 2))
         res = eng.generate(prompt, GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params))
         counts[res.tokens[0], res.tokens[1]] += 1
         drafted += res.stats.drafted

@@ -22,9 +22,10 @@ import pytest
 
 from spec_cli.calibrate import CostCurve
 from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.strategy import FixedStrategy, build_strategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.sampling import SamplingParams, shape
-from spec_cli.loading import LoadedPair, ModelChoice, build_strategy, load_pair
+from spec_cli.loading import LoadedPair, ModelChoice, load_pair
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
 
@@ -135,7 +136,7 @@ def test_q4_first_sampled_token_keeps_the_target_distribution(q4):
     assert p.probs.min() * 300 >= 5, "every colour expected 5 times or more, for the chi-square"
 
     runs = 300  # ~0.1 s each on a 2-core CPU: one draft step and a two-token target pass
-    engine = Engine(fresh(q4).target, ModelDrafter(draft))
+    engine = Engine(fresh(q4).target, FixedStrategy(ModelDrafter(draft), 2))
     firsts, drafted, accepted = [], 0, 0
     for seed in range(runs):
         # max_tokens=2 leaves room for one draft: the first token is that draft kept, or a redraw

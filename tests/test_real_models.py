@@ -7,6 +7,7 @@ import pytest
 
 from spec_cli.llama import Model, check_compatible
 from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams, shape
@@ -29,7 +30,7 @@ def baselines(target_only):
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_speculative_equals_target_only(target, draft, baselines, prompt, draft_len):
     toks, reference = baselines[prompt]
-    res = Engine(target, ModelDrafter(draft)).generate(toks, GenerateOptions(max_tokens=32, draft_len=draft_len))
+    res = Engine(target, FixedStrategy(ModelDrafter(draft), draft_len)).generate(toks, GenerateOptions(max_tokens=32, draft_len=draft_len))
     s = res.stats
     assert s.drafted > 0
     assert_same_or_near_tie(target, toks, reference, res.tokens)
@@ -37,7 +38,7 @@ def test_greedy_speculative_equals_target_only(target, draft, baselines, prompt,
 
 def test_pair_acceptance_is_neither_zero_nor_one(target, draft, baselines):
     toks, _ = baselines[PROMPTS[0]]
-    s = Engine(target, ModelDrafter(draft)).generate(toks, GenerateOptions(max_tokens=48, draft_len=4)).stats
+    s = Engine(target, FixedStrategy(ModelDrafter(draft), 4)).generate(toks, GenerateOptions(max_tokens=48, draft_len=4)).stats
     assert 0.0 < s.acceptance_rate < 1.0
     assert s.tokens_per_pass > 1.0
 
@@ -94,7 +95,7 @@ def test_logit_rows_are_each_pass_own_after_the_buffer_grows(target):
 def test_draft_cache_is_not_refilled_each_round(target, draft, baselines):
     toks, _ = baselines[PROMPTS[1]]
     before = draft.decode_calls
-    res = Engine(target, ModelDrafter(draft)).generate(toks, GenerateOptions(max_tokens=40, draft_len=4))
+    res = Engine(target, FixedStrategy(ModelDrafter(draft), 4)).generate(toks, GenerateOptions(max_tokens=40, draft_len=4))
     rounds = res.stats.target_passes
     # the prompt once, then at most draft_len single-token steps plus one catch-up batch per round
     assert draft.decode_calls - before <= 1 + rounds * 5
@@ -113,7 +114,7 @@ def test_first_sampled_token_keeps_target_distribution(target, draft):
     assert tv_pq > 0.2, "draft and target too alike for this test to tell them apart"
 
     runs = 500
-    engine = Engine(target, ModelDrafter(draft))
+    engine = Engine(target, FixedStrategy(ModelDrafter(draft), 2))
     firsts = []
     for seed in range(runs):
         res = engine.generate(prompt, GenerateOptions(max_tokens=2, draft_len=2, seed=seed, sampling=params))
@@ -154,10 +155,10 @@ def test_plain_sampled_decoding_keeps_target_distribution(target):
 def test_same_seed_same_sampled_text(target, draft):
     prompt = target.tokenize("Once upon a time")
     opts = GenerateOptions(max_tokens=24, draft_len=3, seed=42, sampling=SamplingParams(temperature=0.9, top_k=40, top_p=0.95))
-    a = Engine(target, ModelDrafter(draft)).generate(prompt, opts).tokens
+    a = Engine(target, FixedStrategy(ModelDrafter(draft), 3)).generate(prompt, opts).tokens
     target.reset()
     draft.reset()
-    b = Engine(target, ModelDrafter(draft)).generate(prompt, opts).tokens
+    b = Engine(target, FixedStrategy(ModelDrafter(draft), 3)).generate(prompt, opts).tokens
     assert a == b
 
 

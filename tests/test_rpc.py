@@ -255,12 +255,13 @@ def _speculate_like_the_local_target(pair, prompt, local_target, local_outputs) 
     """Greedy speculation on `pair` from fresh caches: some drafts accepted, and the local target's output."""
     from spec_cli.decode import Engine, GenerateOptions
     from spec_cli.drafters import ModelDrafter
+    from spec_cli.strategy import FixedStrategy
     from tests.neartie import assert_same_or_near_tie
 
     toks = pair.target.tokenize(prompt)
     pair.target.reset()
     pair.draft.reset()
-    res = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
+    res = Engine(pair.target, FixedStrategy(ModelDrafter(pair.draft), 3)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
     assert res.stats.accepted > 0
     assert_same_or_near_tie(local_target, toks, local_outputs[prompt], res.tokens)
 

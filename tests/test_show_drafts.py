@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from spec_cli.cli import app
 from spec_cli.decode import DRAFT, TARGET, Engine, GenerateOptions
+from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.textstream import TextStream
 from tests.fakes import FakeModel, table_lm
@@ -24,7 +25,7 @@ def test_each_round_emits_its_accepted_drafts_then_the_targets_own_token():
     target = FakeModel(table_lm(CYCLE, V), V)
     draft = FakeModel(table_lm(CYCLE, V), V)  # always right: every draft is accepted
     spans = []
-    res = Engine(target, ModelDrafter(draft)).generate([1], GenerateOptions(max_tokens=8, draft_len=3), on_span=lambda t, o: spans.append((t, o)))
+    res = Engine(target, FixedStrategy(ModelDrafter(draft), 3)).generate([1], GenerateOptions(max_tokens=8, draft_len=3), on_span=lambda t, o: spans.append((t, o)))
     assert res.origins == [DRAFT, DRAFT, DRAFT, TARGET] * 2
     assert "".join(t for t, _ in spans) == res.text
     # runs of one origin carry each token's text with it
@@ -40,7 +41,7 @@ def test_each_round_emits_its_accepted_drafts_then_the_targets_own_token():
 def test_a_draft_that_is_always_wrong_leaves_only_target_tokens():
     target = FakeModel(table_lm(CYCLE, V), V)
     draft = FakeModel(table_lm({i: (i + 5) % V for i in range(V)}, V), V)
-    res = Engine(target, ModelDrafter(draft)).generate([1], GenerateOptions(max_tokens=6, draft_len=3))
+    res = Engine(target, FixedStrategy(ModelDrafter(draft), 3)).generate([1], GenerateOptions(max_tokens=6, draft_len=3))
     assert res.stats.drafted > 0 and res.stats.accepted == 0
     assert res.origins == [TARGET] * 6
 

@@ -14,8 +14,9 @@ import pytest
 
 from spec_cli.calibrate import measure_costs
 from spec_cli.decode import Engine, GenerateOptions
+from spec_cli.strategy import AUTO_MAX_DRAFT, FixedStrategy, build_strategy
 from spec_cli.drafters import ModelDrafter
-from spec_cli.loading import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
+from spec_cli.loading import LoadedPair, ModelChoice
 from spec_cli.speedup import acceptance_from_hist, best_predicted
 from tests.neartie import assert_same_or_near_tie
 
@@ -62,7 +63,7 @@ def auto_runs(pair, costs):
             reference = Engine(pair.target).generate(toks, GenerateOptions(max_tokens=N, draft_len=0)).tokens
             pair.target.reset()
             pair.draft.reset()
-            fixed = Engine(pair.target, ModelDrafter(pair.draft)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3)).stats
+            fixed = Engine(pair.target, FixedStrategy(ModelDrafter(pair.draft), 3)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3)).stats
             a = acceptance_from_hist(fixed.accept_hist, 3)
             _, predicted = best_predicted(a, costs.target_ms, costs.draft_ms, costs.draft2_ms)
             pair.target.reset()

@@ -8,7 +8,7 @@ import pytest
 from spec_cli.adaptive import AdaptiveDraftLength
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters import ModelDrafter
-from spec_cli.drafters.base import Proposal
+from spec_cli.drafters.base import DrafterBase, Proposal
 from spec_cli.drafters.ngram import NgramDrafter
 from spec_cli.sampling import SamplingParams
 from spec_cli.strategy import (
@@ -158,7 +158,7 @@ def test_a_prepare_that_finds_the_draft_in_place_keeps_the_catch_up_price():
     assert src.pending(len(prompt) + 11) == pytest.approx(10 * price)
 
 
-class _StubDrafter:
+class _StubDrafter(DrafterBase):
     """Proposes n copies of one token; `guess_kind` as the lookup names its matches."""
 
     def __init__(self, name, token, guess_kind=None):

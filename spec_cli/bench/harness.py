@@ -33,9 +33,9 @@ import numpy as np
 from ..calibrate import CostCurve, cached_costs, measure_costs
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
-from ..loading import AUTO_MAX_DRAFT, LoadedPair, ModelChoice, build_strategy
+from ..loading import LoadedPair, ModelChoice
 from ..stats import Stats
-from ..strategy import AdaptiveStrategy
+from ..strategy import AUTO_MAX_DRAFT, AdaptiveStrategy, build_strategy
 from . import reference as ref_mod
 from .checks import TIE_TOLERANCE, check_outputs, sampling_note
 from .schedule import Config, Run, configurations, schedule

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SpecError
+from ..limits import AUTO, DRAFTERS, MAX_DRAFT_LEN, MODEL, NGRAM, TREE, check_seed
 from ..sampling import SamplingParams
 
 DEFAULT_DRAFT_LENS = (1, 2, 3, 4, 6, 8)
@@ -18,10 +19,8 @@ GREEDY = SamplingParams(temperature=0.0)
 
 SPEC, LLAMA_CPP, LLAMA_CPP_PYTHON = "spec", "llama.cpp", "llama-cpp-python"
 TARGET, SPECULATIVE, LOOKUP = "target", "speculative", "lookup"
-# --drafter: model, ngram and tree are swept over the draft lengths; auto runs once, as
-# `spec run` does by default (drafter and length chosen round by round).
-MODEL, NGRAM, TREE, AUTO = "model", "ngram", "tree", "auto"
-DRAFTERS = (MODEL, NGRAM, TREE, AUTO)
+# --drafter (limits.DRAFTERS): model, ngram and tree are swept over the draft lengths; auto
+# runs once, as `spec run` does by default (drafter and length chosen round by round).
 DEFAULT_DRAFTERS = (MODEL, NGRAM, AUTO)
 # --control: the target alone a second time, as its own configuration. Its "speedup" over
 # the first is pure measurement noise, the yardstick for every other ratio in the table.
@@ -47,8 +46,7 @@ class BenchSettings:
             self.sampling.check()
         except ValueError as e:
             raise SpecError(str(e)) from None  # the words `spec run` uses
-        if self.seed < 0:
-            raise SpecError(f"--seed must be >= 0, got {self.seed}")
+        check_seed(self.seed)
         if not self.drafters:
             raise SpecError("--drafter needs at least one of " + ", ".join(DRAFTERS))
         for d in self.drafters:
@@ -63,8 +61,8 @@ class BenchSettings:
         if not self.draft_lens:
             raise SpecError("--draft-lens needs at least one draft length")
         for g in self.draft_lens:
-            if not 1 <= g <= 64:
-                raise SpecError(f"draft lengths must be between 1 and 64, got {g}")
+            if not 1 <= g <= MAX_DRAFT_LEN:
+                raise SpecError(f"draft lengths must be between 1 and {MAX_DRAFT_LEN}, got {g}")
 
 
 def load_as(drafters: tuple[str, ...]) -> str:

@@ -25,7 +25,8 @@ from ..decode import GenerateOptions
 from ..errors import SpecError
 from ..presets import Notify, cache_dir, spec_home
 from ..sampling import SamplingParams
-from ..loading import LoadedPair, ModelChoice, build_strategy, load_pair, parse_draft_len
+from ..loading import LoadedPair, ModelChoice, load_pair
+from ..strategy import build_strategy, parse_draft_len
 from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Target, Temp, Threads, TopK, TopP, model_choice,

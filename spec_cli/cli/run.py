@@ -13,7 +13,9 @@ from .. import ui
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..sampling import SamplingParams
-from ..loading import build_strategy, load_pair, parse_draft_len
+from ..limits import check_prompt_fits
+from ..loading import load_pair
+from ..strategy import build_strategy, parse_draft_len
 from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Stop, Target, Temp, Threads, TopK, TopP,
@@ -89,11 +91,7 @@ def run_cmd(
         pair = load_pair(choice, "default", notify=ui.info)
     try:
         prompt_tokens = pair.target.tokenize(text)
-        if len(prompt_tokens) >= pair.target.n_ctx:  # said before measuring anything for a run that cannot start
-            raise SpecError(
-                f"the prompt is {len(prompt_tokens)} tokens but the context holds {pair.target.n_ctx}; "
-                "use a larger --ctx or a shorter prompt"
-            )
+        check_prompt_fits(len(prompt_tokens), pair.target.n_ctx)  # said before measuring anything for a run that cannot start
         with ui.status("preparing"):
             strategy = build_strategy(pair, choice, fixed_len, notify=ui.info, draft_min_p=draft_min_p)
         engine = Engine(pair.target, strategy=strategy)

@@ -12,10 +12,10 @@ from typing import Sequence
 import numpy as np
 
 from ..sampling import SamplingParams
-from .base import Drafter, Proposal, prepare
+from .base import Drafter, DrafterBase, Proposal
 
 
-class CombinedDrafter:
+class CombinedDrafter(DrafterBase):
     """Asks `first`; when it proposes no token, asks `fallback`.
 
     Each proposal comes whole from one drafter, so its q (None for the lookup,
@@ -28,6 +28,7 @@ class CombinedDrafter:
         self.first = first
         self.fallback = fallback
         self.name = f"{first.name}+{fallback.name}"
+        self.model = fallback.model if fallback.model is not None else first.model
         self.last_source: str | None = None
 
     def propose(
@@ -45,8 +46,8 @@ class CombinedDrafter:
         return prop
 
     def prepare(self, tokens: Sequence[int]) -> int | None:
-        first = prepare(self.first, tokens)
-        fallback = prepare(self.fallback, tokens)
+        first = self.first.prepare(tokens)
+        fallback = self.fallback.prepare(tokens)
         return fallback if fallback is not None else first  # the last draft model evaluation, as it happened
 
     def reset(self) -> None:

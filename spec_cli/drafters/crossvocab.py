@@ -23,7 +23,7 @@ from ..llama import Model
 from ..errors import SpecError
 from ..sampling import SamplingParams
 from ..vocabmap import TextAlignment, Vocab, tokenize_exact
-from .base import Proposal
+from .base import DrafterBase, Proposal, round_seconds
 from .model import ModelDrafter, top_probability
 
 # Draft tokens drafted per target token asked for, at most (plus a couple to see the
@@ -79,7 +79,7 @@ def drafter_for(target: Model, draft: Model, min_confidence: float = 0.0):
     return CrossVocabDrafter(target, draft, min_confidence=min_confidence)
 
 
-class CrossVocabDrafter:
+class CrossVocabDrafter(DrafterBase):
     """Drafts with a model whose vocabulary differs from the target's (see the module docstring)."""
 
     name = "model (cross-vocab)"
@@ -155,9 +155,7 @@ class CrossVocabDrafter:
         if prop.tokens:
             prop.steps = len(prop.tokens)
             prop.step_seconds = step_seconds + outside
-        prop.round_seconds = prop.decode_seconds + outside
-        if not regular:
-            prop.round_seconds += sync_seconds / evaluated - sync_seconds  # one token's share of the catch-up
+        prop.round_seconds = round_seconds(prop.decode_seconds + outside, sync_seconds, evaluated, usual=REGULAR_SYNC)
         return prop
 
     def prepare(self, tokens: Sequence[int]) -> int:

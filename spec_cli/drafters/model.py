@@ -8,7 +8,7 @@ import numpy as np
 
 from ..llama import Model
 from ..sampling import Dist, SamplingParams, shape, shape_top_k
-from .base import Proposal
+from .base import DrafterBase, Proposal, round_seconds
 
 
 def top_probability(logits: np.ndarray) -> float:
@@ -18,7 +18,7 @@ def top_probability(logits: np.ndarray) -> float:
     return float(1.0 / np.exp(z - m).sum())
 
 
-class ModelDrafter:
+class ModelDrafter(DrafterBase):
     """Drafts autoregressively from its own KV cache.
 
     The draft cache is kept across rounds: `Model.sync` keeps the prefix the new
@@ -86,11 +86,8 @@ class ModelDrafter:
                 prop.steps += 1
                 prop.step_seconds += d.decode_seconds - ts
         prop.decode_seconds = d.decode_seconds - t0
-        prop.round_seconds = prop.decode_seconds
-        if evaluated > 2:
-            # Two tokens are what a fully accepted round leaves behind; more is the debt of
-            # rounds this drafter sat out. The round is charged one token's share of it.
-            prop.round_seconds += sync_seconds / evaluated - sync_seconds
+        # Two tokens are what a fully accepted round leaves behind; more is a catch-up.
+        prop.round_seconds = round_seconds(prop.decode_seconds, sync_seconds, evaluated, usual=2)
         return prop
 
     def prepare(self, tokens: Sequence[int]) -> int:

@@ -5,7 +5,8 @@ that earlier occurrence are a free guess at what comes next (Saxena 2023,
 "prompt lookup decoding"; llama.cpp's lookup examples). It pays on text that
 quotes or edits its prompt, on code, and on outputs that repeat themselves.
 
-The lookup is a pure numpy function so it can be tested without a model.
+The drafter needs no model, so it is tested on token lists alone (tests/test_ngram.py checks
+it against a brute-force reference).
 """
 
 from __future__ import annotations
@@ -15,71 +16,22 @@ from typing import Sequence
 import numpy as np
 
 from ..sampling import SamplingParams
-from .base import Proposal
+from .base import DrafterBase, Proposal
 
 
-def longest_match(ctx: np.ndarray, max_ngram: int = 4, min_ngram: int = 1) -> tuple[int, int]:
-    """Find the longest suffix of `ctx` (up to max_ngram tokens) that occurred earlier.
-
-    Returns (c, k): the suffix of length k also ends at position c - 1, so
-    ctx[c] is the token that followed it there; among occurrences of the
-    longest suffix, the most recent one (largest c) wins. Occurrences may
-    overlap the suffix itself (in "x x x" the 2-gram "x x" occurs at 0..1).
-    (-1, 0) when no suffix of at least min_ngram tokens occurred before.
-
-    Cost: one vectorised comparison over the context, then each longer n-gram
-    only filters the surviving candidates, so a call stays O(len(ctx)).
-    """
-    n = len(ctx)
-    min_ngram = max(min_ngram, 1)
-    if n < 2 or max_ngram < min_ngram:
-        return -1, 0
-    last = n - 1
-    # ends: positions e < last where an occurrence of the current k-gram ends
-    ends = np.flatnonzero(ctx[:last] == ctx[last])
-    best = (-1, 0)
-    for k in range(1, min(max_ngram, n - 1) + 1):
-        if k > 1:
-            ends = ends[ends >= k - 1]
-            ends = ends[ctx[ends - (k - 1)] == ctx[last - (k - 1)]]
-        if ends.size == 0:
-            break
-        if k >= min_ngram:
-            best = (int(ends[-1]) + 1, k)
-    return best
-
-
-def ngram_lookup(ctx: np.ndarray, n_draft: int, max_ngram: int = 4, min_ngram: int = 1) -> np.ndarray:
-    """The n_draft tokens that followed the most recent earlier occurrence of the
-    longest matching suffix; an empty array when nothing matched.
-
-    When the continuation runs into the end of the context (the match is less than
-    n_draft tokens back), the guess keeps repeating with the period d = len(ctx) - c:
-    the prediction for position len(ctx) + i is the token at c + i, which for
-    i >= d is itself the prediction i - d. So "a b a b" with a 2-gram match
-    drafts "a b a b ..." instead of stopping short.
-    """
-    if n_draft <= 0:
-        return np.empty(0, dtype=ctx.dtype)
-    c, k = longest_match(ctx, max_ngram, min_ngram)
-    if k == 0:
-        return np.empty(0, dtype=ctx.dtype)
-    return continuation(ctx, c, n_draft)
-
-
-def continuation(ctx: np.ndarray, c: int, n: int) -> np.ndarray:
-    """The n tokens predicted to follow ctx when ctx[c:] repeats what followed before."""
-    return ctx[c + np.arange(n) % (len(ctx) - c)]
-
-
-class NgramDrafter:
+class NgramDrafter(DrafterBase):
     """Deterministic drafter over the prompt and the output so far (q = point masses).
 
+    The guess: the tokens that followed the most recent earlier occurrence of the longest
+    suffix of the context (min_ngram to max_ngram tokens) that occurred before. When that
+    continuation runs into the end of the context it repeats with its period, so "a b a b"
+    with a 2-gram match drafts "a b a b ..." instead of stopping short.
+
     It is consulted every round, also when it ends up drafting nothing, so a round
-    must cost next to nothing: rather than searching the whole context each time
-    (`longest_match`, the reference it is tested against), it keeps, for each n-gram
-    length, a dict from every n-gram of the context to where it last ended, and adds
-    only the n-grams that the tokens appended since the last call complete.
+    must cost next to nothing: rather than searching the whole context each time, it
+    keeps, for each n-gram length, a dict from every n-gram of the context to where it
+    last ended, and adds only the n-grams that the tokens appended since the last call
+    complete.
     """
 
     name = "ngram"

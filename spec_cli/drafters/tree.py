@@ -20,7 +20,7 @@ import numpy as np
 
 from ..llama import Model
 from ..sampling import SamplingParams
-from .base import Proposal
+from .base import DrafterBase, Proposal, RoundOutcome
 from .model import ModelDrafter
 
 DEFAULT_THRESHOLD = 0.2
@@ -38,7 +38,7 @@ def top_two(logits: np.ndarray) -> tuple[int, float, int, float]:
     return int(i1), float(1.0 / total), int(i2), float(np.exp(z[i2] - z[i1]) / total)
 
 
-class TreeDrafter:
+class TreeDrafter(DrafterBase):
     """Drafts a tree of at most `max_branches` leaves and `max_nodes` nodes, `n` deep.
 
     First the greedy chain, noting at every node the draft's second choice when its
@@ -127,7 +127,7 @@ class TreeDrafter:
     def prepare(self, tokens: Sequence[int]) -> int:
         return self.chain.prepare(tokens)
 
-    def observe(self, prop: Proposal, outcome) -> None:
+    def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
         from ..tokentree import on_first_branch
 
         if prop.parents is not None and outcome.path is not None and not on_first_branch(prop.parents, outcome.path):
