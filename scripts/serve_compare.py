@@ -1,14 +1,14 @@
 """`spec serve` against the target alone and against llama.cpp's own `llama-server` with its draft
 model, on one pair, all streamed through the same OpenAI endpoint (issue 22's benchmark). Run it
-under the llama.cpp lock: the two servers are up together, but only one of them works at a time.
+under the llama.cpp lock: the three servers are up together, but only one of them works at a time.
 
     flock /tmp/llama.lock .venv/bin/python scripts/serve_compare.py --preset qwen-coder-f16 \\
         --llama-server build/reference/build/bin/llama-server --tokens 128 --repeats 3
 
 Four configurations, interleaved within each repeat, each one streamed greedy completion of the
 same prompt: spec serve with its default (auto), spec serve with the target alone (the request's
-`spec.draft_len` 0), llama-server with the draft model (`--draft-max`), llama-server with the
-target alone (the request's `speculative.n_max` 0). The figure is the client's: tokens after
+`spec.draft_len` 0), llama-server with the draft model (`--spec-draft-n-max`), a second llama-server with the
+target alone (this llama.cpp takes no speculation settings per request). The figure is the client's: tokens after
 the first over the time from the first delta to the last; TTFT is request to first delta.
 """
 
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--draft-max", type=int, default=5, help="llama-server's --draft-max")
+    ap.add_argument("--draft-max", type=int, default=5, help="llama-server's --spec-draft-n-max")
     ap.add_argument("--port", type=int, default=18181, help="llama-server's port")
     a = ap.parse_args()
 
@@ -79,27 +79,30 @@ def main() -> None:
     target_ref, draft_ref = resolve_refs(ModelChoice(preset=a.preset), "default")
     target, draft = resolve(target_ref), resolve(draft_ref)
     procs = []
-    with tempfile.NamedTemporaryFile("w+", suffix=".log") as slog, tempfile.NamedTemporaryFile("w+", suffix=".log") as llog:
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as slog, tempfile.NamedTemporaryFile("w+", suffix=".log") as llog, \
+                tempfile.NamedTemporaryFile("w+", suffix=".log") as llog2:
         try:
             spec, spec_url = start(
                 [sys.executable, "-m", "spec_cli", "serve", "--preset", a.preset, "--threads", str(a.threads), "--ctx", "2048", "--port", "0"],
                 slog, r"listening on (http://\S+:\d+)/v1",
             )  # fmt: skip
             procs.append(spec)
+            common = [a.llama_server, "-m", str(target), "-t", str(a.threads), "-c", "2048", "-np", "1", "-ngl", "0", "--host", "127.0.0.1"]
             llama, _ = start(
-                [a.llama_server, "-m", str(target), "-md", str(draft), "--draft-max", str(a.draft_max), "--draft-min", "0",
-                 "-t", str(a.threads), "-td", str(a.threads), "-c", "2048", "-ngl", "0", "-ngld", "0",
-                 "--host", "127.0.0.1", "--port", str(a.port)],
-                llog, r"(server is listening)",
+                common + ["-md", str(draft), "--spec-draft-n-max", str(a.draft_max), "--spec-draft-n-min", "0",
+                          "-td", str(a.threads), "-ngld", "0", "--port", str(a.port)],
+                llog, r"(listening on http)",
             )  # fmt: skip
             procs.append(llama)
-            llama_url = f"http://127.0.0.1:{a.port}"
+            alone, _ = start(common + ["--port", str(a.port + 1)], llog2, r"(listening on http)")
+            procs.append(alone)
+            llama_url, alone_url = f"http://127.0.0.1:{a.port}", f"http://127.0.0.1:{a.port + 1}"
             model = httpx2.get(spec_url + "/v1/models", timeout=60).json()["data"][0]["id"]
             configs = {
                 "spec serve (auto)": (spec_url, {"model": model}),
                 "spec serve (target alone)": (spec_url, {"model": model, "spec": {"draft_len": 0}}),
-                f"llama-server (draft, --draft-max {a.draft_max})": (llama_url, {}),
-                "llama-server (target alone)": (llama_url, {"speculative.n_max": 0}),
+                f"llama-server (draft, --spec-draft-n-max {a.draft_max})": (llama_url, {}),
+                "llama-server (target alone)": (alone_url, {}),
             }
             for url, extra in configs.values():  # warm-up
                 stream(url, {**extra, "prompt": PROMPTS[0], "max_tokens": 8})

@@ -65,6 +65,8 @@ class Generation:
     tokens: list[int]
     stats: Stats
     origins: list[str] = field(default_factory=list)  # per token: DRAFT or TARGET
+    # prompt tokens the strategy's prepare had a draft model evaluate (None: no draft model prepared)
+    draft_evaluated: int | None = None
 
 
 @dataclass
@@ -131,6 +133,7 @@ class _Run:
     origins: list[str] = field(default_factory=list)
     drafted: int = 0  # drafts the target verified this round
     done: bool = False
+    draft_evaluated: int | None = None
 
 
 class Engine:
@@ -188,7 +191,9 @@ class Engine:
         stats.generated = len(run.out)
         if run.strategy is not None:
             stats.notes.extend(run.strategy.describe())
-        return Generation(text=run.stream.released, tokens=run.out, stats=stats, origins=run.origins)
+        return Generation(
+            text=run.stream.released, tokens=run.out, stats=stats, origins=run.origins, draft_evaluated=run.draft_evaluated
+        )
 
     def _start(self, prompt: Sequence[int], opts: GenerateOptions) -> _Run:
         """Check the request, then prefill: the target (and a draft model) read the prompt but its last token."""
@@ -211,7 +216,7 @@ class Engine:
         if strategy is not None:
             # A draft model reads the prompt here too, so that its first round is not
             # charged with prompt processing (and drafting does not look dear because of it).
-            strategy.prepare(run.context[:-1])
+            run.draft_evaluated = strategy.prepare(run.context[:-1])
         stats.t_prefill = time.perf_counter() - t0
         return run
 

@@ -1,36 +1,27 @@
-"""A conversation with the target model whose KV caches (target and draft) live across turns.
+"""A chat's turns over live KV caches: the turn engine between the conversation and the loop.
 
-Each turn renders the whole conversation with the model's chat template, but only
-the text after what the caches already hold is tokenized anew: the previous
-prompt's tokens and the reply's own tokens are reused as they are. Re-tokenizing
-the whole history would usually give the same ids, but not always (a reply is
-not always the canonical tokenization of its own text), and any difference
-would make `Model.sync` re-evaluate everything after it. When the new rendering
-does not start with the old one (a template that rewrites earlier turns, an
-edited system prompt, dropped turns, a /load) the whole text is tokenized
-again and `sync` still keeps whatever prefix matches.
+Each turn renders the whole conversation with the model's chat template, but tokenizes only
+the text after what the caches already hold, reusing the earlier prompt's and the reply's own
+tokens: a reply is not always the canonical tokenization of its text, and a re-tokenized
+history that differs would make `Model.sync` evaluate everything after the difference. When
+the new rendering does not extend the old one (a rewritten system prompt, dropped turns, a
+/load), the whole text is tokenized again and `sync` still keeps the prefix that matches.
 
-The speculation strategy lives across turns too: one Engine holds it from turn to
-turn, so what `--draft-len auto` learns in one reply (acceptance estimates,
-measured costs, its decisions) is where the next reply starts. A new strategy
-comes only from `/draft-len`, through the factory the session was given.
+One Engine serves the whole chat, and each strategy is built once, so what `--draft-len auto`
+learns in one reply is where the next starts, also after a `/draft-len` there and back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from .llama import Model
 from .conversation import ChatTemplate, Conversation, fit_history
 from .decode import Engine, GenerateOptions
-from .drafters.base import Proposal, RoundOutcome
 from .drafters.crossvocab import drafter_for
 from .errors import SpecError
-from .sampling import SamplingParams
+from .llama import Model
 from .stats import Stats
 from .strategy import FixedStrategy, Strategy
 
@@ -75,14 +66,13 @@ class Totals:
         self.history.append(r.evaluated)
 
 
-class ChatSession:
-    """The conversation, its prompt building and its turns.
+class TurnEngine:
+    """The conversation, its prompts and its turns, over one Engine that it owns.
 
-    `strategy_for(draft_len)` builds the strategy for a draft length (None: auto); the
-    session asks it once at the start (for `auto`, else for opts.draft_len) and again on
-    each `set_draft_len`. Without one, the draft model drafts at a fixed length (the
-    drafter `drafter_for` picks), and auto is not on offer: `spec chat` passes one built
-    on `strategy.build_strategy`. `opts` is copied, never changed.
+    `strategy_for(draft_len)` builds the strategy for a draft length (None: auto); each length
+    is asked for once and its strategy kept, so going back to a length resumes its strategy as
+    it was left. `draft_len` is the length of the first turn. Without a factory the draft model
+    drafts at a fixed length (`fixed_strategies`). `opts` is copied, never changed.
     """
 
     def __init__(
@@ -90,42 +80,57 @@ class ChatSession:
         target: Model,
         draft: Model | None,
         opts: GenerateOptions,
-        system: str | None = None,
+        *,
+        draft_len: int | None = 0,
         strategy_for: StrategyFactory | None = None,
-        auto: bool = False,
+        system: str | None = None,
     ):
         self.target = target
         self.draft = draft
         info = target.vocab_info()
-        self._bos_text = _special_text(target, info.bos)
+        self._bos_text = special_text(target, info.bos)
         self._add_bos = info.add_bos
-        self.template = ChatTemplate(target.chat_template(), self._bos_text, _special_text(target, info.eos))
+        self.template = ChatTemplate(target.chat_template(), self._bos_text, special_text(target, info.eos))
         self.opts = dataclasses.replace(opts, stop=(*opts.stop, *self.template.stop))
-        self.strategy_for = strategy_for or fixed_strategies(target, draft)
-        self.draft_len: int | None = None  # None: auto
-        self.strategy = None
-        self.engine = Engine(target)
-        self.set_draft_len(None if auto else opts.draft_len)
+        self._strategy_for = strategy_for or fixed_strategies(target, draft)
+        self._strategies: dict[int | None, Strategy | None] = {}
+        self.draft_len = draft_len
+        self.engine = Engine(target, strategy=self._strategy(draft_len))
         self.conversation = Conversation(system=system or None)
         # (rendered text, its exact tokens) for the last prompt plus its reply
         self._known: tuple[str, list[int]] | None = None
         self.last: TurnResult | None = None
         self.totals = Totals()
 
+    # --- speculation settings -------------------------------------------------
+
+    def _strategy(self, draft_len: int | None):
+        if draft_len not in self._strategies:
+            self._strategies[draft_len] = self._strategy_for(draft_len)
+        return self._strategies[draft_len]
+
     def set_draft_len(self, draft_len: int | None) -> None:
-        """Draft `draft_len` tokens a round from the next turn on (None: auto), with the same drafter choice."""
-        strategy = self.strategy_for(draft_len)  # first: a refusal leaves everything as it was
-        self.draft_len, self.strategy = draft_len, strategy
-        self.opts = dataclasses.replace(self.opts, draft_len=draft_len or 0)
-        self.engine = Engine(self.target, strategy=_Prefill(strategy, self.draft) if strategy is not None else None)
+        """Draft `draft_len` tokens a round from the next turn on (None: auto), with the same drafter choice.
+        A refused length leaves everything as it was."""
+        strategy = self._strategy(draft_len)
+        self.draft_len, self.engine.strategy = draft_len, strategy
+
+    @property
+    def strategy(self):
+        """The strategy the next turn drafts with (None: the target alone)."""
+        return self.engine.strategy
+
+    def set_temperature(self, temperature: float) -> None:
+        self.opts = dataclasses.replace(self.opts, sampling=dataclasses.replace(self.opts.sampling, temperature=temperature))
 
     @property
     def draft_len_text(self) -> str:
         """The draft length as /stats shows it: a number, or "auto" where the strategy chooses it."""
-        if self.strategy is None:
+        strategy = self.strategy
+        if strategy is None:
             return "0"
-        fixed = self.strategy.draft_len  # a FixedStrategy's (a tree's depth under auto too)
-        return str(fixed) if fixed is not None else "auto"
+        # a fixed strategy's own length: a tree under auto drafts at its fixed depth
+        return str(strategy.draft_len) if isinstance(strategy, FixedStrategy) else "auto"
 
     # --- prompt building ------------------------------------------------------
 
@@ -171,9 +176,6 @@ class ChatSession:
     ) -> TurnResult:
         user = {"role": "user", "content": user_text}
         text, prompt, dropped = self._fit(user)
-        prefill = self.engine.strategy
-        if prefill is not None:
-            prefill.draft_evaluated = None
         gen = self.engine.generate(prompt, self.opts, on_text=on_text, should_stop=should_stop, on_span=on_span)
         interrupted = gen.stats.stop_reason == "interrupted"
         kept = not (interrupted and not gen.text)
@@ -190,7 +192,7 @@ class ChatSession:
             stats=gen.stats,
             prompt=prompt,
             evaluated=gen.stats.prompt_tokens_evaluated,
-            draft_evaluated=prefill.draft_evaluated if prefill is not None else None,
+            draft_evaluated=gen.draft_evaluated,
             dropped=dropped,
             interrupted=interrupted,
             kept=kept,
@@ -220,7 +222,7 @@ class ChatSession:
 
 
 def fixed_strategies(target: Model, draft: Model | None) -> StrategyFactory:
-    """The draft model's drafter at a fixed length, one drafter for every length: a ChatSession's default.
+    """The draft model's drafter at a fixed length, one drafter for every length: a TurnEngine's default.
     Without a draft model, the target alone at any length."""
     drafter = drafter_for(target, draft) if draft is not None else None
 
@@ -234,41 +236,7 @@ def fixed_strategies(target: Model, draft: Model | None) -> StrategyFactory:
     return strategy_for
 
 
-class _Prefill:
-    """The strategy as the engine sees it, noting what its prepare had the draft model evaluate.
-
-    The engine prepares the strategy once per turn, after the target has read the prompt: the
-    draft model reads it there (through the drafter, so one from another family reads its text),
-    and only there. `draft_evaluated` is those tokens for the turn line; None where the draft
-    model was not prepared (no draft model, only the n-gram lookup drafts, or auto left it out).
-    """
-
-    def __init__(self, strategy: Strategy, draft: Model | None):
-        self.strategy = strategy
-        self.draft = draft
-        self.draft_evaluated: int | None = None
-        # the rest of the Strategy protocol: the strategy's own
-        self.name, self.draft_len, self.rounds = strategy.name, strategy.draft_len, strategy.rounds
-
-    def prepare(self, tokens: Sequence[int]) -> int | None:
-        # Every drafter that reads the prompt into the draft model does so with one sync() and
-        # returns its count; a strategy that leaves the draft alone returns None.
-        evaluated = self.strategy.prepare(tokens)
-        if self.draft is not None:
-            self.draft_evaluated = evaluated
-        return evaluated
-
-    def propose(self, context: Sequence[int], cap: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
-        return self.strategy.propose(context, cap, params, rng)
-
-    def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
-        self.strategy.observe(prop, outcome)
-
-    def describe(self) -> list[str]:
-        return self.strategy.describe()
-
-
-def _special_text(model: Model, token: int) -> str:
+def special_text(model: Model, token: int) -> str:
     if token < 0 or token >= model.n_vocab:
         return ""
     return model.token_text(token).decode("utf-8", errors="replace")

@@ -142,12 +142,12 @@ def test_chat_with_a_draft_from_another_family(smollm2, target):
     """The other way round: SmolLM2 (ChatML template) as the target, Gemma (SentencePiece, with a
     BOS) as the draft. The reply is the target's own, and the second turn's draft catch-up only
     reads the new turn's text."""
-    from spec_cli.turns import ChatSession
+    from spec_cli.turns import TurnEngine
 
     smollm2.reset()
     gemma = target
-    alone = ChatSession(smollm2, None, GenerateOptions(max_tokens=24, draft_len=0))
-    chat = ChatSession(smollm2, gemma, GenerateOptions(max_tokens=24, draft_len=3))
+    alone = TurnEngine(smollm2, None, GenerateOptions(max_tokens=24), draft_len=0)
+    chat = TurnEngine(smollm2, gemma, GenerateOptions(max_tokens=24), draft_len=3)
     assert isinstance(chat.strategy.drafter, CrossVocabDrafter)
     turns = []
     for question in ("Name three colours.", "And three animals?"):
@@ -163,12 +163,13 @@ def test_chat_with_a_draft_from_another_family(smollm2, target):
 
 def test_chat_draft_len_keeps_the_cross_vocab_drafter(smollm2, target):
     """/draft-len must not fall back to ModelDrafter, which would feed the draft the target's token ids."""
-    from spec_cli.turns import ChatSession
-    from spec_cli.cli.chat import Repl, chat_strategies
+    from spec_cli.cli.chat import Repl
+    from spec_cli.cli.setup import Models
+    from spec_cli.turns import TurnEngine
 
     pair = LoadedPair(smollm2, target, smollm2.path, target.path, cross_vocab=True)
-    strategies = chat_strategies(pair, ModelChoice(drafter="auto"))
-    session = ChatSession(smollm2, target, GenerateOptions(max_tokens=8, draft_len=0), strategy_for=strategies)
-    Repl(session, "test")._command("/draft-len 2")
-    assert session.draft_len == 2
-    assert isinstance(session.strategy.drafter.fallback, CrossVocabDrafter)  # after the n-gram lookup
+    models = Models(pair, ModelChoice(drafter="auto"))
+    turns = TurnEngine(smollm2, target, GenerateOptions(max_tokens=8), draft_len=0, strategy_for=models.strategy)
+    Repl(turns, "test")._command("/draft-len 2")
+    assert turns.draft_len == 2
+    assert isinstance(turns.strategy.drafter.fallback, CrossVocabDrafter)  # after the n-gram lookup

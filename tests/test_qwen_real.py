@@ -159,15 +159,15 @@ def test_q4_first_sampled_token_keeps_the_target_distribution(q4):
 def test_q4_two_turn_chat_reuses_its_caches_and_stops_at_im_end(q4, monkeypatch):
     """`spec chat --preset qwen-coder` (auto), in process, with the GGUF's own ChatML template."""
     import spec_cli.calibrate
-    from spec_cli.turns import ChatSession
-    from spec_cli.cli.chat import chat_strategies
+    from spec_cli.cli.setup import Models
+    from spec_cli.turns import TurnEngine
 
     # The CLI's strategy factory; auto's cost curve comes from the calibration cache, here
     # the scripted one instead of tens of seconds of measuring (build_strategy imports it when called).
     monkeypatch.setattr(spec_cli.calibrate, "cached_costs", lambda *a, **k: F16_CURVE)
     choice = ModelChoice(preset="qwen-coder", drafter="auto")
     opts = GenerateOptions(max_tokens=48, draft_len=0)  # as spec chat builds them for --draft-len auto
-    s = ChatSession(fresh(q4).target, q4.draft, opts, strategy_for=chat_strategies(q4, choice), auto=True)
+    s = TurnEngine(fresh(q4).target, q4.draft, opts, draft_len=None, strategy_for=Models(q4, choice).strategy)
     assert not s.template.fallback and "<|im_start|>" in s.template.source
     assert s.draft_len_text == "auto"
 

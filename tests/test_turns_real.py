@@ -1,4 +1,4 @@
-"""ChatSession on the real chat pair (SmolLM2-135M-Instruct and its Q2_K copy), in process.
+"""TurnEngine on the real chat pair (SmolLM2-135M-Instruct and its Q2_K copy), in process.
 
 One thread per model: on a shared 2-core machine two llama.cpp threads that have to
 wait for a core run ten times slower than one (29 against 2.7 tokens/s, measured).
@@ -35,13 +35,13 @@ def smol_draft(smollm2_q2k_path):
     m.close()
 
 
-def session(target, draft, **opts):
-    from spec_cli.turns import ChatSession
+def session(target, draft, draft_len, **opts):
+    from spec_cli.turns import TurnEngine
 
     target.reset()
     if draft is not None:
         draft.reset()
-    return ChatSession(target, draft, GenerateOptions(**opts))
+    return TurnEngine(target, draft, GenerateOptions(**opts), draft_len=draft_len)
 
 
 def with_eog(r, eos):
@@ -107,12 +107,12 @@ def test_turns_after_the_first_evaluate_only_their_new_tokens(smol, smol_draft, 
 
 def test_outgrowing_the_context_drops_oldest_turns_and_keeps_the_caches_whole(smollm2_path, smollm2_q2k_path):
     from spec_cli.llama import Model
-    from spec_cli.turns import ChatSession
+    from spec_cli.turns import TurnEngine
 
     with Model(smollm2_path, n_ctx=256, n_threads=1, label="target") as t, Model(
         smollm2_q2k_path, n_ctx=256, n_threads=1, label="draft"
     ) as d:
-        s = ChatSession(t, d, GenerateOptions(max_tokens=24, draft_len=3), system="Answer in one short sentence.")
+        s = TurnEngine(t, d, GenerateOptions(max_tokens=24), draft_len=3, system="Answer in one short sentence.")
         dropped = 0
         # llama.cpp rounds a context up to 256 tokens; questions of ~50 tokens fill it in a few turns
         filler = "I am asking a few short questions to see how you answer them. " * 4
@@ -140,15 +140,15 @@ def test_two_turns_under_auto_evaluate_only_their_new_tokens(smol, smol_draft, s
     one for the whole chat. The target reads only the new turn; the draft, where auto keeps it,
     reads only what its cache lacks (auto may have left it out of some rounds, so it can trail
     the target by more than a fixed-length draft would)."""
-    from spec_cli.turns import ChatSession
-    from spec_cli.cli.chat import chat_strategies
+    from spec_cli.cli.setup import Models
     from spec_cli.loading import LoadedPair, ModelChoice
+    from spec_cli.turns import TurnEngine
     from spec_cli.strategy import AdaptiveStrategy
 
     smol.reset()
     smol_draft.reset()
     pair = LoadedPair(smol, smol_draft, smollm2_path, smollm2_q2k_path)
-    s = ChatSession(smol, smol_draft, GenerateOptions(max_tokens=24), strategy_for=chat_strategies(pair, ModelChoice()), auto=True)
+    s = TurnEngine(smol, smol_draft, GenerateOptions(max_tokens=24), draft_len=None, strategy_for=Models(pair, ModelChoice()).strategy)
     strategy = s.strategy
     assert isinstance(strategy, AdaptiveStrategy)
     first = s.reply(QUESTIONS[0])

@@ -17,10 +17,10 @@ from ..bench import (
 )  # fmt: skip
 from ..bench.reference import ENV_VAR
 from ..sampling import SamplingParams
-from ..loading import load_pair
+from ..loading import ModelChoice, load_pair
 from . import app
 from .options import (
-    Ctx, Draft, MaxTokens, Ngl, NglDraft, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP, model_choice,
+    Ctx, Draft, MaxTokens, Ngl, NglDraft, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP,
 )
 
 
@@ -66,7 +66,10 @@ def bench_cmd(
     settings.check()
     suite = load_prompts_file(prompts) if prompts is not None else load_suite()
     check_paths(json_path, csv_path, plot_path)
-    choice = model_choice(target, draft, preset, False, ctx, threads, ngl, ngl_draft, load_as(drafters), rpc, rpc_draft)
+    choice = ModelChoice(
+        target=target, draft=draft, preset=preset, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft,
+        drafter=load_as(drafters), rpc=rpc, rpc_draft=rpc_draft,
+    )  # fmt: skip
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
     try:

@@ -9,7 +9,6 @@ first is still being honoured quits the program, which is also safe).
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import time
@@ -20,17 +19,14 @@ import typer
 
 from .. import rpc, ui
 from ..conversation import Command, Conversation, InputAssembler, help_text, is_command, parse_command
-from ..turns import ChatSession, StrategyFactory, TurnResult
-from ..decode import GenerateOptions
 from ..errors import SpecError
-from ..presets import Notify, cache_dir, spec_home
-from ..sampling import SamplingParams
-from ..loading import LoadedPair, ModelChoice, load_pair
-from ..strategy import build_strategy, parse_draft_len
+from ..presets import cache_dir, spec_home
+from ..turns import TurnEngine, TurnResult
 from . import app, user_text
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Target, Temp, Threads, TopK, TopP, model_choice,
+    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Target, Temp, Threads, TopK, TopP,
 )
+from .setup import ModelOptions, generate_options, open_models
 
 System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")]
 MaxReply = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")]
@@ -61,62 +57,31 @@ def chat_cmd(
     show_drafts: ShowDrafts = False,
 ) -> None:
     """Chat with the target model (default: the `chat` preset); /help lists the commands."""
-    fixed_len = parse_draft_len(draft_len)  # None: auto
-    start_len = 0 if no_spec else fixed_len  # under --no-spec the target runs alone, whatever --draft-len says
-    opts = GenerateOptions(
-        max_tokens=max_tokens,
-        draft_len=start_len or 0,
-        sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
-        seed=seed,
-    )
-    opts.check()
+    options = ModelOptions(
+        target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft,
+        drafter=drafter, rpc=rpc, rpc_draft=rpc_draft, draft_len=draft_len,
+    )  # fmt: skip
+    first_len = options.first_draft_len()
+    opts = generate_options(max_tokens, temp, top_k, top_p, seed, first_len)
     system = user_text(system, "--system") if system is not None else None
     saved = Conversation.load(load) if load is not None else None  # before the models: a bad file fails fast
-    # As in `spec run`: auto chooses the drafter and the length round by round, and learns across turns.
-    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
-    choice.check()
-    with ui.status("loading models"):
-        pair = load_pair(choice, "chat", notify=ui.info)
-    try:
+    options.check()
+    with open_models(options, "chat") as models:
+        pair = models.pair
         with ui.status("preparing"):  # under auto, the cost curve (measured once, then cached)
-            session = ChatSession(
-                pair.target, pair.draft, opts, system=system,
-                strategy_for=chat_strategies(pair, choice, notify=ui.info), auto=start_len is None,
-            )  # fmt: skip
+            turns = TurnEngine(pair.target, pair.draft, opts, draft_len=first_len, strategy_for=models.strategy, system=system)
         names = pair.target_path.name + (f" + draft {pair.draft_path.name}" if pair.draft_path else " (no speculation)")
-        repl = Repl(session, names, show_drafts=show_drafts)
+        repl = Repl(turns, names, show_drafts=show_drafts)
         if saved is not None:
             repl.adopt(saved, load)
             if system is not None:
-                session.set_system(system)  # --system wins over the file's
+                turns.set_system(system)  # --system wins over the file's
         repl.run()
-    finally:
-        pair.close()
-
-
-def chat_strategies(pair: LoadedPair, choice: ModelChoice, notify: Notify = lambda s: None) -> StrategyFactory:
-    """The chat's strategy for a draft length (None: auto), as `spec run` builds it for the same
-    options, so /draft-len keeps the drafter that --drafter chose (auto, model, ngram, tree).
-
-    Each is built once and kept: going back to a length finds its strategy as it was left,
-    so `/draft-len auto` resumes with what auto had learnt, and the cost curve is read (and
-    checked against a quick pass) only the first time auto is asked for.
-    """
-    built: dict[int | None, object] = {}
-
-    def strategy_for(draft_len: int | None):
-        if choice.no_spec and draft_len != 0:
-            raise SpecError("no draft model is loaded (--no-spec); /draft-len can only be 0")
-        if draft_len not in built:
-            built[draft_len] = build_strategy(pair, choice, draft_len, notify=notify)
-        return built[draft_len]
-
-    return strategy_for
 
 
 class Repl:
-    def __init__(self, session: ChatSession, names: str, show_drafts: bool = False):
-        self.session = session
+    def __init__(self, turns: TurnEngine, names: str, show_drafts: bool = False):
+        self.turns = turns
         self.show_drafts = show_drafts
         self.names = names
         self.tty = sys.stdin.isatty()
@@ -132,7 +97,7 @@ class Repl:
             sys.stdin.reconfigure(errors="surrogateescape")
         self._start_readline()
         rpc.on_lost(self._rescue)
-        s = self.session
+        s = self.turns
         ui.note(f"spec chat · {self.names} · context {s.target.n_ctx} tokens")
         if s.template.fallback:
             ui.note(
@@ -209,7 +174,7 @@ class Repl:
             wrote["last"] = piece[-1:] or wrote["last"]
 
         try:
-            result = self.session.reply(text, on_span=on_span, should_stop=lambda: stop["requested"])
+            result = self.turns.reply(text, on_span=on_span, should_stop=lambda: stop["requested"])
         finally:
             self._open = None
             signal.signal(signal.SIGINT, previous)
@@ -220,7 +185,7 @@ class Repl:
     def _rescue(self) -> str | None:
         """Save the conversation, the open message and the reply so far included, when the
         process must end on the spot (an RPC server went away): what to run to go on from it."""
-        s = self.session
+        s = self.turns
         conv = Conversation(system=s.conversation.system, messages=[dict(m) for m in s.conversation.messages])
         if self._open is not None:
             user, pieces = self._open
@@ -240,11 +205,11 @@ class Repl:
         return f"the conversation ({len(conv.messages)} messages) is saved; `spec chat --load {path}` goes on from it"
 
     def _models(self) -> dict:
-        s = self.session
+        s = self.turns
         return {"target": s.target.path.name, "draft": s.draft.path.name if s.draft is not None else None}
 
     def _report(self, r: TurnResult) -> None:
-        s = self.session
+        s = self.turns
         if r.dropped:
             ui.note(
                 f"the conversation no longer fitted the context: dropped the oldest {r.dropped} messages "
@@ -278,7 +243,7 @@ class Repl:
             return False
 
     def _run_command(self, cmd: Command) -> bool:
-        s = self.session
+        s = self.turns
         if cmd.name == "exit":
             return True
         if cmd.name == "help":
@@ -299,7 +264,7 @@ class Repl:
             s.set_draft_len(cmd.value)
             ui.note(_drafting(s))
         elif cmd.name == "temp":
-            s.opts.sampling = dataclasses.replace(s.opts.sampling, temperature=float(cmd.value))
+            s.set_temperature(float(cmd.value))
             ui.note(f"temperature {cmd.value:g}" + (" (greedy)" if cmd.value == 0 else ""))
         elif cmd.name == "save":
             path = s.conversation.save(cmd.arg, models=self._models())
@@ -310,7 +275,7 @@ class Repl:
 
     def adopt(self, conv: Conversation, path: str) -> None:
         """Continue a conversation read from a file (/load FILE, --load FILE) in place of this one."""
-        s = self.session
+        s = self.turns
         s.replace(conv)
         ui.note(
             f"loaded {len(conv.messages)} messages"
@@ -326,7 +291,7 @@ class Repl:
             )
 
     def _stats(self) -> None:
-        s, t = self.session, self.session.totals
+        s, t = self.turns, self.turns.totals
         if s.last is not None:
             ui.print_summary(s.last.stats)
         acc = f", {t.accepted} of {t.drafted} drafted tokens accepted ({100 * t.accepted / t.drafted:.0f}%)" if t.drafted else ""
@@ -366,7 +331,7 @@ class Repl:
             pass
 
 
-def _drafting(s: ChatSession) -> str:
+def _drafting(s: TurnEngine) -> str:
     if s.strategy is None:
         return "draft length 0 (target alone)"
     return f"draft length {s.draft_len_text}, drafting with {s.strategy.name}"

@@ -6,8 +6,6 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..loading import ModelChoice
-
 Target = Annotated[Optional[str], typer.Option("--target", "-t", help="Target model: a .gguf path, a name from models.toml, or owner/repo:file.gguf.")]
 Draft = Annotated[Optional[str], typer.Option("--draft", "-d", help="Draft model, same forms as --target; one from another model family drafts text that is re-tokenized for the target.")]
 Preset = Annotated[Optional[str], typer.Option("--preset", "-p", help="A target/draft pair from models.toml (see `spec models`).")]
@@ -29,9 +27,3 @@ RpcDraft = Annotated[bool, typer.Option("--rpc-draft", help="Offload the draft t
 ShowDrafts = Annotated[bool, typer.Option("--show-drafts/--no-show-drafts", help="Colour the text that came from accepted drafts (on a terminal; pipes and --json are unchanged).")]
 Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
 
-
-def model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter="auto", rpc=None, rpc_draft=False) -> ModelChoice:
-    return ModelChoice(
-        target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft,
-        drafter=drafter, rpc=rpc, rpc_draft=rpc_draft,
-    )

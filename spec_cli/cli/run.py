@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing import Annotated
 
 from .. import ui
-from ..decode import Engine, GenerateOptions
+from ..decode import Engine, GenerateOptions, Generation
 from ..errors import SpecError
-from ..sampling import SamplingParams
 from ..limits import check_prompt_fits
-from ..loading import load_pair
-from ..strategy import build_strategy, parse_draft_len
+from ..llama import Model
 from . import app, user_text
 from .options import (
     Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Stop, Target, Temp, Threads, TopK, TopP,
-    model_choice,
 )
+from .setup import ModelOptions, Models, generate_options, open_models
 
 
 def read_prompt(prompt: Optional[str]) -> str:
@@ -70,57 +67,70 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
 ) -> None:
     """Continue PROMPT with the target model, drafting with the draft model."""
-    fixed_len = parse_draft_len(draft_len)
-    opts = GenerateOptions(
-        max_tokens=max_tokens,
-        draft_len=fixed_len or 0,
-        sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
-        seed=seed,
-        stop=tuple(check_stop(s) for s in stop or ()),
-    )
-    opts.check()
+    options = ModelOptions(
+        target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft,
+        drafter=drafter, rpc=rpc, rpc_draft=rpc_draft, draft_len=draft_len, draft_min_p=draft_min_p,
+    )  # fmt: skip
+    first_len = options.first_draft_len()
+    opts = generate_options(max_tokens, temp, top_k, top_p, seed, first_len, stop=[check_stop(s) for s in stop or ()])
     text = read_prompt(prompt)
-    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
-    choice.check()
+    options.check()
+    check_room(max_tokens, ctx)
+    with open_models(options, "default") as models:
+        prompt_tokens = tokenize_prompt(models.pair.target, text)
+        with ui.status("preparing"):
+            engine = Engine(models.pair.target, strategy=models.strategy(first_len))
+        result = generate(engine, prompt_tokens, opts, as_json, show_drafts)
+        if as_json:
+            ui.write_text(json.dumps(json_payload(text, result, models)) + "\n")
+        else:
+            print_result(result, show_drafts)
+
+
+def check_room(max_tokens: int, ctx: int) -> None:
     if max_tokens > ctx:
         raise SpecError(
             f"--max-tokens {max_tokens} is more than the context holds (--ctx {ctx} tokens, prompt included); "
             "ask for fewer tokens or give a larger --ctx"
         )
-    with ui.status("loading models"):
-        pair = load_pair(choice, "default", notify=ui.info)
+
+
+def tokenize_prompt(target: Model, text: str) -> list[int]:
+    """The prompt's tokens, refused before anything is measured if they leave no room to generate."""
+    tokens = target.tokenize(text)
+    check_prompt_fits(len(tokens), target.n_ctx)
+    return tokens
+
+
+def generate(engine: Engine, prompt: list[int], opts: GenerateOptions, as_json: bool, show_drafts: bool) -> Generation:
+    """Generate, streaming the text unless the output is JSON."""
     try:
-        prompt_tokens = pair.target.tokenize(text)
-        check_prompt_fits(len(prompt_tokens), pair.target.n_ctx)  # said before measuring anything for a run that cannot start
-        with ui.status("preparing"):
-            strategy = build_strategy(pair, choice, fixed_len, notify=ui.info, draft_min_p=draft_min_p)
-        engine = Engine(pair.target, strategy=strategy)
-        try:
-            if as_json:
-                result = engine.generate(prompt_tokens, opts)
-            elif show_drafts:
-                result = engine.generate(prompt_tokens, opts, on_span=ui.write_span)
-            else:
-                result = engine.generate(prompt_tokens, opts, on_text=ui.write_text)
-        except KeyboardInterrupt:
-            ui.write_text("\n")
-            raise
         if as_json:
-            payload = {
-                "prompt": text,
-                "text": result.text,
-                "tokens": result.tokens,
-                # per token: "draft" (a draft the target accepted) or "target" (its own pick)
-                "origins": result.origins,
-                "target": str(pair.target_path),
-                "draft": str(pair.draft_path) if pair.draft_path else None,
-                "stats": result.stats.to_dict(),
-            }
-            ui.write_text(json.dumps(payload) + "\n")
-        else:
-            ui.write_text("\n")
-            if show_drafts:
-                ui.draft_legend(result.origins)
-            ui.print_summary(result.stats)
-    finally:
-        pair.close()
+            return engine.generate(prompt, opts)
+        if show_drafts:
+            return engine.generate(prompt, opts, on_span=ui.write_span)
+        return engine.generate(prompt, opts, on_text=ui.write_text)
+    except KeyboardInterrupt:
+        ui.write_text("\n")
+        raise
+
+
+def json_payload(prompt: str, result: Generation, models: Models) -> dict:
+    pair = models.pair
+    return {
+        "prompt": prompt,
+        "text": result.text,
+        "tokens": result.tokens,
+        # per token: "draft" (a draft the target accepted) or "target" (its own pick)
+        "origins": result.origins,
+        "target": str(pair.target_path),
+        "draft": str(pair.draft_path) if pair.draft_path else None,
+        "stats": result.stats.to_dict(),
+    }
+
+
+def print_result(result: Generation, show_drafts: bool) -> None:
+    ui.write_text("\n")
+    if show_drafts:
+        ui.draft_legend(result.origins)
+    ui.print_summary(result.stats)

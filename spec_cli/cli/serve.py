@@ -11,9 +11,9 @@ import typer
 from .. import ui
 from ..errors import SpecError
 from . import app
+from .setup import ModelOptions
 from .options import (
     Ctx, Draft, Drafter, DraftLen, DraftMinP, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Target, Temp, Threads, TopK, TopP,
-    model_choice,
 )
 
 KEY_VARIABLE = "SPEC_API_KEY"
@@ -65,7 +65,10 @@ def serve_cmd(
     if key is not None and not key.strip():
         raise SpecError("--api-key is empty; give a key, or leave the option out to serve without one")
     defaults = Defaults(temperature=temp, top_k=top_k, top_p=top_p)
-    choice = model_choice(target, draft, preset, no_spec, ctx, threads, ngl, ngl_draft, drafter, rpc, rpc_draft)
+    choice = ModelOptions(
+        target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl,
+        ngl_draft=ngl_draft, drafter=drafter, rpc=rpc, rpc_draft=rpc_draft,
+    ).choice()  # fmt: skip
     try:
         sock = listen(host, port)  # first: a port in use fails before the models load
     except OSError as e:

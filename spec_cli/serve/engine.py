@@ -23,11 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..conversation import ChatTemplate
-from ..turns import _Prefill, _special_text
+from ..turns import special_text
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..sampling import SamplingParams
-from ..loading import DRAFTERS, LoadedPair, ModelChoice, build_strategy, load_pair, parse_draft_len
+from ..limits import DRAFTERS
+from ..loading import LoadedPair, ModelChoice, load_pair
+from ..strategy import build_strategy, parse_draft_len
 from .schemas import ApiError, GenRequest, Outcome
 
 # The pair `spec serve` loads with no model options: the chat pair, as `spec chat` does.
@@ -60,9 +62,9 @@ class ServedPair:
         self.aliases = {model_id, pair.target_path.name, pair.target_path.stem}
         self.n_ctx = target.n_ctx
         info = target.vocab_info()
-        self._bos_text = _special_text(target, info.bos)
+        self._bos_text = special_text(target, info.bos)
         self._add_bos = info.add_bos
-        self.template = ChatTemplate(target.chat_template(), self._bos_text, _special_text(target, info.eos))
+        self.template = ChatTemplate(target.chat_template(), self._bos_text, special_text(target, info.eos))
         self._strategies: dict[tuple[str, int | None], object | None] = {}
         # (rendered chat text, its exact tokens) of the last chat prompt plus its reply
         self._known: tuple[str, list[int]] | None = None
@@ -125,8 +127,7 @@ class ServedPair:
         except SpecError as e:
             raise ApiError(422, str(e).replace("--", "")) from None
         target, draft = self.pair.target, self.pair.draft
-        prefill = _Prefill(strategy, draft) if strategy is not None else None
-        engine = Engine(target, strategy=prefill)
+        engine = Engine(target, strategy=strategy)
         t_target, t_draft = target.decode_seconds, draft.decode_seconds if draft is not None else 0.0
         post("start", n)
         try:
@@ -148,7 +149,7 @@ class ServedPair:
             prompt_tokens=n,
             completion_tokens=s.generated,
             prompt_evaluated=s.prompt_tokens_evaluated,
-            draft_prompt_evaluated=prefill.draft_evaluated if prefill is not None else None,
+            draft_prompt_evaluated=gen.draft_evaluated if draft is not None else None,
             drafted=s.drafted,
             accepted=s.accepted,
             drafter=s.drafter,
