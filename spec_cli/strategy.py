@@ -228,7 +228,7 @@ class AdaptiveStrategy:
                 last = done if done is not None else last
                 # Per context token: per draft token evaluated, times draft tokens per context token
                 # (another family's tokenizer splits the text differently). A prepare that found the
-                # cache already in place (chat prepares before the engine does) says nothing.
+                # cache mostly in place (a chat's later turns: the earlier ones are cached) says nothing.
                 model = src.drafter.model
                 evaluated = done if model is not None else len(tokens)
                 cached = model.n_past if model is not None else len(tokens)

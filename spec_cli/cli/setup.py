@@ -17,20 +17,10 @@ from ..sampling import SamplingParams
 
 
 @dataclass
-class ModelOptions:
-    """The model and speculation options of a generating command, as the command line gave them."""
+class ModelOptions(ModelChoice):
+    """The model and speculation options of a generating command, as the command line gave them:
+    the models to load (ModelChoice) and how to draft with them."""
 
-    target: str | None = None
-    draft: str | None = None
-    preset: str | None = None
-    no_spec: bool = False
-    ctx: int = 4096
-    threads: int | None = None
-    ngl: int | None = None
-    ngl_draft: int | None = None
-    drafter: str = "auto"
-    rpc: str | None = None
-    rpc_draft: bool = False
     draft_len: str = "auto"
     draft_min_p: float = 0.0
 
@@ -38,9 +28,6 @@ class ModelOptions:
         """--draft-len as a number (None: auto); 0 under --no-spec, whatever --draft-len says."""
         n = parse_draft_len(self.draft_len)  # checked under --no-spec too: a typo is still refused
         return 0 if self.no_spec else n
-
-    def check(self) -> None:
-        self.choice()
 
     def choice(self) -> ModelChoice:
         """The models to load, checked."""

@@ -575,7 +575,7 @@ def _wants_backend_sampling(n_gpu_layers: int) -> bool:
     """Whether a model starts with backend sampling: a sampler chain on seq 0 picks ids in llama.cpp's graph.
 
     It pays where a logit row is dear to copy out, on a GPU; on the CPU its graph nodes cost
-    more than they save (docs/benchmark-log.md, issue 10), so there only with SPEC_BACKEND_SAMPLING=all.
+    more than they save (docs/benchmark-log.md), so there only with SPEC_BACKEND_SAMPLING=all.
     """
     return backend_sampling_available() and (
         backend_sampling_setting() == "all" or (n_gpu_layers != 0 and gpu_offload_supported())
