@@ -130,7 +130,7 @@ def _identity(model: Model | None) -> str | None:
     st = model.path.stat()
     ident = f"{model.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|t{model.n_threads}|ngl{model.n_gpu_layers}"
     # Over llama.cpp's RPC backend every pass pays the network: a curve of its own.
-    rpc = getattr(model, "rpc_servers", ())
+    rpc = model.rpc_servers
     return ident + (f"|rpc{','.join(rpc)}" if rpc else "")
 
 

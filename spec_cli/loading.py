@@ -100,7 +100,7 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
         target_path, n_ctx=choice.ctx, n_threads=choice.threads, n_gpu_layers=ngl, n_seq_max=n_seq, label="target",
         devices=devices,
     )  # fmt: skip
-    target.rpc_servers = tuple(servers)  # part of the calibration cache's key
+    target.rpc_servers = tuple(servers)
     if servers:
         # Over RPC, backend sampling costs a round trip per row (the ids are read row by row from
         # the servers), full logit rows one read: verifying 8 tokens at 5 ms of round-trip time,

@@ -25,6 +25,7 @@ class FakeModel:
         cost: Callable[[int], float] | None = None,
     ):
         self.logits_fn = logits_fn
+        self.rpc_servers: tuple[str, ...] = ()
         # scripted time of one evaluation of n tokens, added to decode_seconds (0 without)
         self.cost = cost
         self.n_vocab = n_vocab

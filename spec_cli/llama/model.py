@@ -102,6 +102,8 @@ class Model:
     def _init_state(self) -> None:
         """What the model tracks beside llama.cpp: the cached tokens, the token tree, timings, lookups."""
         self._branches = 0  # sequences 1.._branches hold the branches of the last eval_tree
+        # the llama.cpp RPC servers its layers run on (set by loading.py); part of the calibration key
+        self.rpc_servers: tuple[str, ...] = ()
         self._tree: tuple[list[int], list[int], list[list[int]]] | None = None
         self.tokens: list[int] = []
         # Time spent evaluating: llama_decode and the wait for its results. On GPU backends
