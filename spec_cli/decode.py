@@ -19,15 +19,15 @@ sampling (llama.cpp's backend sampling where it has it), full rows otherwise.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .llama import Model
 from .drafters.base import Proposal, RoundOutcome
 from .errors import SpecError
 from .limits import MAX_DRAFT_LEN, check_prompt_fits, check_seed
+from .llama import Model
 from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
 from .strategy import Strategy

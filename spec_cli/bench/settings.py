@@ -98,4 +98,3 @@ def parse_draft_lens(text: str) -> tuple[int, ...]:
     if not values:
         raise SpecError("--draft-lens needs at least one draft length")
     return tuple(values)
-

@@ -15,7 +15,26 @@ from ..limits import check_prompt_fits
 from ..llama import Model
 from . import app, user_text
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Seed, ShowDrafts, Stop, Target, Temp, Threads, TopK, TopP,
+    Ctx,
+    Draft,
+    Drafter,
+    DraftLen,
+    DraftMinP,
+    MaxTokens,
+    Ngl,
+    NglDraft,
+    NoSpec,
+    Preset,
+    Rpc,
+    RpcDraft,
+    Seed,
+    ShowDrafts,
+    Stop,
+    Target,
+    Temp,
+    Threads,
+    TopK,
+    TopP,
 )
 from .setup import ModelOptions, Models, generate_options, open_models
 
@@ -64,7 +83,9 @@ def run_cmd(
     stop: Stop = None,
     no_spec: NoSpec = False,
     show_drafts: ShowDrafts = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")
+    ] = False,
 ) -> None:
     """Continue PROMPT with the target model, drafting with the draft model."""
     options = ModelOptions(

@@ -12,8 +12,8 @@ from .. import ui
 from ..decode import GenerateOptions
 from ..errors import SpecError
 from ..loading import LoadedPair, ModelChoice, load_pair
-from ..strategy import build_strategy, parse_draft_len
 from ..sampling import SamplingParams
+from ..strategy import build_strategy, parse_draft_len
 
 
 @dataclass

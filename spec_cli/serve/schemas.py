@@ -112,11 +112,15 @@ def parse_body(raw: bytes) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ApiError(400, f"the body is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", code="invalid_encoding") from None
+        raise ApiError(
+            400, f"the body is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", code="invalid_encoding"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ApiError(400, f"the body is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})", code="invalid_json") from None
+        raise ApiError(
+            400, f"the body is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})", code="invalid_json"
+        ) from None
     except RecursionError:
         raise ApiError(400, "the body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -199,7 +203,7 @@ def _speculation(value: Any) -> Speculation:
     if value is None:
         return spec
     if not isinstance(value, dict):
-        raise invalid(EXTENSION, f"expected an object such as {{\"drafter\": \"auto\", \"draft_len\": 4}}, got {_json_type(value)}")
+        raise invalid(EXTENSION, f'expected an object such as {{"drafter": "auto", "draft_len": 4}}, got {_json_type(value)}')
     for key in value:
         if key not in ("drafter", "draft_len"):
             raise unsupported(f"{EXTENSION}.{key}", "unknown speculation setting; spec takes drafter and draft_len")
@@ -214,7 +218,9 @@ def _speculation(value: Any) -> Speculation:
         elif isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_DRAFT_LEN:
             spec.draft_len = n
         else:
-            raise invalid(f"{EXTENSION}.draft_len", f"expected \"auto\" or a whole number from 0 to {MAX_DRAFT_LEN}, got {json.dumps(n)[:40]}")
+            raise invalid(
+                f"{EXTENSION}.draft_len", f'expected "auto" or a whole number from 0 to {MAX_DRAFT_LEN}, got {json.dumps(n)[:40]}'
+            )
     return spec
 
 
@@ -246,9 +252,13 @@ def _text(param: str, text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ApiError(400, f"{param}: not valid Unicode text (a lone surrogate at offset {e.start})", param=param, code="invalid_encoding") from None
+        raise ApiError(
+            400, f"{param}: not valid Unicode text (a lone surrogate at offset {e.start})", param=param, code="invalid_encoding"
+        ) from None
     if "\0" in text:
-        raise ApiError(400, f"{param}: contains a NUL character (at offset {text.index(chr(0))})", param=param, code="invalid_encoding")
+        raise ApiError(
+            400, f"{param}: contains a NUL character (at offset {text.index(chr(0))})", param=param, code="invalid_encoding"
+        )
     return text
 
 
@@ -331,6 +341,7 @@ class Outcome:
 
     def timings(self) -> dict:
         """llama-server's `timings` object (its names), plus what spec adds after them."""
+
         def ms(seconds: float) -> float:
             return round(seconds * 1000.0, 3)
 
@@ -356,7 +367,12 @@ def new_id(kind: str) -> str:
 
 def response_object(req: GenRequest, rid: str, created: int, out: Outcome) -> dict:
     if req.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": None, "finish_reason": out.finish_reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": out.text},
+            "logprobs": None,
+            "finish_reason": out.finish_reason,
+        }
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
