@@ -1,0 +1,90 @@
+"""BiLD's rollback rule (verify.py): threshold 0 is the lossless rule, a larger one keeps more."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spec_cli.sampling import Dist, SamplingParams, shape
+from spec_cli.verify import (
+    accept_greedy, accept_greedy_rollback, accept_sampled, accept_sampled_rollback, rollback_distance, token_nll,
+)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def test_distance_is_the_targets_surprise_at_the_draft_token():
+    p = Dist(np.array([2, 5, 9]), np.array([0.5, 0.25, 0.25]))
+    assert rollback_distance(p, 2) == pytest.approx(np.log(2))
+    assert rollback_distance(p, 5) == pytest.approx(np.log(4))
+    assert rollback_distance(p, 7) == float("inf")  # outside the support
+    assert rollback_distance(Dist.point(3), 3) == 0.0
+    rows = np.random.default_rng(0).normal(size=(3, 50))
+    toks = [4, 17, 0]
+    want = [-np.log(softmax(rows[i])[t]) for i, t in enumerate(toks)]
+    assert token_nll(rows, toks) == pytest.approx(want)
+
+
+def test_threshold_zero_is_the_lossless_greedy_rule_on_random_inputs():
+    rng = np.random.default_rng(1)
+    differ = 0
+    for _ in range(2000):
+        g = int(rng.integers(0, 7))
+        rows = rng.normal(scale=1.0, size=(g + 1, 12))
+        argmax = rows.argmax(axis=1)
+        # drafts that agree with the argmax for a while, then guess
+        drafts = [int(argmax[i]) if rng.random() < 0.7 else int(rng.integers(0, 12)) for i in range(g)]
+        want = accept_greedy(drafts, argmax)
+        assert accept_greedy_rollback(drafts, argmax, token_nll(rows, drafts), 0.0) == want
+        differ += accept_greedy_rollback(drafts, argmax, token_nll(rows, drafts), 2.5) != want
+    assert differ > 50  # the inputs do reach positions a threshold would keep
+
+
+def test_threshold_zero_is_the_lossless_sampled_rule_uniform_for_uniform():
+    rng = np.random.default_rng(2)
+    params = SamplingParams(temperature=0.8, top_k=8)
+    differ = 0
+    for trial in range(2000):
+        g = int(rng.integers(1, 6))
+        p = [shape(rng.normal(scale=2.0, size=20), params) for _ in range(g + 1)]
+        q = [shape(rng.normal(scale=2.0, size=20), params) for _ in range(g)]
+        drafts = [qi.sample(rng) for qi in q]
+        want = accept_sampled(drafts, q, p, np.random.default_rng(trial))
+        assert accept_sampled_rollback(drafts, q, p, np.random.default_rng(trial), 0.0) == want
+        differ += accept_sampled_rollback(drafts, q, p, np.random.default_rng(trial), 2.0)[0] != want[0]
+    assert differ > 50
+
+
+def test_large_threshold_keeps_everything_drafted():
+    argmax = [1, 2, 3, 4]
+    drafts = [7, 8, 9]  # every one differs from the target's choice
+    assert accept_greedy(drafts, argmax) == (0, 1)
+    assert accept_greedy_rollback(drafts, argmax, [5.0, 9.0, 30.0], 1e9) == (3, 4)
+    p = [Dist(np.arange(10), np.full(10, 0.1))] * 4  # full support: every distance is finite
+    q = [Dist.point(t) for t in drafts]
+    rng = np.random.default_rng(0)
+    assert accept_sampled_rollback(drafts, q, p, rng, 1e9)[0] == 3
+
+
+def test_middle_threshold_rolls_back_at_the_first_far_position():
+    argmax = [1, 2, 3, 4, 5]
+    drafts = [1, 8, 9, 4]  # 1 agrees; 8 and 9 differ; 4 agrees
+    # 8 is near (0.3), 9 is far (2.0): keep 1 and 8, roll back at 9 with the target's 3
+    assert accept_greedy_rollback(drafts, argmax, [0.0, 0.3, 2.0, 0.0], 0.5) == (2, 3)
+    # a token the target agrees with is kept whatever its distance (a flat target's argmax)
+    assert accept_greedy_rollback(drafts, argmax, [4.0, 0.3, 0.4, 4.0], 0.5) == (4, 5)
+    # sampled: a point-mass draft the target gives 0.2 (distance log 5 = 1.6) before a far one
+    # (0.1, distance log 10 = 2.3)
+    near, far = 3, 4
+    pd = Dist(np.array([near, far, 6]), np.array([0.2, 0.1, 0.7]))
+    q = [Dist.point(near), Dist.point(far)]
+    p = [pd, pd, Dist.point(6)]
+    kept = [accept_sampled_rollback([near, far], q, p, np.random.default_rng(s), 2.0) for s in range(200)]
+    # `near` is always kept (by the test or the threshold); `far` is kept only when the test passes
+    assert all(n >= 1 for n, _ in kept)
+    assert {n for n, _ in kept} == {1, 2}
+    # at the rollback the replacement comes from the residual max(p - q, 0), which leaves `far` out
+    assert {extra for n, extra in kept if n == 1} == {near, 6}
