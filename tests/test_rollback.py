@@ -88,3 +88,50 @@ def test_middle_threshold_rolls_back_at_the_first_far_position():
     assert {n for n, _ in kept} == {1, 2}
     # at the rollback the replacement comes from the residual max(p - q, 0), which leaves `far` out
     assert {extra for n, extra in kept if n == 1} == {near, 6}
+
+
+# --- in the loop, on scripted fakes -------------------------------------------------------------
+
+from spec_cli.decode import Engine, GenerateOptions  # noqa: E402
+from spec_cli.drafters import ModelDrafter  # noqa: E402
+from spec_cli.errors import SpecError  # noqa: E402
+from spec_cli.strategy import FixedStrategy  # noqa: E402
+from tests.fakes import FakeModel, table_lm  # noqa: E402
+
+V = 16
+CYCLE = {i: i % 9 + 1 for i in range(1, 10)}  # the target: 1 -> 2 -> ... -> 9 -> 1
+WRONG = {i: (i + 1) % 9 + 1 for i in range(1, 10)}  # the draft skips one: 1 -> 3 -> 5 ...
+
+
+def generate(rollback, temp=0.0, n=12):
+    # sharp=10: the target gives a token it would not pick about e^-10, a distance of ~10
+    t = FakeModel(table_lm(CYCLE, V), V)
+    d = FakeModel(table_lm(WRONG, V), V)
+    opts = GenerateOptions(max_tokens=n, draft_len=4, rollback_threshold=rollback, seed=3,
+                           sampling=SamplingParams(temperature=temp, top_k=0))  # fmt: skip
+    return Engine(t, FixedStrategy(ModelDrafter(d), 4)).generate([1], opts)
+
+
+@pytest.mark.parametrize("temp", [0.0, 0.8])
+def test_loop_threshold_zero_or_small_is_the_lossless_output(temp):
+    lossless = generate(None, temp)
+    for rb in (0.0, 5.0):
+        res = generate(rb, temp)
+        assert res.tokens == lossless.tokens and res.stats.accepted == lossless.stats.accepted
+    assert not generate(0.0, temp).stats.lossy and generate(5.0, temp).stats.lossy
+
+
+def test_loop_large_threshold_keeps_the_drafts():
+    lossless, lossy = generate(None), generate(12.0)
+    assert lossless.tokens[:4] == [2, 3, 4, 5] and lossless.stats.accepted == 0
+    # every round keeps its 4 drafts, then the target's own token after the last one
+    assert lossy.tokens[:5] == [3, 5, 7, 9, 1] and lossy.stats.accepted == lossy.stats.drafted
+    d = lossy.stats.to_dict()
+    assert d["lossy"] is True and d["rollback_threshold"] == 12.0
+
+
+def test_bad_threshold_is_refused():
+    with pytest.raises(SpecError, match="rollback-threshold"):
+        GenerateOptions(rollback_threshold=-1.0).check()
+    with pytest.raises(SpecError, match="rollback-threshold"):
+        GenerateOptions(rollback_threshold=float("nan")).check()
