@@ -135,3 +135,52 @@ def test_bad_threshold_is_refused():
         GenerateOptions(rollback_threshold=-1.0).check()
     with pytest.raises(SpecError, match="rollback-threshold"):
         GenerateOptions(rollback_threshold=float("nan")).check()
+
+
+# --- the command line, on the fakes ---------------------------------------------------------------
+
+
+def _fake_loaded_pair(*a, **k):
+    from pathlib import Path
+
+    from spec_cli.loading import LoadedPair
+
+    class Fake(FakeModel):
+        n_threads, n_gpu_layers = 1, 0
+
+        def tokenize(self, text):
+            return [1]
+
+        def close(self):
+            pass
+
+    return LoadedPair(Fake(table_lm(CYCLE, V), V), Fake(table_lm(WRONG, V), V), Path("/nowhere/t.gguf"), Path("/nowhere/d.gguf"))
+
+
+def test_cli_run_labels_a_positive_threshold_lossy(monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import spec_cli.cli.setup as setup
+    from spec_cli.cli import app
+
+    monkeypatch.setattr(setup, "load_pair", _fake_loaded_pair)
+    monkeypatch.setenv("SPEC_WIDTH", "200")
+    runner = CliRunner()
+    base = ["run", "--json", "-n", "8", "--drafter", "model", "-k", "4", "x"]
+    out = {}
+    for rb in (None, "0", "12"):
+        res = runner.invoke(app, base + ([] if rb is None else ["--rollback-threshold", rb]))
+        assert res.exit_code == 0, res.output
+        out[rb] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out[None]["tokens"] == out["0"]["tokens"] == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert out[None]["stats"]["lossy"] is False and out["0"]["stats"]["lossy"] is False
+    assert out["12"]["stats"]["lossy"] is True and out["12"]["stats"]["rollback_threshold"] == 12.0
+    assert out["12"]["tokens"] != out[None]["tokens"]
+    res = runner.invoke(app, ["run", "-n", "8", "--drafter", "model", "-k", "4", "--rollback-threshold", "12", "x"])
+    assert res.exit_code == 0 and "LOSSY: rollback threshold 12" in " ".join(res.output.split())
+    res = runner.invoke(app, ["run", "-n", "8", "--drafter", "model", "-k", "4", "x"])
+    assert "LOSSY" not in res.output
+    res = runner.invoke(app, ["run", "-n", "8", "--rollback-threshold", "-1", "x"])
+    assert res.exit_code != 0 and "--rollback-threshold must be a number >= 0" in res.output

@@ -25,5 +25,6 @@ NglDraft = Annotated[Optional[int], typer.Option("--ngl-draft", help="Draft laye
 Rpc = Annotated[Optional[str], typer.Option("--rpc", help="Run the target's offloaded layers on llama.cpp rpc-servers: HOST:PORT[,HOST:PORT...], split in proportion to their memory.")]
 RpcDraft = Annotated[bool, typer.Option("--rpc-draft", help="Offload the draft to the --rpc servers too (default: the draft runs on this machine).")]
 ShowDrafts = Annotated[bool, typer.Option("--show-drafts/--no-show-drafts", help="Colour the text that came from accepted drafts (on a terminal; pipes and --json are unchanged).")]
+RollbackThreshold = Annotated[Optional[float], typer.Option("--rollback-threshold", help="LOSSY, off by default: BiLD's rollback. Keep a draft the target would reject while the target's -log p(draft) is at most this (0 = the lossless rule). Faster; the output is no longer the target's own.")]
 Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
 
