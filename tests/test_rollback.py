@@ -183,4 +183,4 @@ def test_cli_run_labels_a_positive_threshold_lossy(monkeypatch):
     res = runner.invoke(app, ["run", "-n", "8", "--drafter", "model", "-k", "4", "x"])
     assert "LOSSY" not in res.output
     res = runner.invoke(app, ["run", "-n", "8", "--rollback-threshold", "-1", "x"])
-    assert res.exit_code != 0 and "--rollback-threshold must be a number >= 0" in res.output
+    assert res.exit_code != 0 and "--rollback-threshold must be a number >= 0" in str(res.exception)
