@@ -154,7 +154,9 @@ def _fake_loaded_pair(*a, **k):
         def close(self):
             pass
 
-    return LoadedPair(Fake(table_lm(CYCLE, V), V), Fake(table_lm(WRONG, V), V), Path("/nowhere/t.gguf"), Path("/nowhere/d.gguf"))
+    cost = lambda n: 0.001 * (1 + 0.1 * n)  # noqa: E731  (a scripted price per pass, for the bench's cost curve)
+    target, draft = Fake(table_lm(CYCLE, V), V, n_ctx=4096, cost=cost), Fake(table_lm(WRONG, V), V, n_ctx=4096, cost=cost)
+    return LoadedPair(target, draft, Path("/nowhere/t.gguf"), Path("/nowhere/d.gguf"))
 
 
 def test_cli_run_labels_a_positive_threshold_lossy(monkeypatch):
@@ -184,3 +186,41 @@ def test_cli_run_labels_a_positive_threshold_lossy(monkeypatch):
     assert "LOSSY" not in res.output
     res = runner.invoke(app, ["run", "-n", "8", "--rollback-threshold", "-1", "x"])
     assert res.exit_code != 0 and "--rollback-threshold must be a number >= 0" in str(res.exception)
+
+
+def test_cli_bench_sweeps_thresholds_and_measures_departures(monkeypatch, capsys, tmp_path):
+    import json
+
+    import spec_cli.cli.bench as cli_bench
+    from spec_cli.cli import main
+
+    monkeypatch.setattr(cli_bench, "load_pair", _fake_loaded_pair)
+    monkeypatch.setenv("SPEC_WIDTH", "200")
+    j = tmp_path / "r.json"
+    argv = ["bench", "--drafter", "model", "--draft-lens", "4", "-n", "8", "-r", "1", "--no-warmup", "--limit", "2",
+            "--rollback-threshold", "0,12", "--json", str(j)]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out
+    assert " g=4 rb=12 " in out and "\n g=4 " in out  # the lossless row keeps its name
+    assert "lossy g=4 rb=12: 100% of outputs depart from the target alone's, first at token 0 (median)" in out
+    data = json.loads(j.read_text())
+    assert data["settings"]["lossy"] is True and data["settings"]["rollback_thresholds"] == [0.0, 12.0]
+    by = {(s["draft_len"], s["rollback"]): s for s in data["summary"] if s["mode"] == "speculative"}
+    assert by[(4, 12.0)]["departed"] == 1.0 and by[(4, 12.0)]["first_departure"] == 0.0
+    assert by[(4, 0.0)]["departed"] is None and by[(4, 0.0)]["mismatches"] == 0
+    lossy_runs = [r for r in data["runs"] if r["rollback"]]
+    assert lossy_runs and {r["output_check"] for r in lossy_runs} == {"lossy"}
+    assert data["recommendation"]["drafter"] is None or "rb" not in str(data["recommendation"])
+
+
+def test_bench_threshold_option_is_checked():
+    from spec_cli.bench import BenchSettings, parse_thresholds
+
+    assert parse_thresholds(None) == () and parse_thresholds("0, 0.5,2,0.5") == (0.0, 0.5, 2.0)
+    with pytest.raises(SpecError, match="comma-separated numbers"):
+        parse_thresholds("lots")
+    with pytest.raises(SpecError, match="token tree"):
+        BenchSettings(drafters=("tree",), rollback_thresholds=(1.0,)).check()
