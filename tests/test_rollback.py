@@ -224,3 +224,18 @@ def test_bench_threshold_option_is_checked():
         parse_thresholds("lots")
     with pytest.raises(SpecError, match="token tree"):
         BenchSettings(drafters=("tree",), rollback_thresholds=(1.0,)).check()
+
+
+def test_server_extension_field_takes_a_threshold_and_the_timings_say_lossy():
+    pytest.importorskip("starlette")
+    from spec_cli.serve.schemas import ApiError, Outcome, parse_completion
+
+    assert parse_completion({"model": "m", "prompt": "x"}).spec.rollback_threshold is None
+    assert parse_completion({"model": "m", "prompt": "x", "spec": {"rollback_threshold": 0.5}}).spec.rollback_threshold == 0.5
+    for bad in (-1, "1", True):
+        with pytest.raises(ApiError, match="rollback_threshold"):
+            parse_completion({"model": "m", "prompt": "x", "spec": {"rollback_threshold": bad}})
+    out = Outcome("t", "stop", 1, 1, 1, None, 0, 0, "model", 0.1, 0.1, 0.1, 0.0)
+    assert "lossy" not in out.timings()
+    out.rollback_threshold = 0.5
+    assert out.timings()["lossy"] is True and out.timings()["rollback_threshold"] == 0.5
