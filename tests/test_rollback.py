@@ -239,3 +239,21 @@ def test_server_extension_field_takes_a_threshold_and_the_timings_say_lossy():
     assert "lossy" not in out.timings()
     out.rollback_threshold = 0.5
     assert out.timings()["lossy"] is True and out.timings()["rollback_threshold"] == 0.5
+
+
+# --- on the small default models (auto-marked slow) ----------------------------------------------
+
+
+def test_real_threshold_zero_is_lossless_and_a_positive_one_is_labelled(target, draft):
+    toks = target.tokenize("def fibonacci(n):\n")
+
+    def gen(rb):
+        target.reset()
+        draft.reset()
+        opts = GenerateOptions(max_tokens=32, draft_len=4, rollback_threshold=rb)
+        return Engine(target, FixedStrategy(ModelDrafter(draft), 4)).generate(toks, opts)
+
+    lossless, zero, lossy = gen(None), gen(0.0), gen(3.0)
+    assert zero.tokens == lossless.tokens and zero.stats.accepted == lossless.stats.accepted
+    assert not zero.stats.lossy and lossy.stats.lossy and lossy.stats.to_dict()["rollback_threshold"] == 3.0
+    # (acceptance is not compared: once the lossy text parts from the target's, the rounds differ)
