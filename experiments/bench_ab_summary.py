@@ -35,10 +35,12 @@ def summarize(base: str, part: str) -> str:
     old = [x for p in prompts for x in per[("old", p)]]
     new = [x for p in prompts for x in per[("new", p)]]
     by_prompt = " ".join(f"{st.median(per[('new', p)]) / st.median(per[('old', p)]):.2f}" for p in prompts)
-    return (f"{part}: runs old {len(old)} new {len(new)}; tok/s old {st.median(old):.1f} new {st.median(new):.1f}, "
-            f"new/old {st.median(new) / st.median(old):.3f}; by prompt {by_prompt}; outside old "
-            f"{100 * st.median(share['old']):.2f} % ({st.median(per_token['old']):.0f} µs/token), new "
-            f"{100 * st.median(share['new']):.2f} % ({st.median(per_token['new']):.0f} µs/token)")
+    return (
+        f"{part}: runs old {len(old)} new {len(new)}; tok/s old {st.median(old):.1f} new {st.median(new):.1f}, "
+        f"new/old {st.median(new) / st.median(old):.3f}; by prompt {by_prompt}; outside old "
+        f"{100 * st.median(share['old']):.2f} % ({st.median(per_token['old']):.0f} µs/token), new "
+        f"{100 * st.median(share['new']):.2f} % ({st.median(per_token['new']):.0f} µs/token)"
+    )
 
 
 if __name__ == "__main__":

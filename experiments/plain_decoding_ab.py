@@ -29,14 +29,31 @@ PROMPTS = [
 
 
 def one_run(tree: str, prompt: str, temp: float, seed: int, tokens: int) -> dict:
-    cmd = [sys.executable, "-m", "spec_cli", "run", "--no-spec", "--temp", str(temp), "--seed", str(seed),
-           "-n", str(tokens), "--json", prompt]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spec_cli",
+        "run",
+        "--no-spec",
+        "--temp",
+        str(temp),
+        "--seed",
+        str(seed),
+        "-n",
+        str(tokens),
+        "--json",
+        prompt,
+    ]
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=True).stdout
     s = json.loads(out)["stats"]
     n = s["generated"]
-    return {"tok_s": s["tokens_per_second"], "pass_ms": 1e3 * s["t_target"] / n, "outside_us": 1e6 * s["t_other"] / n,
-            "outside_share": s["t_other"] / s["t_total"]}
+    return {
+        "tok_s": s["tokens_per_second"],
+        "pass_ms": 1e3 * s["t_target"] / n,
+        "outside_us": 1e6 * s["t_other"] / n,
+        "outside_share": s["t_other"] / s["t_total"],
+    }
 
 
 def main() -> None:
@@ -54,8 +71,10 @@ def main() -> None:
         print(f"round {r + 1}/{a.rounds}", file=sys.stderr)
     for ver, rs in runs.items():
         med = {k: st.median(x[k] for x in rs) for k in rs[0]}
-        print(f"{ver}: {med['tok_s']:.1f} tok/s, pass {med['pass_ms']:.2f} ms/token, outside {med['outside_us']:.0f} µs/token "
-              f"({100 * med['outside_share']:.2f} %)")
+        print(
+            f"{ver}: {med['tok_s']:.1f} tok/s, pass {med['pass_ms']:.2f} ms/token, outside {med['outside_us']:.0f} µs/token "
+            f"({100 * med['outside_share']:.2f} %)"
+        )
     ratio = st.median(n["tok_s"] / o["tok_s"] for o, n in zip(runs["old"], runs["new"]))
     drift = st.median(n["pass_ms"] / o["pass_ms"] for o, n in zip(runs["old"], runs["new"]))
     print(f"paired new/old: tokens/s {ratio:.3f}, pass time {drift:.3f} (drift)")

@@ -20,8 +20,10 @@ def main(path: str) -> None:
     auto = next(s for s in summary if s["drafter"] == "auto")
     fixed = [s for s in summary if s["drafter"] != "auto" and s["speedup"] is not None]
     best = max(fixed, key=lambda s: s["speedup"])
-    print(f"best fixed over the suite: {best['label']} {best['speedup']:.2f}x; auto {auto['speedup']:.2f}x; "
-          f"auto / best = {auto['speedup'] / best['speedup']:.2f}")
+    print(
+        f"best fixed over the suite: {best['label']} {best['speedup']:.2f}x; auto {auto['speedup']:.2f}x; "
+        f"auto / best = {auto['speedup'] / best['speedup']:.2f}"
+    )
     ratios = []
     for pid, b in best["by_prompt"].items():
         a = auto["by_prompt"].get(pid)
@@ -29,7 +31,9 @@ def main(path: str) -> None:
             continue
         ratios.append(a / b)
         print(f"  {pid:28s} auto {a:.2f}x  best fixed {b:.2f}x  ratio {a / b:.2f}")
-    print(f"lowest per-prompt ratio: {min(ratios):.2f}; prompts at 0.90 or more: {sum(r >= 0.9 for r in ratios)} of {len(ratios)}")
+    print(
+        f"lowest per-prompt ratio: {min(ratios):.2f}; prompts at 0.90 or more: {sum(r >= 0.9 for r in ratios)} of {len(ratios)}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,14 @@ def spec_run(common: list[str], tokens: int) -> dict:
 
 
 def streamed(url: str, model: str, tokens: int, speculate: bool) -> tuple[float, float, int]:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if not speculate:
         body["spec"] = {"draft_len": 0}
     t0 = time.perf_counter()
@@ -62,7 +69,9 @@ def main() -> None:
     a = ap.parse_args()
     common = ["--preset", a.preset, "--threads", str(a.threads), "--ctx", "2048"] + (["--no-spec"] if a.no_spec else [])
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
-        server = subprocess.Popen([sys.executable, "-m", "spec_cli", "serve", *common, "--port", "0", *a.serve_args], stdout=log, stderr=log)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "spec_cli", "serve", *common, "--port", "0", *a.serve_args], stdout=log, stderr=log
+        )
         try:
             while not (m := re.search(r"listening on (http://\S+):(\d+)/v1", open(log.name).read())):
                 if server.poll() is not None:
@@ -76,11 +85,16 @@ def main() -> None:
                 stats = spec_run(common, a.tokens)
                 ttft, rate, n = streamed(url, model, a.tokens, not a.no_spec)
                 rows.append((stats["tokens_per_second"], stats["generated"], rate, n, ttft))
-                print(f"spec run {rows[-1][0]:7.1f} tok/s ({rows[-1][1]} tokens)   serve {rate:7.1f} tok/s ({n} tokens), TTFT {ttft * 1000:6.0f} ms", flush=True)
+                print(
+                    f"spec run {rows[-1][0]:7.1f} tok/s ({rows[-1][1]} tokens)   serve {rate:7.1f} tok/s ({n} tokens), TTFT {ttft * 1000:6.0f} ms",
+                    flush=True,
+                )
             run_med = statistics.median(r[0] for r in rows)
             serve_med = statistics.median(r[2] for r in rows)
             ttft_med = statistics.median(r[4] for r in rows)
-            print(f"median: spec run {run_med:.1f} tok/s, serve {serve_med:.1f} tok/s streamed ({serve_med / run_med:.2f}x), TTFT {ttft_med * 1000:.0f} ms")
+            print(
+                f"median: spec run {run_med:.1f} tok/s, serve {serve_med:.1f} tok/s streamed ({serve_med / run_med:.2f}x), TTFT {ttft_med * 1000:.0f} ms"
+            )
         finally:
             server.terminate()
             server.wait(60)

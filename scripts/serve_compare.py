@@ -79,15 +79,32 @@ def main() -> None:
     target_ref, draft_ref = resolve_refs(ModelChoice(preset=a.preset), "default")
     target, draft = resolve(target_ref), resolve(draft_ref)
     procs = []
-    with tempfile.NamedTemporaryFile("w+", suffix=".log") as slog, tempfile.NamedTemporaryFile("w+", suffix=".log") as llog, \
-                tempfile.NamedTemporaryFile("w+", suffix=".log") as llog2:
+    with (
+        tempfile.NamedTemporaryFile("w+", suffix=".log") as slog,
+        tempfile.NamedTemporaryFile("w+", suffix=".log") as llog,
+        tempfile.NamedTemporaryFile("w+", suffix=".log") as llog2,
+    ):
         try:
             spec, spec_url = start(
                 [sys.executable, "-m", "spec_cli", "serve", "--preset", a.preset, "--threads", str(a.threads), "--ctx", "2048", "--port", "0"],
                 slog, r"listening on (http://\S+:\d+)/v1",
             )  # fmt: skip
             procs.append(spec)
-            common = [a.llama_server, "-m", str(target), "-t", str(a.threads), "-c", "2048", "-np", "1", "-ngl", "0", "--host", "127.0.0.1"]
+            common = [
+                a.llama_server,
+                "-m",
+                str(target),
+                "-t",
+                str(a.threads),
+                "-c",
+                "2048",
+                "-np",
+                "1",
+                "-ngl",
+                "0",
+                "--host",
+                "127.0.0.1",
+            ]
             llama, _ = start(
                 common + ["-md", str(draft), "--spec-draft-n-max", str(a.draft_max), "--spec-draft-n-min", "0",
                           "-td", str(a.threads), "-ngld", "0", "--port", str(a.port)],
@@ -112,13 +129,18 @@ def main() -> None:
                     for name, (url, extra) in configs.items():
                         ttft, rate, n = stream(url, {**extra, "prompt": prompt, "max_tokens": a.tokens})
                         results[name].append((rate, ttft))
-                        print(f"repeat {r + 1} {prompt[:24]!r:28} {name:40} {rate:6.1f} tok/s ({n} tokens), TTFT {ttft * 1000:5.0f} ms", flush=True)
+                        print(
+                            f"repeat {r + 1} {prompt[:24]!r:28} {name:40} {rate:6.1f} tok/s ({n} tokens), TTFT {ttft * 1000:5.0f} ms",
+                            flush=True,
+                        )
         finally:
             for p in procs:
                 p.terminate()
                 p.wait(60)
     base = statistics.median(x[0] for x in results["spec serve (target alone)"])
-    print(f"\nmedians over {a.repeats} repeats x {len(PROMPTS)} prompts, {a.tokens} tokens, greedy, {a.threads} threads ({a.preset}):")
+    print(
+        f"\nmedians over {a.repeats} repeats x {len(PROMPTS)} prompts, {a.tokens} tokens, greedy, {a.threads} threads ({a.preset}):"
+    )
     for name, rows in results.items():
         rate = statistics.median(x[0] for x in rows)
         ttft = statistics.median(x[1] for x in rows)

@@ -51,7 +51,7 @@ numpy only; no model.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -192,9 +192,7 @@ class AdaptiveDraftLength:
 
     def speedups(self) -> np.ndarray:
         """Predicted speedup for g = 0..g_max at the current estimate."""
-        return predicted_speedups(
-            self.acceptance, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up
-        )
+        return predicted_speedups(self.acceptance, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)
 
     def _best(self) -> tuple[int, float]:
         s = self.speedups()
@@ -264,7 +262,11 @@ class AdaptiveDraftLength:
         win, STAKE_SHARE of what it would save if every draft were accepted. A draft model that
         could run 1.7x may spend ~4 % of the run finding out where it does; one near break-even
         keeps to 2 %."""
-        top = float(predicted_speedups(1.0, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)[1:].max(initial=1.0))
+        top = float(
+            predicted_speedups(1.0, self.cost, self.draft_step, self.g_max, self.round_overhead, self.catch_up)[1:].max(
+                initial=1.0
+            )
+        )
         return max(EXPLORE_SHARE, STAKE_SHARE * (1.0 - 1.0 / top)) if top > 1.0 else EXPLORE_SHARE
 
     def best_speedup(self) -> float:

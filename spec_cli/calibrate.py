@@ -13,14 +13,14 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .llama import Model
 from .errors import SpecError
 from .files import write_text_atomic
+from .llama import Model
 from .presets import cache_dir
 
 COST_SAMPLES = 5
@@ -50,7 +50,9 @@ class CostCurve:
     how: str = ""
 
 
-def measure_costs(target: Model, draft: Model | None, prompt: Sequence[int], max_k: int, samples: int = COST_SAMPLES) -> CostCurve:
+def measure_costs(
+    target: Model, draft: Model | None, prompt: Sequence[int], max_k: int, samples: int = COST_SAMPLES
+) -> CostCurve:
     """Time one target llama_decode of k = 1..max_k tokens after `prompt`, and one draft step.
 
     The greedy verification pass asks for an id on every row (backend sampling where the
@@ -248,6 +250,7 @@ def _read_table(path, notify: Callable[[str], None]) -> dict:
 
 def _curve(entry) -> CostCurve | None:
     """A cached entry as a CostCurve, or None when it is not one."""
+
     def number(x) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -255,7 +258,11 @@ def _curve(entry) -> CostCurve | None:
         curve = CostCurve(**entry)
     except TypeError:  # not a mapping, or other fields
         return None
-    if not isinstance(curve.target_ms, list) or not curve.target_ms or not all(number(t) and 0 < t < float("inf") for t in curve.target_ms):
+    if (
+        not isinstance(curve.target_ms, list)
+        or not curve.target_ms
+        or not all(number(t) and 0 < t < float("inf") for t in curve.target_ms)
+    ):
         return None
     if not isinstance(curve.measured_at, str) or not isinstance(curve.how, str):
         return None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .errors import SpecError
 from .files import write_text_atomic
@@ -130,7 +130,7 @@ class Conversation:
         return data | ({"models": models} if models else {})
 
     @classmethod
-    def from_json(cls, data) -> "Conversation":
+    def from_json(cls, data) -> Conversation:
         """Our own save files, and also a bare OpenAI-style list of messages."""
         if isinstance(data, list):
             data = {"messages": data}
@@ -156,7 +156,9 @@ class Conversation:
                 raise ValueError(f"messages[{i}] has role {role!r}; expected one of {', '.join(ROLES)}")
             messages.append({"role": role, "content": m["content"]})
         models = data.get("models")
-        if models is not None and not (isinstance(models, dict) and all(isinstance(v, (str, type(None))) for v in models.values())):
+        if models is not None and not (
+            isinstance(models, dict) and all(isinstance(v, (str, type(None))) for v in models.values())
+        ):
             raise ValueError("'models' must map 'target' and 'draft' to file names")
         return cls(system=system or None, messages=messages, saved_with=models)
 
@@ -164,7 +166,7 @@ class Conversation:
         return write_text_atomic(path, json.dumps(self.to_json(models), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Conversation":
+    def load(cls, path: str | Path) -> Conversation:
         p = Path(path).expanduser()
         if p.exists() and not p.is_file():  # a folder, or a FIFO that would block the read
             raise SpecError(f"{p} is not a regular file; give the path of a file written by /save")
@@ -181,7 +183,9 @@ class Conversation:
                 f"{p} is not valid JSON (line {e.lineno}: {e.msg}); it is cut short or not a file written by /save"
             ) from None
         except RecursionError:
-            raise SpecError(f"{p} is not a saved chat: its JSON is nested too deeply; give the path of a file written by /save") from None
+            raise SpecError(
+                f"{p} is not a saved chat: its JSON is nested too deeply; give the path of a file written by /save"
+            ) from None
         try:
             return cls.from_json(data)
         except ValueError as e:
@@ -252,7 +256,7 @@ class InputAssembler:
             self._lines.append(line)
             return None
         if not self._lines and line.lstrip().startswith(TRIPLE):
-            rest = line.lstrip()[len(TRIPLE):]
+            rest = line.lstrip()[len(TRIPLE) :]
             if rest.rstrip().endswith(TRIPLE):
                 self._lines.append(rest.rstrip()[: -len(TRIPLE)])
                 return self._finish()
@@ -274,6 +278,7 @@ class InputAssembler:
 
 # --- slash commands ------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CommandSpec:
     name: str
@@ -287,7 +292,9 @@ COMMANDS = (
     CommandSpec("stats", "/stats", "statistics of the last reply and of the session", "none"),
     CommandSpec("reset", "/reset", "forget the conversation (the system prompt stays)", "none"),
     CommandSpec("system", "/system [TEXT]", "show or set the system prompt", "optional"),
-    CommandSpec("draft-len", "/draft-len N|auto", "tokens drafted per round (0 = target alone, auto = chosen each round)", "required"),
+    CommandSpec(
+        "draft-len", "/draft-len N|auto", "tokens drafted per round (0 = target alone, auto = chosen each round)", "required"
+    ),
     CommandSpec("temp", "/temp X", "sampling temperature (0 = greedy)", "required"),
     CommandSpec("save", "/save FILE", "write the conversation to FILE as JSON", "required"),
     CommandSpec("load", "/load FILE", "replace the conversation with one saved by /save", "required"),
@@ -313,7 +320,7 @@ def help_text() -> str:
     lines = [f"  {c.usage.ljust(width)}  {c.about}" for c in COMMANDS]
     lines += [
         "",
-        "  End a line with \\ to continue on the next; wrap several lines in \"\"\" ... \"\"\".",
+        '  End a line with \\ to continue on the next; wrap several lines in """ ... """.',
         "  Ctrl-C stops a reply; Ctrl-C on an empty line or Ctrl-D quits.",
     ]
     return "\n".join(lines)

@@ -19,15 +19,15 @@ sampling (llama.cpp's backend sampling where it has it), full rows otherwise.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .llama import Model
 from .drafters.base import Proposal, RoundOutcome
 from .errors import SpecError
 from .limits import MAX_DRAFT_LEN, check_prompt_fits, check_seed
+from .llama import Model
 from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
 from .strategy import Strategy
@@ -102,8 +102,13 @@ def target_sample(target: Model, tokens: Sequence[int], params: SamplingParams, 
 
 
 def verify_chain(
-    target: Model, context: Sequence[int], drafts: list[int], q: list[Dist], params: SamplingParams,
-    rng: np.random.Generator, rollback: float | None = None,
+    target: Model,
+    context: Sequence[int],
+    drafts: list[int],
+    q: list[Dist],
+    params: SamplingParams,
+    rng: np.random.Generator,
+    rollback: float | None = None,
 ) -> Verdict:
     """Evaluate [last token, *drafts] in one pass and apply the acceptance rule; cut the rejected drafts.
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .llama import Model, build_info, default_threads
 from .errors import SpecError
 from .limits import LLAMA_CPP_PYTHON_PIN
+from .llama import Model, build_info, default_threads
 from .presets import cache_dir, load_catalog, pair, resolve, spec_home
 
 PIN = LLAMA_CPP_PYTHON_PIN
@@ -31,7 +31,7 @@ def gpu_present() -> str | None:
 
 
 def reinstall_command(gpu: str) -> str:
-    cmake = ('-DGGML_CUDA=on' if gpu == "NVIDIA" else '-DGGML_METAL=on') + ' -DGGML_RPC=on'
+    cmake = ("-DGGML_CUDA=on" if gpu == "NVIDIA" else "-DGGML_METAL=on") + " -DGGML_RPC=on"
     return f'CMAKE_ARGS="{cmake}" pip install --force-reinstall --no-cache-dir {PIN}'
 
 

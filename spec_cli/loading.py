@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .llama import Model, check_compatible, gpu_offload_supported
 from .drafters.crossvocab import check_cross_vocab
 from .errors import SpecError
 from .limits import DRAFTERS, TREE_BRANCHES
+from .llama import Model, check_compatible, gpu_offload_supported
 from .presets import Notify, load_catalog, pair, pair_rpc, resolve
 from .rpc import parse_endpoints
-
 
 
 @dataclass

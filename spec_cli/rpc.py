@@ -25,7 +25,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import SpecError
 from .limits import LLAMA_CPP_PYTHON_PIN
@@ -85,7 +85,7 @@ def probe(endpoint: str, timeout: float = CONNECT_TIMEOUT) -> tuple[int, int, in
         raise SpecError(f"RPC server {endpoint}: connection refused (is rpc-server running there, on that port?)") from None
     except socket.gaierror:
         raise SpecError(f"RPC server {endpoint}: unknown host {host!r}") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise SpecError(f"RPC server {endpoint}: unreachable (no answer to a connect within {timeout:g} s)") from None
     except OSError as e:
         raise SpecError(f"RPC server {endpoint}: unreachable ({e.strerror or e})") from None
@@ -93,7 +93,7 @@ def probe(endpoint: str, timeout: float = CONNECT_TIMEOUT) -> tuple[int, int, in
         try:
             sock.sendall(struct.pack("<BQ", _CMD_HELLO, _CONN_CAPS) + bytes(_CONN_CAPS))
             reply = _recv_exactly(sock, 8 + _HELLO_RSP)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise SpecError(
                 f"RPC server {endpoint}: connected, but no answer to the handshake within {timeout:g} s "
                 "(rpc-server serves one client at a time: is another one using it?)"

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .errors import SpecError
-from .rpc import DEFAULT_PORT, _DEV_GPU, _ggml, _proc, parse_endpoints
+from .rpc import _DEV_GPU, DEFAULT_PORT, _ggml, _proc, parse_endpoints
 
 _DEV_CPU = 0
 
@@ -32,12 +32,14 @@ def serve(host: str, port: int, threads: int, cache: bool = False) -> None:
     devices = [d for d in devices if g.ggml_backend_dev_type(d) == _DEV_GPU] or [g.ggml_backend_dev_by_type(_DEV_CPU)]
     cache_dir = None
     if cache:
-        base = os.environ.get("LLAMA_CACHE") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama.cpp")
+        base = os.environ.get("LLAMA_CACHE") or str(
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama.cpp"
+        )
         cache_dir = Path(base) / "rpc"
         cache_dir.mkdir(parents=True, exist_ok=True)
-    start = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p))(
-        _proc("ggml_backend_rpc_start_server")
-    )
+    start = ctypes.CFUNCTYPE(
+        None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)
+    )(_proc("ggml_backend_rpc_start_server"))
     arr = (ctypes.c_void_p * len(devices))(*devices)
     # The C loop never hands control back to Python, so Python's own Ctrl-C handler would never run.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads is not None and args.threads < 1:
             raise SpecError("--threads must be at least 1")
         if args.host != "127.0.0.1":
-            print(f"warning: serving on {args.host}: the RPC protocol has no authentication; use a trusted network only", file=sys.stderr)
+            print(
+                f"warning: serving on {args.host}: the RPC protocol has no authentication; use a trusted network only",
+                file=sys.stderr,
+            )
         serve(args.host, args.port, args.threads or default_threads(), args.cache)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -43,7 +43,7 @@ class Dist:
         self._cdf: np.ndarray | None = None
 
     @classmethod
-    def point(cls, token: int) -> "Dist":
+    def point(cls, token: int) -> Dist:
         return cls(np.array([token], dtype=np.int64), np.array([1.0]))
 
     def prob(self, token: int) -> float:

@@ -25,8 +25,8 @@ round costs a^g * (draft2_ms - draft_ms) more on average. At g = 1 and a = 0.74 
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -77,9 +77,7 @@ def acceptance_length_probs(a: float, g: int) -> np.ndarray:
     return p
 
 
-def predicted_speedup(
-    a: float, g: int, target_ms: Sequence[float], draft_ms: float, draft2_ms: float | None = None
-) -> float:
+def predicted_speedup(a: float, g: int, target_ms: Sequence[float], draft_ms: float, draft2_ms: float | None = None) -> float:
     """Expected speedup over target-only decoding for draft length g (see the module docstring).
 
     draft2_ms, when given (and finite), is one two-token draft pass: the catch-up after a
@@ -96,9 +94,7 @@ def predicted_speedup(
     return float(predicted_speedups(a, curve, draft_ms, g, catch_up=catch_up)[g])
 
 
-def best_predicted(
-    a: float, target_ms: Sequence[float], draft_ms: float, draft2_ms: float | None = None
-) -> tuple[int, float]:
+def best_predicted(a: float, target_ms: Sequence[float], draft_ms: float, draft2_ms: float | None = None) -> tuple[int, float]:
     """The draft length (1..len(curve)-1) with the highest predicted speedup, and that speedup."""
     if len(target_ms) < 2:
         raise ValueError("the cost curve needs at least two points")

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -470,6 +471,7 @@ def build_strategy(
 
         def on_curve_off(ratio: float) -> None:
             forget_costs(pair.target, draft, AUTO_MAX_DRAFT + 1)
+
     cost = np.array(costs.target_ms) / 1000.0
     sources = []
     if choice.drafter in (AUTO, NGRAM):

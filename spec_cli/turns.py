@@ -140,7 +140,7 @@ class TurnEngine:
     def tokenize_prompt(self, text: str) -> list[int]:
         known = self._known
         if known is not None and text.startswith(known[0]):
-            return known[1] + self.target.tokenize(text[len(known[0]):], add_bos=False, special=True)
+            return known[1] + self.target.tokenize(text[len(known[0]) :], add_bos=False, special=True)
         # Most templates write the BOS token themselves; add it only when the text lacks it.
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         return self.target.tokenize(text, add_bos=add_bos, special=True)

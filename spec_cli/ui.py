@@ -25,7 +25,9 @@ def error(message: str) -> None:
 
 
 def info(message: str) -> None:
-    err.print(f"[dim]{message}[/]", markup=True, soft_wrap=True) if err.is_terminal else err.print(message, markup=False, soft_wrap=True)
+    err.print(f"[dim]{message}[/]", markup=True, soft_wrap=True) if err.is_terminal else err.print(
+        message, markup=False, soft_wrap=True
+    )
 
 
 @contextlib.contextmanager
@@ -75,7 +77,9 @@ def print_summary(s: Stats) -> None:
     if s.drafter == "none":
         mode = "target only (no speculation)"
     else:
-        mode = f"speculative, drafter {s.drafter}, " + (f"draft length {s.draft_len}" if s.draft_len else "draft length chosen each round")
+        mode = f"speculative, drafter {s.drafter}, " + (
+            f"draft length {s.draft_len}" if s.draft_len else "draft length chosen each round"
+        )
     if s.lossy:
         mode += f"; LOSSY: rollback threshold {s.rollback_threshold:g}, the output is not the target's own"
     t.add_row("mode", mode)

@@ -9,7 +9,7 @@ draft was accepted, so each verification pass yields at least one token.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -29,8 +29,8 @@ space either.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
 NEWLINE = 0x0A

@@ -39,9 +39,10 @@ def pytest_runtest_protocol(item, nextitem):
     if item.get_closest_marker("slow") is not None:
         yield
         return
-    import spec_cli  # noqa: F401  (its preload goes first: spec_cli/_preload.py)
     import llama_cpp
     import llama_cpp.llama_cpp as low
+
+    import spec_cli  # noqa: F401  (its preload goes first: spec_cli/_preload.py)
 
     real = llama_cpp.llama_model_load_from_file, low.llama_model_load_from_file
 

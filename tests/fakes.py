@@ -7,7 +7,7 @@ asked to evaluate, so a loop that forgot to roll back its cache would be caught.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -11,7 +11,7 @@ one token where "the" + "re" are two.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from spec_cli.vocabmap import Vocab
 
@@ -65,8 +65,36 @@ class ScriptedVocab:
 
 
 WORD_LIST = [
-    "The", " cat", " sat", " on", " the", " there", " mat", ".", ",", " is", " a", " caf", "é", " café", " over",
-    "re", " ther", "\n", "\n\n", " dog", " run", "ning", " 日本", "語", " 1", "2", "3", " in", " in the", "  ",
+    "The",
+    " cat",
+    " sat",
+    " on",
+    " the",
+    " there",
+    " mat",
+    ".",
+    ",",
+    " is",
+    " a",
+    " caf",
+    "é",
+    " café",
+    " over",
+    "re",
+    " ther",
+    "\n",
+    "\n\n",
+    " dog",
+    " run",
+    "ning",
+    " 日本",
+    "語",
+    " 1",
+    "2",
+    "3",
+    " in",
+    " in the",
+    "  ",
 ]
 
 # The target: matches over the whole text, has whole words and a couple of multi-word pieces.

@@ -222,8 +222,7 @@ def test_shadow_evidence_turns_speculation_back_on_without_probes():
 
 def test_observed_costs_change_the_choice():
     # Told that 8 tokens cost as much as 1, it drafts long; measuring otherwise, it shortens.
-    ctl = AdaptiveDraftLength([1.0] * 4 + [4.0] * 12, g_max=8, prior=0.9, prior_weight=1.0,
-                              cost_weight=1.0, probe_every=0)
+    ctl = AdaptiveDraftLength([1.0] * 4 + [4.0] * 12, g_max=8, prior=0.9, prior_weight=1.0, cost_weight=1.0, probe_every=0)
     ctl.cost[8] = 1.0
     assert ctl.choose() == 8
     from spec_cli.adaptive import MAX_STALLS

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec_cli.llama import backend_sampling_available
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
+from spec_cli.llama import backend_sampling_available
 from spec_cli.sampling import SamplingParams, shape, shape_top_k, top_k_of
+from spec_cli.strategy import FixedStrategy
 from tests.chisquare import first_token_chi2
 from tests.neartie import TIE_TOLERANCE, assert_same_or_near_tie
 

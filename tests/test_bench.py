@@ -14,19 +14,30 @@ import numpy as np
 import pytest
 
 from spec_cli import bench
-from spec_cli.bench import checks, reference
 from spec_cli.bench import (
-    CSV_FIELDS, SPEC, BenchSettings, Config, EngineRunner, Run, Suite, BenchPrompt, load_prompts_file, load_suite, run_bench,
+    CSV_FIELDS,
+    SPEC,
+    BenchPrompt,
+    BenchSettings,
+    Config,
+    EngineRunner,
+    Run,
+    Suite,
+    checks,
+    load_prompts_file,
+    load_suite,
+    reference,
+    run_bench,
     schedule,
 )  # fmt: skip
 from spec_cli.bench.checks import check_outputs
 from spec_cli.calibrate import CostCurve
 from spec_cli.decode import GenerateOptions
 from spec_cli.errors import SpecError
-from spec_cli.sampling import SamplingParams
 from spec_cli.loading import LoadedPair
-from spec_cli.strategy import AUTO_MAX_DRAFT
+from spec_cli.sampling import SamplingParams
 from spec_cli.speedup import MIN_WORTHWHILE_SPEEDUP
+from spec_cli.strategy import AUTO_MAX_DRAFT
 
 PROMPT = "def add(a, b):\n    return"
 COPY_PROMPT = (
@@ -101,7 +112,7 @@ def test_prompts_file_jsonl(tmp_path):
         ("", "no prompts"),
         ("\n  \n", "no prompts"),
         ('{"prompt": "ok"}\n{"prompt": \n', "line 2: not valid JSON"),
-        ('{"text": "no prompt key"}\n', "line 1: no \"prompt\" field"),
+        ('{"text": "no prompt key"}\n', 'line 1: no "prompt" field'),
         ('{"prompt": ""}\n', "non-empty string"),
     ],
 )
@@ -137,7 +148,9 @@ def test_parse_draft_lens_sorts_and_dedups():
     assert bench.parse_draft_lens("4, 1,2,4") == (1, 2, 4)
 
 
-@pytest.mark.parametrize("kw", [dict(repeats=0), dict(max_tokens=0), dict(draft_lens=(0, 2)), dict(draft_lens=(65,)), dict(limit=0)])
+@pytest.mark.parametrize(
+    "kw", [dict(repeats=0), dict(max_tokens=0), dict(draft_lens=(0, 2)), dict(draft_lens=(65,)), dict(limit=0)]
+)
 def test_settings_check(kw):
     with pytest.raises(SpecError):
         tiny(**kw).check()
@@ -445,7 +458,10 @@ def test_lookup_peer_decodes_like_spec(pair):
     assert plain.tokens == base.tokens
     assert plain.seconds > 0 and lookup.seconds > 0
     k = checks.first_difference(base.tokens, lookup.tokens)
-    assert k is None or checks.tie_gap_at(pair.target, toks, base.tokens[:k], base.tokens[k], lookup.tokens[k]) <= checks.TIE_TOLERANCE
+    assert (
+        k is None
+        or checks.tie_gap_at(pair.target, toks, base.tokens[:k], base.tokens[k], lookup.tokens[k]) <= checks.TIE_TOLERANCE
+    )
 
 
 def test_default_limit_cuts_the_bundled_suite_only():
@@ -696,8 +712,8 @@ def test_lookup_peer_is_skipped_under_sampling():
 
 def test_reference_gets_the_sampling_settings_and_each_runs_seed(tmp_path):
     log = tmp_path / "args.log"
-    spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{SPECULATIVE_OUT}\nEOF\n')
-    _fake_binary(tmp_path, "llama-completion", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{PLAIN_OUT}\nEOF\n')
+    spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f"echo \"$@\" >> {log}\ncat <<'EOF'\n{SPECULATIVE_OUT}\nEOF\n")
+    _fake_binary(tmp_path, "llama-completion", f"echo \"$@\" >> {log}\ncat <<'EOF'\n{PLAIN_OUT}\nEOF\n")
     res, _ = bench_on_fakes(_fake_pair(), TWO, tiny(draft_lens=(2,), reference=str(spec_bin), **SAMPLED))
     lines = log.read_text().splitlines()
     assert len(lines) == 2 * 2  # two prompts, llama-completion and one draft length
@@ -713,9 +729,11 @@ def test_reference_ngram_mod_row_without_a_draft_model(tmp_path):
     """llama.cpp's ngram-mod runs beside spec's n-gram and auto drafters, with no draft model needed;
     auto's 'vs ref' is against it. Without a draft model, llama.cpp's draft-model rows are left out."""
     log = tmp_path / "args.log"
-    spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f'echo "$@" >> {log}\ncat <<\'EOF\'\n{SPECULATIVE_OUT}\nEOF\n')
+    spec_bin = _fake_binary(tmp_path, "llama-speculative-simple", f"echo \"$@\" >> {log}\ncat <<'EOF'\n{SPECULATIVE_OUT}\nEOF\n")
     _fake_binary(tmp_path, "llama-completion", f"cat <<'EOF'\n{PLAIN_OUT}\nEOF\n")
-    res, _ = bench_on_fakes(_fake_pair(with_draft=False), TWO, tiny(draft_lens=(2,), drafters=("ngram", "auto"), reference=str(spec_bin)))
+    res, _ = bench_on_fakes(
+        _fake_pair(with_draft=False), TWO, tiny(draft_lens=(2,), drafters=("ngram", "auto"), reference=str(spec_bin))
+    )
     labels = [s.label for s in res.summary]
     assert "llama.cpp: ngram-mod" in labels and "llama.cpp: target only" in labels
     assert not any(s.engine == "llama.cpp" and s.drafter != "ngram" and s.mode == "speculative" for s in res.summary)
@@ -733,7 +751,9 @@ def test_reference_ngram_mod_row_without_a_draft_model(tmp_path):
     res, _ = bench_on_fakes(_fake_pair(), ONE, tiny(draft_lens=(1,), reference=str(spec_bin)))
     assert "llama.cpp: ngram-mod" not in [s.label for s in res.summary]
     # 34 tokens decoded for a budget of 40 is no overshoot; the warm-up's budget of 8 does not count
-    res, _ = bench_on_fakes(_fake_pair(), ONE, tiny(draft_lens=(1,), drafters=("ngram",), max_tokens=40, warmup=True, reference=str(spec_bin)))
+    res, _ = bench_on_fakes(
+        _fake_pair(), ONE, tiny(draft_lens=(1,), drafters=("ngram",), max_tokens=40, warmup=True, reference=str(spec_bin))
+    )
     assert not [n for n in res.notes if "for a budget of" in n]
 
 
@@ -759,11 +779,11 @@ def test_reference_commands_greedy_unchanged_and_sampled():
     ref = reference.Reference(Path("/bin/llama-speculative-simple"), Path("/bin/llama-completion"))
     s = reference.ReferenceSettings(target=Path("t.gguf"), draft=Path("d.gguf"), max_tokens=8, ctx=512, threads=2)
     common = ["-n", "8", "--temp", "0", "--seed", "0", "-c", "512", "-t", "2", "-ngl", "0"]
-    assert reference.plain_command(ref, s)[-len(common):] == common  # greedy: what it always passed
+    assert reference.plain_command(ref, s)[-len(common) :] == common  # greedy: what it always passed
     sampled = replace(s, temp=0.7, top_k=0, top_p=1.0, seed=11)
     ngram = reference.ngram_command(ref, s)
     assert ngram[:5] == ["/bin/llama-speculative-simple", "-m", "t.gguf", "--spec-type", "ngram-mod"]
-    assert ngram[-len(common):] == common and "-md" not in ngram
+    assert ngram[-len(common) :] == common and "-md" not in ngram
     args = reference.speculative_command(ref, sampled, 3)
     i = args.index("--samplers")
     assert args[i : i + 12] == ["--samplers", "top_k;temperature;top_p", "--temp", "0.7", "--top-k", "0", "--top-p", "1.0",
@@ -857,7 +877,11 @@ def test_a_prompt_the_target_ends_at_once_is_named_and_left_out_of_the_figures()
     [note] = [n for n in res.notes if "generated no token" in n]
     assert "on a " in note and "left out" in note
     for s in res.summary:
-        rates = [r.tokens_per_second for r in res.runs if r.prompt_id == "b" and r.config == Config(s.engine, s.mode, s.draft_len, s.drafter)]
+        rates = [
+            r.tokens_per_second
+            for r in res.runs
+            if r.prompt_id == "b" and r.config == Config(s.engine, s.mode, s.draft_len, s.drafter)
+        ]
         assert s.tokens_per_second == pytest.approx(float(np.median(rates)))  # prompt b's rate, not pulled down by a's zeros
         assert set(s.by_prompt) <= {"b"}
     # Every prompt generating: no such note.

@@ -11,8 +11,8 @@ import pytest
 from spec_cli import calibrate
 from spec_cli.adaptive import AdaptiveDraftLength
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import CURVE_CHECK_AFTER, AdaptiveStrategy
 from spec_cli.drafters.ngram import NgramDrafter
+from spec_cli.strategy import CURVE_CHECK_AFTER, AdaptiveStrategy
 from tests.fakes import FakeModel, table_lm
 
 V = 32

@@ -39,12 +39,24 @@ def assert_one_line_error(proc, *fragments):
 
 
 def test_run_json_default_pair(gemma_q2k_path):
-    res = runner.invoke(app, ["run", "--json", "-n", "12", "--ctx", "256", "--drafter", "model", "-k", "4", "The capital of France is"])
+    res = runner.invoke(
+        app, ["run", "--json", "-n", "12", "--ctx", "256", "--drafter", "model", "-k", "4", "The capital of France is"]
+    )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     assert payload["text"] and len(payload["tokens"]) == payload["stats"]["generated"] <= 12
     st = payload["stats"]
-    for key in ("tokens_per_second", "acceptance_rate", "tokens_per_pass", "drafted", "accepted", "t_target", "t_draft", "t_other", "accept_hist"):
+    for key in (
+        "tokens_per_second",
+        "acceptance_rate",
+        "tokens_per_pass",
+        "drafted",
+        "accepted",
+        "t_target",
+        "t_draft",
+        "t_other",
+        "accept_hist",
+    ):
         assert key in st
     assert st["drafter"] == "model" and st["drafted"] > 0
 

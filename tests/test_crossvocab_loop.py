@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spec_cli.llama import VocabInfo
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.crossvocab import CrossVocabDrafter
+from spec_cli.llama import VocabInfo
 from spec_cli.sampling import SamplingParams
 from spec_cli.strategy import FixedStrategy
 from tests.chisquare import masked_chi2, softmax
@@ -123,7 +123,9 @@ def test_greedy_output_is_the_targets_and_the_draft_cache_follows_the_text():
 def test_draft_ending_the_text_lets_its_last_word_through():
     target, draft = make_pair()
     prompt = target.tokenize(DOC[:-5].decode())  # "...on the", and " cat." is what is left
-    res = Engine(target, FixedStrategy(CrossVocabDrafter(target, draft), 4)).generate(prompt, GenerateOptions(max_tokens=10, draft_len=4))
+    res = Engine(target, FixedStrategy(CrossVocabDrafter(target, draft), 4)).generate(
+        prompt, GenerateOptions(max_tokens=10, draft_len=4)
+    )
     assert target.text_of(res.tokens) == b" cat."
     assert res.stats.drafted == res.stats.accepted == 2  # " cat" and "." in one round: the draft's EOS made "." final
 
@@ -167,7 +169,9 @@ def test_sampling_keeps_the_targets_distribution():
 
     prompt = TextModel(tv, soft, add_bos=True).tokenize(prompt_text)
     p0 = softmax(soft(prompt).astype(np.float64))[words]
-    expected = np.array([[p0[a] * softmax(soft(prompt + [words[a]]).astype(np.float64))[words][b] for b in range(4)] for a in range(4)])
+    expected = np.array(
+        [[p0[a] * softmax(soft(prompt + [words[a]]).astype(np.float64))[words][b] for b in range(4)] for a in range(4)]
+    )
     chi2, dof = masked_chi2(counts, expected * runs)
     assert chi2 < dof + 4.5 * np.sqrt(2 * dof) + 10, (chi2, dof)
     # the draft's tokens were proposed as target tokens, and the target turned some down

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec_cli.llama import Model
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy, build_strategy
 from spec_cli.drafters.crossvocab import CrossVocabDrafter, model_vocab
-from spec_cli.sampling import SamplingParams, shape
+from spec_cli.llama import Model
 from spec_cli.loading import LoadedPair, ModelChoice
+from spec_cli.sampling import SamplingParams, shape
+from spec_cli.strategy import FixedStrategy, build_strategy
 from spec_cli.vocabmap import TextAlignment
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
@@ -70,7 +70,9 @@ def test_draft_tokens_are_the_tokenization_of_the_text_on_real_tokenizers(target
 def test_greedy_output_is_the_targets(target, xdraft, target_only, prompt):
     toks, reference = target_only(prompt)
     target.reset()
-    res = Engine(target, FixedStrategy(CrossVocabDrafter(target, xdraft), 3)).generate(toks, GenerateOptions(max_tokens=32, draft_len=3))
+    res = Engine(target, FixedStrategy(CrossVocabDrafter(target, xdraft), 3)).generate(
+        toks, GenerateOptions(max_tokens=32, draft_len=3)
+    )
     assert res.stats.drafted > 0
     assert_same_or_near_tie(target, toks, reference, res.tokens)
 

@@ -11,8 +11,8 @@ from importlib.metadata import version
 from typer.testing import CliRunner
 
 from spec_cli import doctor
-from spec_cli.llama import backend_sampling_available
 from spec_cli.cli import app
+from spec_cli.llama import backend_sampling_available
 from tests.pins import pinned
 
 
@@ -27,7 +27,9 @@ def test_doctor_reports_this_build_and_exits_0():
 
 
 def test_doctor_json_as_a_subprocess():
-    p = subprocess.run([sys.executable, "-m", "spec_cli", "doctor", "--json"], capture_output=True, text=True, timeout=120, check=False)
+    p = subprocess.run(
+        [sys.executable, "-m", "spec_cli", "doctor", "--json"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert "CPU" in report["backends"]
@@ -50,5 +52,7 @@ def test_a_gpu_with_a_cpu_only_build_gets_the_reinstall_command(monkeypatch):
     monkeypatch.setattr(doctor, "build_info", lambda: {**real(), "gpu_offload": False})
     report = doctor.diagnose(check_offload=False)
     # the command installs the version pyproject.toml pins, whatever this machine has
-    command = f'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir {pinned("llama-cpp-python")}'
+    command = (
+        f'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir {pinned("llama-cpp-python")}'
+    )
     assert any(command in a for a in report["advice"]), report["advice"]

@@ -156,7 +156,12 @@ def test_user_models_toml_pair_naming_an_unknown_model(via, tmp_path):
 
 # --- chat save files ----------------------------------------------------------------------------
 
-SAVED = {"format": "spec-chat", "version": 1, "system": "Be brief.", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+SAVED = {
+    "format": "spec-chat",
+    "version": 1,
+    "system": "Be brief.",
+    "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+}
 CHAT = ["chat", "--no-spec", *FAST, "-n", "4"]
 
 
@@ -223,7 +228,7 @@ def calibrating(model: Path) -> list[str]:
 
 
 def _cache_was_rewritten_whole(cal: Path) -> str:
-    (key, entry), = json.loads(cal.read_text()).items()
+    ((key, entry),) = json.loads(cal.read_text()).items()
     assert len(entry["target_ms"]) == 9 and all(t > 0 for t in entry["target_ms"])
     assert sorted(p.name for p in cal.parent.iterdir()) == ["calibration.json"]  # no temporary file left
     return key
@@ -250,11 +255,15 @@ def test_calibration_cache_of_binary_junk_or_a_bad_entry_clirunner(tmp_path, smo
     cal, env = tmp_path / "calibration.json", {"SPEC_CACHE": str(tmp_path)}
     args = calibrating(smollm2_path)
     cal.write_bytes(bytes(range(256)))
-    assert _damaged_note(in_process(*args, env=env)) == [f"the calibration cache {cal} is damaged; it is measured again and rewritten"]
+    assert _damaged_note(in_process(*args, env=env)) == [
+        f"the calibration cache {cal} is damaged; it is measured again and rewritten"
+    ]
     key = _cache_was_rewritten_whole(cal)
     # An entry that parses but is not a cost curve is not trusted either.
     cal.write_text(json.dumps({key: {"target_ms": "fast", "draft_ms": None}}))
-    assert _damaged_note(in_process(*args, env=env)) == [f"the cached cost curve in {cal} is damaged; measuring again (a few seconds)"]
+    assert _damaged_note(in_process(*args, env=env)) == [
+        f"the cached cost curve in {cal} is damaged; measuring again (a few seconds)"
+    ]
     _cache_was_rewritten_whole(cal)
 
 
@@ -321,7 +330,9 @@ def test_model_file_without_read_permission_real_process(tmp_path, smollm2_path)
     preexec = None
     if os.geteuid() == 0:
         # chmod 000 does not stop root; the kernel refuses root too once the override capabilities are gone.
-        probe = subprocess.run([sys.executable, "-c", "open(%r, 'rb')" % str(model)], preexec_fn=_drop_root_read_override, capture_output=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", "open(%r, 'rb')" % str(model)], preexec_fn=_drop_root_read_override, capture_output=True
+        )
         if b"PermissionError" not in probe.stderr:
             pytest.skip("running as root, and this container does not let root drop CAP_DAC_OVERRIDE: nothing refuses the read")
         preexec = _drop_root_read_override
@@ -360,7 +371,9 @@ def test_max_tokens_far_beyond_the_context(via):
 
 
 # When a model starts loading is seen in the process's memory map: llama.cpp mmaps the file.
-needs_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="seeing a model load begin needs /proc/PID/maps (Linux)")
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/maps").exists(), reason="seeing a model load begin needs /proc/PID/maps (Linux)"
+)
 
 
 def _mapped(pid: int, path: Path) -> int:
@@ -401,7 +414,9 @@ def _no_partial_draft(env: dict) -> None:
 
 def _run_interrupted(argv: list[str], condition_for_pid, env: dict | None = None) -> Outcome:
     full_env = dict(os.environ, SPEC_WIDTH="200", **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "spec_cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spec_cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env
+    )
     done = threading.Event()
     watcher = _send_sigint_when(lambda: condition_for_pid(proc.pid), proc.pid, done)
     try:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.errors import SpecError
 from spec_cli.sampling import SamplingParams
+from spec_cli.strategy import FixedStrategy
 from tests.chisquare import masked_chi2, softmax
 from tests.fakes import FakeModel, soft_lm, table_lm
 
@@ -122,9 +122,12 @@ def test_prompt_longer_than_context_is_an_error():
 
 def test_bad_options_are_errors():
     t = FakeModel(table_lm(CYCLE, V), V)
-    for opts in (GenerateOptions(max_tokens=0), GenerateOptions(draft_len=-1),
-                 GenerateOptions(sampling=SamplingParams(temperature=-1)),
-                 GenerateOptions(sampling=SamplingParams(temperature=1, top_p=0))):
+    for opts in (
+        GenerateOptions(max_tokens=0),
+        GenerateOptions(draft_len=-1),
+        GenerateOptions(sampling=SamplingParams(temperature=-1)),
+        GenerateOptions(sampling=SamplingParams(temperature=1, top_p=0)),
+    ):
         with pytest.raises(SpecError):
             Engine(t).generate([1], opts)
 

@@ -22,9 +22,9 @@ def brute_force(tokens, n, max_ngram, min_ngram):
     extend the continuation token by token (so it may run into its own predictions)."""
     L = len(tokens)
     for k in range(min(max_ngram, L - 1), min_ngram - 1, -1):
-        suffix = tokens[L - k:]
+        suffix = tokens[L - k :]
         for start in range(L - k - 1, -1, -1):
-            if tokens[start:start + k] == suffix:
+            if tokens[start : start + k] == suffix:
                 ext = list(tokens)
                 c = start + k
                 for i in range(n):
@@ -144,7 +144,7 @@ def test_drafter_incremental_agrees_with_the_reference():
     while len(ctx) < len(full):
         got = d.propose(ctx, 4, P, rng).tokens
         assert got == brute_force(ctx, 4, 4, 1)
-        ctx.extend(full[len(ctx): len(ctx) + int(rng.integers(1, 5))])
+        ctx.extend(full[len(ctx) : len(ctx) + int(rng.integers(1, 5))])
 
 
 def test_bad_ngram_bounds():

@@ -259,7 +259,9 @@ def test_cli_reports_a_missing_part_in_one_line(split):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: model 'fake-split' is missing one of its 3 parts: package specfake-part3 is not"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: model 'fake-split' is missing one of its 3 parts: package specfake-part3 is not"
+    ), proc.stderr
     assert leftovers(cache) == []
 
 

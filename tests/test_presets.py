@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from spec_cli.errors import SpecError
-from spec_cli.presets import load_catalog, pair, resolve
 from spec_cli.loading import ModelChoice, resolve_refs
+from spec_cli.presets import load_catalog, pair, resolve
 
 
 def test_bundled_catalog_has_default_and_chat_pairs():

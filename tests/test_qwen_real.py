@@ -22,10 +22,10 @@ import pytest
 
 from spec_cli.calibrate import CostCurve
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy, build_strategy
 from spec_cli.drafters import ModelDrafter
-from spec_cli.sampling import SamplingParams, shape
 from spec_cli.loading import LoadedPair, ModelChoice, load_pair
+from spec_cli.sampling import SamplingParams, shape
+from spec_cli.strategy import FixedStrategy, build_strategy
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
 

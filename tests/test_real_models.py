@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spec_cli.llama import Model, check_compatible
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.errors import SpecError
+from spec_cli.llama import Model, check_compatible
 from spec_cli.sampling import SamplingParams, shape
+from spec_cli.strategy import FixedStrategy
 from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
 
 PROMPTS = [
     "The capital of France is",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "Here is a list of fruits:\n1. Apple\n2.",
 ]
 
@@ -30,7 +30,9 @@ def baselines(target_only):
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_speculative_equals_target_only(target, draft, baselines, prompt, draft_len):
     toks, reference = baselines[prompt]
-    res = Engine(target, FixedStrategy(ModelDrafter(draft), draft_len)).generate(toks, GenerateOptions(max_tokens=32, draft_len=draft_len))
+    res = Engine(target, FixedStrategy(ModelDrafter(draft), draft_len)).generate(
+        toks, GenerateOptions(max_tokens=32, draft_len=draft_len)
+    )
     s = res.stats
     assert s.drafted > 0
     assert_same_or_near_tie(target, toks, reference, res.tokens)
@@ -143,7 +145,9 @@ def test_plain_sampled_decoding_keeps_target_distribution(target):
 
     runs = 400
     engine = Engine(target)
-    firsts = np.array([engine.generate(prompt, GenerateOptions(max_tokens=1, seed=s, sampling=params)).tokens[0] for s in range(runs)])
+    firsts = np.array(
+        [engine.generate(prompt, GenerateOptions(max_tokens=1, seed=s, sampling=params)).tokens[0] for s in range(runs)]
+    )
     assert not np.isin(firsts, p.ids, invert=True).any(), "emitted a token outside the target's top-k"
     chi2, obs, exp = first_token_chi2(firsts, p, runs)
     assert chi2 < 26.2, (chi2, obs, exp)  # 99.9 % quantile for <= 8 degrees of freedom

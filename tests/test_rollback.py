@@ -7,7 +7,12 @@ import pytest
 
 from spec_cli.sampling import Dist, SamplingParams, shape
 from spec_cli.verify import (
-    accept_greedy, accept_greedy_rollback, accept_sampled, accept_sampled_rollback, rollback_distance, token_nll,
+    accept_greedy,
+    accept_greedy_rollback,
+    accept_sampled,
+    accept_sampled_rollback,
+    rollback_distance,
+    token_nll,
 )
 
 

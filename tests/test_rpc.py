@@ -25,7 +25,9 @@ from spec_cli.errors import SpecError
 from tests.pins import pinned
 
 ROOT = Path(__file__).resolve().parent.parent
-REINSTALL = f'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir {pinned("llama-cpp-python")} (see README, Set-up)'
+REINSTALL = (
+    f'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir {pinned("llama-cpp-python")} (see README, Set-up)'
+)
 PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
 N = 40
 STORY = "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper named"  # 400 tokens, no EOS
@@ -61,7 +63,7 @@ def test_a_refused_connection_names_the_server():
 def test_an_unreachable_server_names_it(monkeypatch):
     # A host that drops packets is a connect that times out; nothing leaves this machine here.
     def timeout(*a, **k):
-        raise socket.timeout("timed out")
+        raise TimeoutError("timed out")
 
     monkeypatch.setattr(rpc.socket, "create_connection", timeout)
     with pytest.raises(SpecError, match=r"RPC server 10\.1\.2\.3:50052: unreachable \(no answer to a connect within 3 s\)"):
@@ -97,7 +99,9 @@ def listener():
 def test_a_server_that_does_not_answer_the_handshake_is_named(listener):
     port, _ = listener
     t0 = time.monotonic()
-    with pytest.raises(SpecError, match=rf"RPC server 127\.0\.0\.1:{port}: connected, but no answer to the handshake within 0\.5 s"):
+    with pytest.raises(
+        SpecError, match=rf"RPC server 127\.0\.0\.1:{port}: connected, but no answer to the handshake within 0\.5 s"
+    ):
         rpc.probe(f"127.0.0.1:{port}", timeout=0.5)
     assert time.monotonic() - t0 < 5
 
@@ -261,7 +265,9 @@ def _speculate_like_the_local_target(pair, prompt, local_target, local_outputs) 
     toks = pair.target.tokenize(prompt)
     pair.target.reset()
     pair.draft.reset()
-    res = Engine(pair.target, FixedStrategy(ModelDrafter(pair.draft), 3)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
+    res = Engine(pair.target, FixedStrategy(ModelDrafter(pair.draft), 3)).generate(
+        toks, GenerateOptions(max_tokens=N, draft_len=3)
+    )
     assert res.stats.accepted > 0
     assert_same_or_near_tie(local_target, toks, local_outputs[prompt], res.tokens)
 
@@ -271,7 +277,9 @@ def test_greedy_over_two_servers_is_the_local_target_and_the_draft_stays_local(
 ):
     from spec_cli.loading import ModelChoice, load_pair
 
-    choice = ModelChoice(target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=512, rpc=",".join(s.endpoint for s in servers))
+    choice = ModelChoice(
+        target=str(smollm2_path), draft=str(smollm2_q2k_path), ctx=512, rpc=",".join(s.endpoint for s in servers)
+    )
     pair = load_pair(choice)
     try:
         assert pair.target.n_gpu_layers == -1  # --rpc without --ngl: every layer goes to the servers
@@ -290,7 +298,9 @@ def test_greedy_over_two_servers_is_the_local_target_and_the_draft_stays_local(
 
 def spec(*args, timeout=300, **kw):
     env = {**os.environ, "SPEC_WIDTH": "120"}
-    return subprocess.run([sys.executable, "-m", "spec_cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "spec_cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, **kw
+    )
 
 
 def assert_one_line_error(p, *needles):
@@ -321,7 +331,16 @@ def test_spec_run_refuses_a_closed_port_in_one_line(rpc_build, smollm2_path):
 def test_spec_chat_names_a_server_that_never_answers(rpc_build, servers, smollm2_path, listener):
     port, _ = listener
     # one good server and one that accepts the connection but never speaks
-    p = spec("chat", "--rpc", f"{servers[0].endpoint},127.0.0.1:{port}", "-t", str(smollm2_path), "--no-spec", timeout=120, input="/exit\n")
+    p = spec(
+        "chat",
+        "--rpc",
+        f"{servers[0].endpoint},127.0.0.1:{port}",
+        "-t",
+        str(smollm2_path),
+        "--no-spec",
+        timeout=120,
+        input="/exit\n",
+    )
     assert_one_line_error(p, f"RPC server 127.0.0.1:{port}", "no answer to the handshake")
 
 
@@ -331,7 +350,17 @@ def _kill_a_server_mid_reply(tmp_path, argv, target, cache, victim, stdin=None):
     traceback; returns (the first bytes streamed, that line, the servers)."""
     victims = [Server(tmp_path), Server(tmp_path)]
     env = {**os.environ, "SPEC_CACHE": str(cache), "SPEC_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "spec_cli", argv[0], "--rpc", ",".join(s.endpoint for s in victims), "-t", str(target), *argv[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spec_cli",
+        argv[0],
+        "--rpc",
+        ",".join(s.endpoint for s in victims),
+        "-t",
+        str(target),
+        *argv[1:],
+    ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=ROOT)  # fmt: skip
     try:
@@ -427,8 +456,8 @@ def test_the_chat_rescue_keeps_the_open_message_and_never_overwrites(tmp_path, m
     """What a lost server leaves behind, without a server: Repl._rescue on a conversation in progress."""
     from types import SimpleNamespace
 
-    from spec_cli.conversation import Conversation
     from spec_cli.cli.chat import Repl
+    from spec_cli.conversation import Conversation
 
     monkeypatch.setenv("SPEC_CACHE", str(tmp_path))
     named = SimpleNamespace(path=Path("t.gguf"))

@@ -145,7 +145,7 @@ def sse_events(text: str) -> list:
     events = []
     for block in text.split("\n\n")[:-1]:
         assert block.startswith("data: "), block
-        payload = block[len("data: "):]
+        payload = block[len("data: ") :]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
 
@@ -218,7 +218,11 @@ BAD = [
     (json.dumps(chat_body(spec=4)).encode(), 422, "expected an object"),
     (json.dumps(chat_body(model="gpt-4o")).encode(), 404, "'gpt-4o' does not exist"),
     (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 422, "model"),
-    (json.dumps(chat_body(messages=[{"role": "user", "content": "word " * 80}])).encode(), 400, "80 tokens but the context holds 64"),
+    (
+        json.dumps(chat_body(messages=[{"role": "user", "content": "word " * 80}])).encode(),
+        400,
+        "80 tokens but the context holds 64",
+    ),
 ]
 
 

@@ -98,7 +98,7 @@ def assert_same_greedy(smollm2_path, prompt: str, reference: dict, text: str) ->
     from spec_cli.llama import Model
 
     with Model(smollm2_path, n_ctx=CTX, n_threads=1, label="target") as target:
-        got = target.tokenize(reference["prompt"] + text)[len(target.tokenize(reference["prompt"])):]
+        got = target.tokenize(reference["prompt"] + text)[len(target.tokenize(reference["prompt"])) :]
         assert_same_or_near_tie(target, target.tokenize(reference["prompt"]), reference["tokens"], got)
 
 
@@ -216,7 +216,10 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, body, stat
     r = server.post("/v1/chat/completions", body)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]["message"]
-    ok = server.post("/v1/chat/completions", json.dumps({"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).encode())
+    ok = server.post(
+        "/v1/chat/completions",
+        json.dumps({"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).encode(),
+    )
     assert ok.status_code == 200
 
 
@@ -242,7 +245,9 @@ def test_load_run_200_requests_from_8_clients(server):
         c = server.client()
         for i in range(25):
             try:
-                r = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": f"Count to {w + i}."}], max_tokens=4)
+                r = c.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": f"Count to {w + i}."}], max_tokens=4
+                )
                 assert r.choices[0].finish_reason in ("length", "stop")
                 with lock:
                     count[0] += 1

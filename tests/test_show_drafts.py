@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from spec_cli.cli import app
 from spec_cli.decode import DRAFT, TARGET, Engine, GenerateOptions
-from spec_cli.strategy import FixedStrategy
 from spec_cli.drafters import ModelDrafter
+from spec_cli.strategy import FixedStrategy
 from spec_cli.textstream import TextStream
 from tests.fakes import FakeModel, table_lm
 
@@ -25,7 +25,9 @@ def test_each_round_emits_its_accepted_drafts_then_the_targets_own_token():
     target = FakeModel(table_lm(CYCLE, V), V)
     draft = FakeModel(table_lm(CYCLE, V), V)  # always right: every draft is accepted
     spans = []
-    res = Engine(target, FixedStrategy(ModelDrafter(draft), 3)).generate([1], GenerateOptions(max_tokens=8, draft_len=3), on_span=lambda t, o: spans.append((t, o)))
+    res = Engine(target, FixedStrategy(ModelDrafter(draft), 3)).generate(
+        [1], GenerateOptions(max_tokens=8, draft_len=3), on_span=lambda t, o: spans.append((t, o))
+    )
     assert res.origins == [DRAFT, DRAFT, DRAFT, TARGET] * 2
     assert "".join(t for t, _ in spans) == res.text
     # runs of one origin carry each token's text with it
@@ -61,7 +63,18 @@ runner = CliRunner()
 
 
 def test_json_carries_one_origin_per_token_and_show_drafts_leaves_pipes_alone(gemma_q2k_path):
-    args = ["run", "-n", "24", "--ctx", "512", "--draft-len", "3", "--drafter", "model", "Here is a list of fruits:\n1. Apple\n2."]
+    args = [
+        "run",
+        "-n",
+        "24",
+        "--ctx",
+        "512",
+        "--draft-len",
+        "3",
+        "--drafter",
+        "model",
+        "Here is a list of fruits:\n1. Apple\n2.",
+    ]
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout.strip().splitlines()[-1])
@@ -79,7 +92,20 @@ def test_json_carries_one_origin_per_token_and_show_drafts_leaves_pipes_alone(ge
 
 def test_show_drafts_colours_accepted_drafts_on_a_terminal(gemma_q2k_path):
     pexpect = pytest.importorskip("pexpect")
-    args = ["-m", "spec_cli", "run", "-n", "24", "--ctx", "512", "--draft-len", "3", "--drafter", "model", "Here is a list of fruits:\n1. Apple\n2."]
+    args = [
+        "-m",
+        "spec_cli",
+        "run",
+        "-n",
+        "24",
+        "--ctx",
+        "512",
+        "--draft-len",
+        "3",
+        "--drafter",
+        "model",
+        "Here is a list of fruits:\n1. Apple\n2.",
+    ]
     env = {**os.environ, "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
 

@@ -14,10 +14,10 @@ import pytest
 
 from spec_cli.calibrate import measure_costs
 from spec_cli.decode import Engine, GenerateOptions
-from spec_cli.strategy import AUTO_MAX_DRAFT, FixedStrategy, build_strategy
 from spec_cli.drafters import ModelDrafter
 from spec_cli.loading import LoadedPair, ModelChoice
 from spec_cli.speedup import acceptance_from_hist, best_predicted
+from spec_cli.strategy import AUTO_MAX_DRAFT, FixedStrategy, build_strategy
 from tests.neartie import assert_same_or_near_tie
 
 PROMPTS = [
@@ -63,7 +63,11 @@ def auto_runs(pair, costs):
             reference = Engine(pair.target).generate(toks, GenerateOptions(max_tokens=N, draft_len=0)).tokens
             pair.target.reset()
             pair.draft.reset()
-            fixed = Engine(pair.target, FixedStrategy(ModelDrafter(pair.draft), 3)).generate(toks, GenerateOptions(max_tokens=N, draft_len=3)).stats
+            fixed = (
+                Engine(pair.target, FixedStrategy(ModelDrafter(pair.draft), 3))
+                .generate(toks, GenerateOptions(max_tokens=N, draft_len=3))
+                .stats
+            )
             a = acceptance_from_hist(fixed.accept_hist, 3)
             _, predicted = best_predicted(a, costs.target_ms, costs.draft_ms, costs.draft2_ms)
             pair.target.reset()
@@ -131,4 +135,7 @@ def test_a_too_dear_cached_curve_does_not_keep_a_paying_draft_off(pair, costs, a
     assert_same_or_near_tie(pair.target, toks, reference, res.tokens)
     rounds = sum(strategy.rounds.values())
     assert rounds > 0 and strategy.rounds["model"] / rounds > 0.5, why
-    assert calibrate._read_table(path, lambda s: None).get(key, {}).get("target_ms") != bad, ("the bad curve stays in the cache", why)
+    assert calibrate._read_table(path, lambda s: None).get(key, {}).get("target_ms") != bad, (
+        "the bad curve stays in the cache",
+        why,
+    )

@@ -53,7 +53,9 @@ def test_bad_draft_on_steep_curve_falls_back_to_plain_decoding():
 
 def test_shadow_evidence_brings_the_lookup_back():
     """An n-gram drafter switched off by a bad start comes back once its guesses land."""
-    ctl = AdaptiveDraftLength(CPU_CURVE, 0.0, g_max=8, prior=0.05, prior_weight=3.0, probe_every=0)  # no probes: only shadow evidence
+    ctl = AdaptiveDraftLength(
+        CPU_CURVE, 0.0, g_max=8, prior=0.05, prior_weight=3.0, probe_every=0
+    )  # no probes: only shadow evidence
     res, strat = run(AdaptiveStrategy([(NgramDrafter(4, 2), ctl, True)]), prompt=[1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2], n=120)
     assert ctl.counts["off"] > 0  # it started off (pessimistic prior)
     assert strat.rounds["ngram"] > 0  # and came back on shadow evidence
@@ -71,8 +73,12 @@ def test_a_drafter_that_cannot_pay_is_left_out():
     slow = FakeModel(table_lm(CYCLE, V), V)
     # a draft step as slow as a target pass, on the CPU curve: loses even at 100 % acceptance
     ctl = AdaptiveDraftLength(CPU_CURVE, 0.016, g_max=8)
-    strat = AdaptiveStrategy([(NgramDrafter(4, 2), AdaptiveDraftLength(CPU_CURVE, 0.0, g_max=8, probe_every=0), True),
-                              (ModelDrafter(slow), ctl, False)])
+    strat = AdaptiveStrategy(
+        [
+            (NgramDrafter(4, 2), AdaptiveDraftLength(CPU_CURVE, 0.0, g_max=8, probe_every=0), True),
+            (ModelDrafter(slow), ctl, False),
+        ]
+    )
     assert [s.drafter.name for s in strat.sources] == ["ngram"]
     assert any("model drafter off" in line for line in strat.describe())
     res, _ = run(strat, n=30)
@@ -212,7 +218,9 @@ def test_kind_evidence_comes_from_drafted_rounds_and_shadow_guesses():
     src = strat.sources[0]
     prop = strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0))
     assert prop.source == "model" and src.shadow == [5, 5, 5, 5]  # the lookup's guess kept for a check
-    strat.observe(prop, RoundOutcome(drafted=4, accepted=4, target_tokens=[5], pass_tokens=5, pass_seconds=cost[4], draft_seconds=0.07))
+    strat.observe(
+        prop, RoundOutcome(drafted=4, accepted=4, target_tokens=[5], pass_tokens=5, pass_seconds=cost[4], draft_seconds=0.07)
+    )
     assert src.kinds == {"long": [1.0, 0.0]}  # only the first token known: right
     lookup.guess_kind = "short"
     strat.observe(strat.propose([1, 2, 3], 4, SamplingParams(), np.random.default_rng(0)),

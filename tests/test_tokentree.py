@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from spec_cli.tokentree import (
-    accept_tree_greedy, check_tree, depths, is_path, leaf_sets, leaves, on_first_branch, path_to, prune,
+    accept_tree_greedy,
+    check_tree,
+    depths,
+    is_path,
+    leaf_sets,
+    leaves,
+    on_first_branch,
+    path_to,
+    prune,
 )
 from spec_cli.verify import accept_greedy
 

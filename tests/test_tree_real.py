@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spec_cli.llama import Model
 from spec_cli.cli import app
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.tree import TreeDrafter
+from spec_cli.llama import Model
 from spec_cli.strategy import FixedStrategy
 from spec_cli.tokentree import leaves, path_to
 from tests.neartie import assert_same_or_near_tie
@@ -142,14 +142,33 @@ runner = CliRunner()
 
 
 def test_cli_drafter_tree(gemma_q2k_path):
-    res = runner.invoke(app, ["run", "--json", "-n", "16", "--ctx", "256", "--drafter", "tree", "-k", "4", "The capital of France is"])
+    res = runner.invoke(
+        app, ["run", "--json", "-n", "16", "--ctx", "256", "--drafter", "tree", "-k", "4", "The capital of France is"]
+    )
     assert res.exit_code == 0, res.output
     st = json.loads(res.stdout.strip().splitlines()[-1])["stats"]
     assert st["drafter"] == "tree" and st["drafted"] > 0
     assert any(n.startswith("token tree:") for n in st["notes"])
 
     res = runner.invoke(
-        app, ["run", "--json", "-n", "8", "--ctx", "256", "--drafter", "tree", "-k", "3", "--temp", "0.8", "--seed", "1", "Once upon a time"]
+        app,
+        [
+            "run",
+            "--json",
+            "-n",
+            "8",
+            "--ctx",
+            "256",
+            "--drafter",
+            "tree",
+            "-k",
+            "3",
+            "--temp",
+            "0.8",
+            "--seed",
+            "1",
+            "Once upon a time",
+        ],
     )
     assert res.exit_code == 0, res.output
     st = json.loads(res.stdout.strip().splitlines()[-1])["stats"]

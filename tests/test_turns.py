@@ -54,8 +54,8 @@ class CharModel:
     ],
 )
 def test_prompt_has_exactly_the_bos_the_model_wants(template, add_bos, bos_count):
-    from spec_cli.turns import TurnEngine
     from spec_cli.decode import GenerateOptions
+    from spec_cli.turns import TurnEngine
 
     s = TurnEngine(CharModel(template, add_bos), None, GenerateOptions())
     tokens = s.tokenize_prompt(s.render(s.conversation.for_template(msgs(("user", "hi")))))
@@ -65,8 +65,8 @@ def test_prompt_has_exactly_the_bos_the_model_wants(template, add_bos, bos_count
 
 def test_the_turn_engine_leaves_the_callers_options_alone():
     from spec_cli.conversation import FALLBACK_STOP
-    from spec_cli.turns import TurnEngine
     from spec_cli.decode import GenerateOptions
+    from spec_cli.turns import TurnEngine
 
     opts = GenerateOptions(draft_len=3, stop=("END",))
     s = TurnEngine(CharModel(None), None, opts)  # a base model: the transcript's stop string joins
@@ -127,8 +127,8 @@ def auto_strategy(draft):
 
 
 def test_auto_carries_what_it_learnt_from_one_turn_to_the_next():
-    from spec_cli.turns import TurnEngine
     from spec_cli.decode import GenerateOptions
+    from spec_cli.turns import TurnEngine
 
     target, draft = chat_fake(standin_target_cost), chat_fake(draft_cost)
     strat, ngram_ctl, model_ctl = auto_strategy(draft)
@@ -175,12 +175,12 @@ def test_draft_len_keeps_the_drafter_and_auto_measures_its_costs_once(monkeypatc
     """/draft-len 3 drafts with what --drafter chose at a fixed length; /draft-len auto goes back to
     the very strategy that was learning; the cost curve is read once for the whole chat."""
     from spec_cli import calibrate
-    from spec_cli.turns import TurnEngine
     from spec_cli.cli.chat import Repl
     from spec_cli.cli.setup import Models
     from spec_cli.decode import GenerateOptions
     from spec_cli.loading import LoadedPair, ModelChoice
     from spec_cli.strategy import AdaptiveStrategy, FixedStrategy
+    from spec_cli.turns import TurnEngine
 
     measured = []
 
@@ -229,11 +229,11 @@ def test_draft_len_keeps_the_drafter_and_auto_measures_its_costs_once(monkeypatc
 
 
 def test_draft_len_refused_under_no_spec_changes_nothing(capsys):
-    from spec_cli.turns import TurnEngine
     from spec_cli.cli.chat import Repl
     from spec_cli.cli.setup import Models
     from spec_cli.decode import GenerateOptions
     from spec_cli.loading import LoadedPair, ModelChoice
+    from spec_cli.turns import TurnEngine
 
     target = chat_fake(standin_target_cost)
     models = Models(LoadedPair(target, None, Path("t.gguf"), None), ModelChoice(no_spec=True))

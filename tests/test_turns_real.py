@@ -109,9 +109,10 @@ def test_outgrowing_the_context_drops_oldest_turns_and_keeps_the_caches_whole(sm
     from spec_cli.llama import Model
     from spec_cli.turns import TurnEngine
 
-    with Model(smollm2_path, n_ctx=256, n_threads=1, label="target") as t, Model(
-        smollm2_q2k_path, n_ctx=256, n_threads=1, label="draft"
-    ) as d:
+    with (
+        Model(smollm2_path, n_ctx=256, n_threads=1, label="target") as t,
+        Model(smollm2_q2k_path, n_ctx=256, n_threads=1, label="draft") as d,
+    ):
         s = TurnEngine(t, d, GenerateOptions(max_tokens=24), draft_len=3, system="Answer in one short sentence.")
         dropped = 0
         # llama.cpp rounds a context up to 256 tokens; questions of ~50 tokens fill it in a few turns
@@ -142,13 +143,15 @@ def test_two_turns_under_auto_evaluate_only_their_new_tokens(smol, smol_draft, s
     the target by more than a fixed-length draft would)."""
     from spec_cli.cli.setup import Models
     from spec_cli.loading import LoadedPair, ModelChoice
-    from spec_cli.turns import TurnEngine
     from spec_cli.strategy import AdaptiveStrategy
+    from spec_cli.turns import TurnEngine
 
     smol.reset()
     smol_draft.reset()
     pair = LoadedPair(smol, smol_draft, smollm2_path, smollm2_q2k_path)
-    s = TurnEngine(smol, smol_draft, GenerateOptions(max_tokens=24), draft_len=None, strategy_for=Models(pair, ModelChoice()).strategy)
+    s = TurnEngine(
+        smol, smol_draft, GenerateOptions(max_tokens=24), draft_len=None, strategy_for=Models(pair, ModelChoice()).strategy
+    )
     strategy = s.strategy
     assert isinstance(strategy, AdaptiveStrategy)
     first = s.reply(QUESTIONS[0])

@@ -125,7 +125,9 @@ def plot_in_child(result: BenchResult, path: Path, timeout: float = 300.0) -> No
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise SpecError(f"drawing {path} took over {timeout:.0f} s; the bench results are kept, rerun with --json to save them") from None
+            raise SpecError(
+                f"drawing {path} took over {timeout:.0f} s; the bench results are kept, rerun with --json to save them"
+            ) from None
     finally:
         os.unlink(tmp)
     if proc.returncode != 0:

@@ -108,7 +108,6 @@ def parse_draft_lens(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-
 def parse_thresholds(text: str | None) -> tuple[float, ...]:
     """--rollback-threshold 0,0.5,2: the thresholds to sweep, in the order given (0: the lossless rule)."""
     if text is None:

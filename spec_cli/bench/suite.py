@@ -47,15 +47,15 @@ def _parse_jsonl(lines: Sequence[str], source: str) -> Suite:
         except json.JSONDecodeError as e:
             raise SpecError(f"{source}, line {n}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
-            raise SpecError(f"{source}, line {n}: expected a JSON object with a \"prompt\" field")
+            raise SpecError(f'{source}, line {n}: expected a JSON object with a "prompt" field')
         if "prompt" not in obj:
             if "version" in obj:  # a header line: {"suite": ..., "version": ...}
                 name, version = str(obj.get("suite", name)), obj["version"]
                 continue
-            raise SpecError(f"{source}, line {n}: no \"prompt\" field")
+            raise SpecError(f'{source}, line {n}: no "prompt" field')
         text = obj["prompt"]
         if not isinstance(text, str) or not text.strip():
-            raise SpecError(f"{source}, line {n}: \"prompt\" must be a non-empty string")
+            raise SpecError(f'{source}, line {n}: "prompt" must be a non-empty string')
         prompts.append(BenchPrompt(str(obj.get("id", f"p{len(prompts) + 1}")), str(obj.get("category", "user")), text))
     return Suite(name, version, prompts)
 
@@ -96,4 +96,3 @@ def load_prompts_file(path: Path) -> Suite:
     if not suite.prompts:
         raise SpecError(f"prompts file has no prompts: {path}")
     return suite
-

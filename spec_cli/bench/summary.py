@@ -279,4 +279,3 @@ def recommend_overall(summary: Sequence[ConfigSummary]) -> dict:
         msg += f"; --drafter auto: {auto.speedup:.2f}x{worst(auto)}"
     out["message"] = msg
     return out
-

@@ -72,11 +72,11 @@ def user_text(value: str | bytes, what: str) -> str:
     return text
 
 
-from . import models as _models  # noqa: E402,F401  (registers commands)
-from . import run as _run  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
 from . import chat as _chat  # noqa: E402,F401
 from . import doctor as _doctor  # noqa: E402,F401
+from . import models as _models  # noqa: E402,F401  (registers commands)
+from . import run as _run  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 
 

@@ -11,16 +11,53 @@ import typer
 
 from .. import ui
 from ..bench import (
-    AUTO, CONTROL, DEFAULT_DRAFT_LENS, DEFAULT_DRAFTERS, LLAMA_CPP, MODEL, NGRAM, SPEC, SUITE_DEFAULT_LIMIT, TREE,
-    BenchResult, BenchSettings, EngineRunner, MachineCosts, best_per_drafter, check_paths, default_limit, describe, load_as,
-    load_prompts_file, load_suite, parse_draft_lens, parse_drafters, parse_thresholds, require_lossless, run_bench, write_outputs,
+    AUTO,
+    CONTROL,
+    DEFAULT_DRAFT_LENS,
+    DEFAULT_DRAFTERS,
+    LLAMA_CPP,
+    MODEL,
+    NGRAM,
+    SPEC,
+    SUITE_DEFAULT_LIMIT,
+    TREE,
+    BenchResult,
+    BenchSettings,
+    EngineRunner,
+    MachineCosts,
+    best_per_drafter,
+    check_paths,
+    default_limit,
+    describe,
+    load_as,
+    load_prompts_file,
+    load_suite,
+    parse_draft_lens,
+    parse_drafters,
+    parse_thresholds,
+    require_lossless,
+    run_bench,
+    write_outputs,
 )  # fmt: skip
 from ..bench.reference import ENV_VAR
-from ..sampling import SamplingParams
 from ..loading import ModelChoice, load_pair
+from ..sampling import SamplingParams
 from . import app
 from .options import (
-    Ctx, Draft, MaxTokens, Ngl, NglDraft, Preset, Rpc, RpcDraft, Seed, Target, Temp, Threads, TopK, TopP,
+    Ctx,
+    Draft,
+    MaxTokens,
+    Ngl,
+    NglDraft,
+    Preset,
+    Rpc,
+    RpcDraft,
+    Seed,
+    Target,
+    Temp,
+    Threads,
+    TopK,
+    TopP,
 )
 
 
@@ -29,30 +66,74 @@ def bench_cmd(
     target: Target = None,
     draft: Draft = None,
     preset: Preset = None,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Your own prompts: one per line, or JSON lines with a \"prompt\" field.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help=f"Use the first N prompts (default: {SUITE_DEFAULT_LIMIT} of the bundled suite, one of each kind; every prompt of a --prompts file). 0 = all.")] = None,
-    drafter: Annotated[str, typer.Option("--drafter", help="Drafters to measure, comma-separated: model, ngram and tree are swept over --draft-lens; auto (spec run's default) chooses drafter and length itself.")] = ",".join(DEFAULT_DRAFTERS),
-    draft_lens: Annotated[str, typer.Option("--draft-lens", help="Draft lengths to sweep, comma-separated.")] = ",".join(map(str, DEFAULT_DRAFT_LENS)),
+    prompts: Annotated[
+        Optional[Path], typer.Option("--prompts", help='Your own prompts: one per line, or JSON lines with a "prompt" field.')
+    ] = None,
+    limit: Annotated[
+        Optional[int],
+        typer.Option(
+            "--limit",
+            help=f"Use the first N prompts (default: {SUITE_DEFAULT_LIMIT} of the bundled suite, one of each kind; every prompt of a --prompts file). 0 = all.",
+        ),
+    ] = None,
+    drafter: Annotated[
+        str,
+        typer.Option(
+            "--drafter",
+            help="Drafters to measure, comma-separated: model, ngram and tree are swept over --draft-lens; auto (spec run's default) chooses drafter and length itself.",
+        ),
+    ] = ",".join(DEFAULT_DRAFTERS),
+    draft_lens: Annotated[str, typer.Option("--draft-lens", help="Draft lengths to sweep, comma-separated.")] = ",".join(
+        map(str, DEFAULT_DRAFT_LENS)
+    ),
     repeats: Annotated[int, typer.Option("--repeats", "-r", help="Measured runs of every prompt in every configuration.")] = 2,
     max_tokens: MaxTokens = 32,
     temp: Temp = 0.0,
     top_k: TopK = 40,
     top_p: TopP = 1.0,
     seed: Seed = None,  # under sampling, the base of every run's seed (bench.run_seed); None means 0
-    warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="One short unmeasured run of every configuration first.")] = True,
-    reference: Annotated[Optional[str], typer.Option("--reference", envvar=ENV_VAR, help="llama.cpp's llama-speculative-simple (scripts/build-reference.sh builds it); llama-completion is looked for beside it.")] = None,
-    control: Annotated[bool, typer.Option("--control/--no-control", help="Also run the target alone a second time: its ratio to the first shows how far noise alone moves the figures.")] = True,
-    lookup: Annotated[bool, typer.Option("--lookup", help="Also run llama-cpp-python's prompt-lookup decoding against its plain decoding.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every run and the summary as JSON to this file.")] = None,
+    warmup: Annotated[
+        bool, typer.Option("--warmup/--no-warmup", help="One short unmeasured run of every configuration first.")
+    ] = True,
+    reference: Annotated[
+        Optional[str],
+        typer.Option(
+            "--reference",
+            envvar=ENV_VAR,
+            help="llama.cpp's llama-speculative-simple (scripts/build-reference.sh builds it); llama-completion is looked for beside it.",
+        ),
+    ] = None,
+    control: Annotated[
+        bool,
+        typer.Option(
+            "--control/--no-control",
+            help="Also run the target alone a second time: its ratio to the first shows how far noise alone moves the figures.",
+        ),
+    ] = True,
+    lookup: Annotated[
+        bool, typer.Option("--lookup", help="Also run llama-cpp-python's prompt-lookup decoding against its plain decoding.")
+    ] = False,
+    json_path: Annotated[
+        Optional[Path], typer.Option("--json", help="Write every run and the summary as JSON to this file.")
+    ] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write one CSV row per measured run to this file.")] = None,
-    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Draw speedup by draft length and the acceptance histogram to this PNG (needs matplotlib).")] = None,
+    plot_path: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Draw speedup by draft length and the acceptance histogram to this PNG (needs matplotlib)."),
+    ] = None,
     ctx: Ctx = 2048,
     threads: Threads = None,
     ngl: Ngl = None,
     ngl_draft: NglDraft = None,
     rpc: Rpc = None,
     rpc_draft: RpcDraft = False,
-    rollback_threshold: Annotated[Optional[str], typer.Option("--rollback-threshold", help="LOSSY, off by default: also sweep BiLD's rollback at these thresholds, comma-separated (0 = the lossless rule); each speculative row runs once per threshold, labelled rb=X, and reports how often its output departs from the target alone's.")] = None,
+    rollback_threshold: Annotated[
+        Optional[str],
+        typer.Option(
+            "--rollback-threshold",
+            help="LOSSY, off by default: also sweep BiLD's rollback at these thresholds, comma-separated (0 = the lossless rule); each speculative row runs once per threshold, labelled rb=X, and reports how often its output departs from the target alone's.",
+        ),
+    ] = None,
 ) -> None:
     """Target alone against speculative decoding over a sweep of draft lengths, interleaved; greedy unless --temp > 0."""
     drafters = parse_drafters(drafter)
@@ -152,9 +233,18 @@ def render(result: BenchResult) -> None:
     ui.line(
         "tok/s: median over runs · speedup: median over prompts and repeats of tok/s over the same engine's target-only run"
         " · pred.: from the cost curve and acceptance (draft model) · accept: drafted tokens accepted · outside: wall time"
-        " outside the two models' passes (llama_decode and the wait for its results)" + (" · ref: llama.cpp's llama-speculative-simple (llama-completion for the target)"
-           " · vs ref: spec tok/s over llama.cpp's at the same draft length (auto: over its ngram-mod)" if has_ref else "")
-        + (" · lcp: llama-cpp-python's Llama, plain and with prompt lookup" if any(s.engine != SPEC and s.engine != LLAMA_CPP for s in result.summary) else "")
+        " outside the two models' passes (llama_decode and the wait for its results)"
+        + (
+            " · ref: llama.cpp's llama-speculative-simple (llama-completion for the target)"
+            " · vs ref: spec tok/s over llama.cpp's at the same draft length (auto: over its ngram-mod)"
+            if has_ref
+            else ""
+        )
+        + (
+            " · lcp: llama-cpp-python's Llama, plain and with prompt lookup"
+            if any(s.engine != SPEC and s.engine != LLAMA_CPP for s in result.summary)
+            else ""
+        )
     )
     if hists:
         ui.line("rounds that accepted 0, 1, .. g drafts: " + " · ".join(hists))

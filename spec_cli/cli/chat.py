@@ -24,7 +24,24 @@ from ..presets import cache_dir, spec_home
 from ..turns import TurnEngine, TurnResult
 from . import app, user_text
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, Ngl, NglDraft, NoSpec, Preset, RollbackThreshold, Rpc, RpcDraft, Seed, ShowDrafts, Target, Temp, Threads, TopK, TopP,
+    Ctx,
+    Draft,
+    Drafter,
+    DraftLen,
+    Ngl,
+    NglDraft,
+    NoSpec,
+    Preset,
+    RollbackThreshold,
+    Rpc,
+    RpcDraft,
+    Seed,
+    ShowDrafts,
+    Target,
+    Temp,
+    Threads,
+    TopK,
+    TopP,
 )
 from .setup import ModelOptions, generate_options, open_models
 

@@ -19,7 +19,9 @@ def _gib(n: int) -> str:
 @app.command("doctor")
 def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
-    offload: Annotated[bool, typer.Option("--offload/--no-offload", help="Try a one-layer GPU load of the default target (GPU builds only).")] = True,
+    offload: Annotated[
+        bool, typer.Option("--offload/--no-offload", help="Try a one-layer GPU load of the default target (GPU builds only).")
+    ] = True,
 ) -> None:
     """What this installation of spec and llama.cpp can do."""
     with ui.status("checking"):
@@ -40,14 +42,24 @@ def doctor_cmd(
         ["backends compiled in", ", ".join(r["backends"]) or "-"],
         ["GPU offload support", yes[r["gpu_offload"]]],
         ["RPC support", yes[r["rpc"]]],
-        ["backend sampling", yes[r["backend_sampling"]] + (" (ids and top-k candidates picked in llama.cpp's graph for models on a GPU; on the CPU numpy reads the rows, which is faster there)" if r["backend_sampling"] else " (numpy reads full logit rows)")],
+        [
+            "backend sampling",
+            yes[r["backend_sampling"]]
+            + (
+                " (ids and top-k candidates picked in llama.cpp's graph for models on a GPU; on the CPU numpy reads the rows, which is faster there)"
+                if r["backend_sampling"]
+                else " (numpy reads full logit rows)"
+            ),
+        ],
         ["GPU on this machine", r["gpu_present"] or "none found"],
         ["GPU offload check", offload_line],
         ["threads spec uses", str(r["threads"])],
         ["CPU features", r["system_info"]],
     ]
     for d in r["devices"]:
-        rows.append([f"device {d['name']}", f"{d['type']}, {d['description']}, {_gib(d['free_bytes'])} free of {_gib(d['total_bytes'])}"])
+        rows.append(
+            [f"device {d['name']}", f"{d['type']}, {d['description']}, {_gib(d['free_bytes'])} free of {_gib(d['total_bytes'])}"]
+        )
     for what, where in r["paths"].items():
         rows.append([what, where])
     ui.table("spec doctor", ["what", "this installation"], rows, right_from=2)

@@ -38,7 +38,7 @@ def _source(e: dict) -> str:
         if e["count"] == 1:
             return f"package {first}"
         head = e["parts"].split("{", 1)[0]  # what all the names share before the number
-        return f"{e['count']} packages {first}..{last[len(head):] if e['parts'].endswith('}') else ' ' + last}"
+        return f"{e['count']} packages {first}..{last[len(head) :] if e['parts'].endswith('}') else ' ' + last}"
     if "package" in e:
         return f"package {e['package']}"
     if "derive" in e:

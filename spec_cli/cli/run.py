@@ -15,7 +15,27 @@ from ..limits import check_prompt_fits
 from ..llama import Model
 from . import app, user_text
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, DraftMinP, MaxTokens, Ngl, NglDraft, NoSpec, Preset, Rpc, RollbackThreshold, RpcDraft, Seed, ShowDrafts, Stop, Target, Temp, Threads, TopK, TopP,
+    Ctx,
+    Draft,
+    Drafter,
+    DraftLen,
+    DraftMinP,
+    MaxTokens,
+    Ngl,
+    NglDraft,
+    NoSpec,
+    Preset,
+    RollbackThreshold,
+    Rpc,
+    RpcDraft,
+    Seed,
+    ShowDrafts,
+    Stop,
+    Target,
+    Temp,
+    Threads,
+    TopK,
+    TopP,
 )
 from .setup import ModelOptions, Models, generate_options, open_models
 
@@ -65,7 +85,9 @@ def run_cmd(
     rollback_threshold: RollbackThreshold = None,
     no_spec: NoSpec = False,
     show_drafts: ShowDrafts = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with the text, token ids and statistics.")
+    ] = False,
 ) -> None:
     """Continue PROMPT with the target model, drafting with the draft model."""
     options = ModelOptions(
@@ -73,8 +95,16 @@ def run_cmd(
         drafter=drafter, rpc=rpc, rpc_draft=rpc_draft, draft_len=draft_len, draft_min_p=draft_min_p,
     )  # fmt: skip
     first_len = options.first_draft_len()
-    opts = generate_options(max_tokens, temp, top_k, top_p, seed, first_len, stop=[check_stop(s) for s in stop or ()],
-                            rollback_threshold=rollback_threshold)
+    opts = generate_options(
+        max_tokens,
+        temp,
+        top_k,
+        top_p,
+        seed,
+        first_len,
+        stop=[check_stop(s) for s in stop or ()],
+        rollback_threshold=rollback_threshold,
+    )
     text = read_prompt(prompt)
     options.check()
     check_room(max_tokens, ctx)

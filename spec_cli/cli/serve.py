@@ -11,17 +11,41 @@ import typer
 from .. import ui
 from ..errors import SpecError
 from . import app
-from .setup import ModelOptions
 from .options import (
-    Ctx, Draft, Drafter, DraftLen, DraftMinP, Ngl, NglDraft, NoSpec, Preset, Rpc, RpcDraft, Target, Temp, Threads, TopK, TopP,
+    Ctx,
+    Draft,
+    Drafter,
+    DraftLen,
+    DraftMinP,
+    Ngl,
+    NglDraft,
+    NoSpec,
+    Preset,
+    Rpc,
+    RpcDraft,
+    Target,
+    Temp,
+    Threads,
+    TopK,
+    TopP,
 )
+from .setup import ModelOptions
 
 KEY_VARIABLE = "SPEC_API_KEY"
 
 Host = Annotated[str, typer.Option("--host", help="Address to listen on; the default takes connections from this machine only.")]
 Port = Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")]
-ApiKey = Annotated[Optional[str], typer.Option("--api-key", help=f"Require 'Authorization: Bearer KEY' on every endpoint but /health (default: ${KEY_VARIABLE}, which keeps the key out of ps).", show_default=False)]
-Queue = Annotated[int, typer.Option("--queue", help="Requests that may wait behind the running one; past that, 503 with Retry-After.")]
+ApiKey = Annotated[
+    Optional[str],
+    typer.Option(
+        "--api-key",
+        help=f"Require 'Authorization: Bearer KEY' on every endpoint but /health (default: ${KEY_VARIABLE}, which keeps the key out of ps).",
+        show_default=False,
+    ),
+]
+Queue = Annotated[
+    int, typer.Option("--queue", help="Requests that may wait behind the running one; past that, 503 with Retry-After.")
+]
 MaxBody = Annotated[int, typer.Option("--max-body", help="Largest request body in bytes; a larger one gets 413.")]
 
 
@@ -84,9 +108,13 @@ def serve_cmd(
             spec = "target alone (--no-spec)" if d["draft"] is None and d["drafter"] == "none" else (
                 f"draft {d['draft'] or 'none'}, drafter {d['drafter']}, draft length {d['draft_len']}")  # fmt: skip
             ui.note(f"spec serve · model {pair.model_id!r}: {d['target']} · {spec} · context {d['n_ctx']} tokens")
-            ui.note(f"listening on http://{shown}:{bound_port}/v1 · API key {'required' if key else 'not required'} · Ctrl-C stops")
+            ui.note(
+                f"listening on http://{shown}:{bound_port}/v1 · API key {'required' if key else 'not required'} · Ctrl-C stops"
+            )
             if not key and not _loopback(bound_host):
-                ui.info(f"warning: listening on {bound_host} without an API key: anyone who can reach this port can use the models; set {KEY_VARIABLE}")
+                ui.info(
+                    f"warning: listening on {bound_host} without an API key: anyone who can reach this port can use the models; set {KEY_VARIABLE}"
+                )
             serve(web, sock)
             ui.note("spec serve: stopped")
         finally:

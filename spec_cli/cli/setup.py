@@ -12,8 +12,8 @@ from .. import ui
 from ..decode import GenerateOptions
 from ..errors import SpecError
 from ..loading import LoadedPair, ModelChoice, load_pair
-from ..strategy import build_strategy, parse_draft_len
 from ..sampling import SamplingParams
+from ..strategy import build_strategy, parse_draft_len
 
 
 @dataclass
@@ -51,7 +51,13 @@ class ModelOptions:
 
 
 def generate_options(
-    max_tokens: int, temp: float, top_k: int, top_p: float, seed: int | None, draft_len: int | None = 0, stop=(),
+    max_tokens: int,
+    temp: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    draft_len: int | None = 0,
+    stop=(),
     rollback_threshold: float | None = None,
 ) -> GenerateOptions:
     """The generation settings, checked (draft_len None: auto, which the strategy decides)."""

@@ -5,8 +5,9 @@ the target made of it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -71,9 +72,7 @@ class Drafter(Protocol):
     # The draft model whose cache this drafter keeps, None for one without (the n-gram lookup).
     model: Model | None
 
-    def propose(
-        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
-    ) -> Proposal:
+    def propose(self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         """Propose up to n tokens that continue `context` (prompt and output so far)."""
         ...
 

@@ -7,7 +7,7 @@ in rounds where the lookup has no match.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,9 +31,7 @@ class CombinedDrafter(DrafterBase):
         self.model = fallback.model if fallback.model is not None else first.model
         self.last_source: str | None = None
 
-    def propose(
-        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
-    ) -> Proposal:
+    def propose(self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         self.last_source = None
         if n <= 0:
             return Proposal()

@@ -15,12 +15,12 @@ distribution exactly (Leviathan et al.'s rule with q = 1 on the drafted token).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..llama import Model
 from ..errors import SpecError
+from ..llama import Model
 from ..sampling import SamplingParams
 from ..vocabmap import TextAlignment, Vocab, tokenize_exact
 from .base import DrafterBase, Proposal, round_seconds
@@ -94,9 +94,7 @@ class CrossVocabDrafter(DrafterBase):
         self.empty_rounds = 0  # rounds whose text supported no whole, stable target token
         self.outside_seconds = 0.0  # time in propose outside the draft's passes: tokenizing, aligning
 
-    def propose(
-        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
-    ) -> Proposal:
+    def propose(self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         prop = Proposal()  # q None: a point mass, also when sampling
         if n <= 0:
             return prop

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,9 +34,7 @@ class ModelDrafter(DrafterBase):
         # than this (0 = never stop early).
         self.min_confidence = min_confidence
 
-    def propose(
-        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
-    ) -> Proposal:
+    def propose(self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         prop = Proposal(q=None if params.greedy else [])
         if n <= 0:
             return prop

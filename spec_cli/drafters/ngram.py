@@ -11,7 +11,7 @@ it against a brute-force reference).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -51,9 +51,7 @@ class NgramDrafter(DrafterBase):
         # _ends[n][gram] = the last position e < len(_seen) - 1 where the n-gram `gram` ends
         self._ends: dict[int, dict[tuple, int]] = {n: {} for n in range(min_ngram, max_ngram + 1)}
 
-    def propose(
-        self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator
-    ) -> Proposal:
+    def propose(self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
         self.last_ngram = 0
         if n <= 0:
             return Proposal()

@@ -14,7 +14,7 @@ temperature > 0 the drafter drafts a plain chain (and says so in the notes).
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

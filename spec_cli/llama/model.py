@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -371,7 +371,9 @@ class Model:
         sets = leaf_sets(parents)
         n_branches = max((k + 1 for s in sets for k in s), default=0)
         if n_branches + 1 > self.n_seq_max:
-            raise ValueError(f"a tree with {n_branches} branches needs n_seq_max >= {n_branches + 1}, this model has {self.n_seq_max}")
+            raise ValueError(
+                f"a tree with {n_branches} branches needs n_seq_max >= {n_branches + 1}, this model has {self.n_seq_max}"
+            )
         if n > self.n_batch:
             raise ValueError(f"a tree of {n} rows does not fit one batch of {self.n_batch}")
         if self.n_past + n > self.n_ctx:
@@ -614,4 +616,3 @@ def check_compatible(target: Model, draft: Model) -> None:
     for t in range(VOCAB_CHECK_FROM, min(a.n_vocab, b.n_vocab)):
         if target.token_text(t) != draft.token_text(t):
             raise refuse(f"map token {t} to different text ({target.token_text(t)!r} vs {draft.token_text(t)!r})")
-

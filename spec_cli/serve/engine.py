@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..conversation import ChatTemplate
-from ..turns import special_text
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
-from ..sampling import SamplingParams
 from ..limits import DRAFTERS
 from ..loading import LoadedPair, ModelChoice, load_pair
+from ..sampling import SamplingParams
 from ..strategy import build_strategy, parse_draft_len
+from ..turns import special_text
 from .schemas import ApiError, GenRequest, Outcome
 
 # The pair `spec serve` loads with no model options: the chat pair, as `spec chat` does.
@@ -85,10 +85,19 @@ class ServedPair:
         """What can be refused without a model (on the event loop)."""
         drafter = req.spec.drafter
         if drafter is not None and drafter not in DRAFTERS:
-            raise ApiError(422, f"spec.drafter: expected one of {', '.join(DRAFTERS)}, got {drafter!r}", param="spec.drafter", code="invalid_value")
+            raise ApiError(
+                422,
+                f"spec.drafter: expected one of {', '.join(DRAFTERS)}, got {drafter!r}",
+                param="spec.drafter",
+                code="invalid_value",
+            )
         wants_drafts = drafter is not None or req.spec.draft_len not in ("default", 0)
         if self.choice.no_spec and wants_drafts:
-            raise ApiError(400, "spec: this server runs the target alone (started with --no-spec); leave the speculation settings out", param="spec")
+            raise ApiError(
+                400,
+                "spec: this server runs the target alone (started with --no-spec); leave the speculation settings out",
+                param="spec",
+            )
 
     # --- one request (engine thread) ------------------------------------------------
 
@@ -167,7 +176,9 @@ class ServedPair:
         if key not in self._strategies:
             choice = dataclasses.replace(self.choice, drafter=drafter)
             try:
-                self._strategies[key] = build_strategy(self.pair, choice, draft_len, notify=self.notify, draft_min_p=self.draft_min_p)
+                self._strategies[key] = build_strategy(
+                    self.pair, choice, draft_len, notify=self.notify, draft_min_p=self.draft_min_p
+                )
             except SpecError as e:
                 raise ApiError(400, f"spec: {e}", param="spec") from None
         return self._strategies[key]
@@ -182,7 +193,7 @@ class ServedPair:
         """As ChatSession.tokenize_prompt: the known prefix keeps its exact tokens."""
         target, known = self.pair.target, self._known
         if known is not None and text.startswith(known[0]):
-            return known[1] + target.tokenize(text[len(known[0]):], add_bos=False, special=True)
+            return known[1] + target.tokenize(text[len(known[0]) :], add_bos=False, special=True)
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         return target.tokenize(text, add_bos=add_bos, special=True)
 
@@ -197,7 +208,9 @@ def open_pair(choice: ModelChoice, draft_len: str, defaults: Defaults, draft_min
     choice.check()
     pair = load_pair(choice, DEFAULT_PRESET, notify=notify)
     try:
-        return ServedPair(pair, choice, fixed, defaults, model_id=_model_id(choice, pair.target_path), draft_min_p=draft_min_p, notify=notify)
+        return ServedPair(
+            pair, choice, fixed, defaults, model_id=_model_id(choice, pair.target_path), draft_min_p=draft_min_p, notify=notify
+        )
     except ApiError as e:  # the command line's own speculation settings do not suit the pair
         pair.close()
         raise SpecError(e.message.removeprefix("spec: ")) from None

@@ -113,11 +113,15 @@ def parse_body(raw: bytes) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ApiError(400, f"the body is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", code="invalid_encoding") from None
+        raise ApiError(
+            400, f"the body is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", code="invalid_encoding"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ApiError(400, f"the body is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})", code="invalid_json") from None
+        raise ApiError(
+            400, f"the body is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})", code="invalid_json"
+        ) from None
     except RecursionError:
         raise ApiError(400, "the body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -200,10 +204,12 @@ def _speculation(value: Any) -> Speculation:
     if value is None:
         return spec
     if not isinstance(value, dict):
-        raise invalid(EXTENSION, f"expected an object such as {{\"drafter\": \"auto\", \"draft_len\": 4}}, got {_json_type(value)}")
+        raise invalid(EXTENSION, f'expected an object such as {{"drafter": "auto", "draft_len": 4}}, got {_json_type(value)}')
     for key in value:
         if key not in ("drafter", "draft_len", "rollback_threshold"):
-            raise unsupported(f"{EXTENSION}.{key}", "unknown speculation setting; spec takes drafter, draft_len and rollback_threshold")
+            raise unsupported(
+                f"{EXTENSION}.{key}", "unknown speculation setting; spec takes drafter, draft_len and rollback_threshold"
+            )
     drafter = value.get("drafter")
     if drafter is not None and not isinstance(drafter, str):
         raise invalid(f"{EXTENSION}.drafter", f"expected a drafter's name, got {_json_type(drafter)}")
@@ -215,7 +221,9 @@ def _speculation(value: Any) -> Speculation:
         elif isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_DRAFT_LEN:
             spec.draft_len = n
         else:
-            raise invalid(f"{EXTENSION}.draft_len", f"expected \"auto\" or a whole number from 0 to {MAX_DRAFT_LEN}, got {json.dumps(n)[:40]}")
+            raise invalid(
+                f"{EXTENSION}.draft_len", f'expected "auto" or a whole number from 0 to {MAX_DRAFT_LEN}, got {json.dumps(n)[:40]}'
+            )
     rb = value.get("rollback_threshold")
     if rb is not None:
         if isinstance(rb, bool) or not isinstance(rb, (int, float)) or not math.isfinite(rb) or rb < 0:
@@ -252,9 +260,13 @@ def _text(param: str, text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ApiError(400, f"{param}: not valid Unicode text (a lone surrogate at offset {e.start})", param=param, code="invalid_encoding") from None
+        raise ApiError(
+            400, f"{param}: not valid Unicode text (a lone surrogate at offset {e.start})", param=param, code="invalid_encoding"
+        ) from None
     if "\0" in text:
-        raise ApiError(400, f"{param}: contains a NUL character (at offset {text.index(chr(0))})", param=param, code="invalid_encoding")
+        raise ApiError(
+            400, f"{param}: contains a NUL character (at offset {text.index(chr(0))})", param=param, code="invalid_encoding"
+        )
     return text
 
 
@@ -338,6 +350,7 @@ class Outcome:
 
     def timings(self) -> dict:
         """llama-server's `timings` object (its names), plus what spec adds after them."""
+
         def ms(seconds: float) -> float:
             return round(seconds * 1000.0, 3)
 
@@ -364,7 +377,12 @@ def new_id(kind: str) -> str:
 
 def response_object(req: GenRequest, rid: str, created: int, out: Outcome) -> dict:
     if req.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": None, "finish_reason": out.finish_reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": out.text},
+            "logprobs": None,
+            "finish_reason": out.finish_reason,
+        }
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
