@@ -33,7 +33,7 @@ from .stats import Stats
 from .strategy import Strategy
 from .textstream import TextStream
 from .tokentree import accept_tree_greedy, prune
-from .verify import accept_greedy, accept_sampled
+from .verify import accept_greedy, accept_greedy_rollback, accept_sampled, accept_sampled_rollback, token_nll
 
 # Where an emitted token came from: a draft the target accepted, or the target's own pick.
 DRAFT, TARGET = "draft", "target"
@@ -46,6 +46,9 @@ class GenerateOptions:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None
     stop: Sequence[str] = ()
+    # BiLD's rollback (verify.py): keep a draft the target would reject while -log p(draft) is at
+    # most this. None (the default) is the lossless rule; any value makes the output lossy.
+    rollback_threshold: float | None = None
 
     def check(self) -> None:
         if self.max_tokens < 1:
@@ -53,6 +56,9 @@ class GenerateOptions:
         if not 0 <= self.draft_len <= MAX_DRAFT_LEN:
             raise SpecError(f"--draft-len must be between 0 and {MAX_DRAFT_LEN}, got {self.draft_len}")
         check_seed(self.seed)
+        rb = self.rollback_threshold
+        if rb is not None and not (np.isfinite(rb) and rb >= 0):
+            raise SpecError(f"--rollback-threshold must be a number >= 0, got {rb}")
         try:
             self.sampling.check()
         except ValueError as e:
@@ -96,15 +102,30 @@ def target_sample(target: Model, tokens: Sequence[int], params: SamplingParams, 
 
 
 def verify_chain(
-    target: Model, context: Sequence[int], drafts: list[int], q: list[Dist], params: SamplingParams, rng: np.random.Generator
+    target: Model,
+    context: Sequence[int],
+    drafts: list[int],
+    q: list[Dist],
+    params: SamplingParams,
+    rng: np.random.Generator,
+    rollback: float | None = None,
 ) -> Verdict:
-    """Evaluate [last token, *drafts] in one pass and apply the acceptance rule; cut the rejected drafts."""
+    """Evaluate [last token, *drafts] in one pass and apply the acceptance rule; cut the rejected drafts.
+
+    `rollback` (a threshold) applies BiLD's lossy rule instead; under greedy decoding it reads the
+    target's full rows, since its distance needs the target's probability of each draft.
+    """  # fmt: skip
     tokens = [context[-1], *drafts]
-    if params.greedy:
+    if params.greedy and rollback is not None and drafts:
+        rows = target.eval(tokens, logits="all")
+        n_acc, extra = accept_greedy_rollback(drafts, rows.argmax(axis=1), token_nll(rows, drafts), rollback)
+    elif params.greedy:
         n_acc, extra = accept_greedy(drafts, target.eval_argmax(tokens))
     elif not drafts:
         # Nothing to judge: one draw from the target's distribution, as accept_sampled would make it.
         n_acc, extra = 0, target_sample(target, tokens, params, rng)
+    elif rollback is not None:
+        n_acc, extra = accept_sampled_rollback(drafts, q[: len(drafts)], target_dists(target, tokens, params), rng, rollback)
     else:
         n_acc, extra = accept_sampled(drafts, q[: len(drafts)], target_dists(target, tokens, params), rng)
     target.truncate(len(context) + n_acc)
@@ -209,6 +230,7 @@ class Engine:
             draft_len=(strategy.draft_len or 0) if strategy is not None else 0,
             prompt_tokens=len(prompt),
             seed=seed,
+            rollback_threshold=opts.rollback_threshold,
         )
         run = _Run(opts, np.random.default_rng(seed), strategy, stats, list(prompt), TextStream(opts.stop))
         t0 = time.perf_counter()
@@ -234,6 +256,8 @@ class Engine:
         if prop.parents is not None and prop.tokens:
             if not run.opts.sampling.greedy:
                 raise SpecError("token trees are verified greedily only; draft a chain when sampling")
+            if run.opts.rollback_threshold:
+                raise SpecError("--rollback-threshold applies to a chain of drafts, not to a token tree (--drafter tree)")
             # A tree takes one cache cell per node, so its size is bounded by the room left.
             drafts, parents = prune(prop.tokens, prop.parents, max(cap, 0), max(room, 0))
             if drafts:
@@ -243,7 +267,9 @@ class Engine:
             return verify_chain(self.target, run.context, [], [], run.opts.sampling, run.rng)
         drafts = prop.tokens[: max(cap, 0)]
         run.drafted = len(drafts)
-        return verify_chain(self.target, run.context, drafts, prop.q_dists(), run.opts.sampling, run.rng)
+        opts = run.opts
+        rollback = opts.rollback_threshold or None  # 0 is the lossless rule: take its own path
+        return verify_chain(self.target, run.context, drafts, prop.q_dists(), opts.sampling, run.rng, rollback)
 
     def _observe(self, run: _Run, prop: Proposal, verdict: Verdict, t_pass: float, t_draft: float) -> None:
         n_acc = len(verdict.accepted)

@@ -28,6 +28,8 @@ class Stats:
     t_emit: float = 0.0  # pieces, the text stream, stop strings, the caller's printing
     stop_reason: str = ""
     seed: int | None = None
+    # BiLD's rollback threshold (None: the lossless rule); with one the output is not the target's own
+    rollback_threshold: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def record_round(self, drafted: int, accepted: int) -> None:
@@ -40,6 +42,10 @@ class Stats:
         if len(self.accept_hist) <= accepted:
             self.accept_hist.extend([0] * (accepted + 1 - len(self.accept_hist)))
         self.accept_hist[accepted] += 1
+
+    @property
+    def lossy(self) -> bool:
+        return self.rollback_threshold is not None and self.rollback_threshold > 0
 
     @property
     def acceptance_rate(self) -> float:
@@ -71,6 +77,7 @@ class Stats:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(
+            lossy=self.lossy,
             acceptance_rate=self.acceptance_rate,
             tokens_per_pass=self.tokens_per_pass,
             tokens_per_second=self.tokens_per_second,

@@ -80,6 +80,8 @@ def print_summary(s: Stats) -> None:
         mode = f"speculative, drafter {s.drafter}, " + (
             f"draft length {s.draft_len}" if s.draft_len else "draft length chosen each round"
         )
+    if s.lossy:
+        mode += f"; LOSSY: rollback threshold {s.rollback_threshold:g}, the output is not the target's own"
     t.add_row("mode", mode)
     t.add_row("generated", f"{s.generated} tokens in {s.t_total:.2f} s = {s.tokens_per_second:.1f} tok/s (stop: {s.stop_reason})")
     t.add_row("prompt", f"{s.prompt_tokens} tokens, {s.prompt_tokens_evaluated} evaluated in {s.t_prefill:.2f} s")

@@ -60,6 +60,7 @@ from .settings import (
     load_as,
     parse_draft_lens,
     parse_drafters,
+    parse_thresholds,
     run_seed,
 )
 from .suite import (
@@ -77,6 +78,6 @@ __all__ = [
     "LLAMA_CPP_PYTHON", "LOOKUP", "MODEL", "NGRAM", "SCHEMA", "SPEC", "SPECULATIVE", "SUITE_DEFAULT_LIMIT", "TARGET", "TREE",
     "BenchPrompt", "BenchResult", "BenchSettings", "Config", "ConfigSummary", "CostSource", "EngineRunner", "MachineCosts",
     "Run", "Runner", "Suite", "best_per_drafter", "check_paths", "check_writable", "default_limit", "describe", "load_as",
-    "load_prompts_file", "load_suite", "parse_draft_lens", "parse_drafters", "recommend_overall", "require_lossless",
+    "load_prompts_file", "load_suite", "parse_draft_lens", "parse_drafters", "parse_thresholds", "recommend_overall", "require_lossless",
     "run_bench", "run_seed", "schedule", "summarize", "write_csv", "write_json", "write_outputs",
 ]  # fmt: skip

@@ -37,7 +37,7 @@ from ..loading import LoadedPair, ModelChoice
 from ..stats import Stats
 from ..strategy import AUTO_MAX_DRAFT, AdaptiveStrategy, build_strategy
 from . import reference as ref_mod
-from .checks import TIE_TOLERANCE, check_outputs, sampling_note
+from .checks import TIE_TOLERANCE, check_outputs, first_difference, sampling_note
 from .schedule import Config, Run, configurations, schedule
 from .settings import (
     AUTO,
@@ -154,7 +154,8 @@ def run_bench(
         peers.close()
     notes += _silent_prompt_notes(prompts, runs)
     if settings.sampling.greedy:
-        checker(pair.target, prompts, tokenized, runs)
+        checker(pair.target, prompts, tokenized, [r for r in runs if not r.rollback])
+        _departures(runs)
     else:
         for run in runs:
             run.output_check = "not-checked"
@@ -265,6 +266,15 @@ def _silent_prompt_notes(prompts: Sequence[BenchPrompt], runs: Sequence[Run]) ->
     ]  # fmt: skip
 
 
+def _departures(runs: Sequence[Run]) -> None:
+    """Lossy runs (a rollback threshold) are not checked but measured: where each parts from the target alone."""
+    base = {r.prompt_id: r.tokens for r in runs if r.config == Config(SPEC, TARGET) and r.error is None and r.tokens is not None}
+    for r in runs:
+        if r.rollback and r.error is None and r.tokens is not None and r.prompt_id in base:
+            r.output_check = "lossy"
+            r.departs_at = first_difference(base[r.prompt_id], r.tokens)
+
+
 def _mismatch_notes(summary: Sequence[ConfigSummary]) -> list[str]:
     return [
         f"{s.label}: {s.mismatches} greedy output(s) differ from spec's target-only decoding where the "
@@ -288,6 +298,8 @@ def _settings_record(settings: BenchSettings, pair: LoadedPair, peers: _Peers, a
         "lookup_num_pred_tokens": peers.lookup.num_pred_tokens if peers.lookup is not None else None,
         "drafters": list(settings.drafters), "auto_max_draft": AUTO_MAX_DRAFT, "control": settings.control,
         "auto_cost_curve": asdict(auto_costs) if auto_costs is not None else None,
+        "rollback_thresholds": list(settings.rollback_thresholds),
+        "lossy": any(settings.rollback_thresholds),
     }  # fmt: skip
 
 
@@ -416,9 +428,11 @@ class _Bench:
 
     def _spec(self, cfg: Config, i: int, max_tokens: int, seed: int | None) -> Run:
         drafter = cfg.drafter if cfg.drafter in DRAFTERS else MODEL  # "" and the control are the target alone
-        opts = GenerateOptions(max_tokens=max_tokens, draft_len=cfg.draft_len, sampling=self.settings.sampling, seed=seed)
+        opts = GenerateOptions(max_tokens=max_tokens, draft_len=cfg.draft_len, sampling=self.settings.sampling, seed=seed,
+                               rollback_threshold=cfg.rollback or None)  # fmt: skip
         run = self.runner.run(self.tokenized[i], drafter, opts, self.auto_costs)
         run.prompt_id, run.category, run.drafter = self.prompts[i].id, self.prompts[i].category, cfg.drafter
+        run.rollback = cfg.rollback
         return run
 
     def _reference(self, cfg: Config, i: int, max_tokens: int, repeat: int, seed: int | None, base: dict) -> Run:

@@ -9,7 +9,7 @@ rotates. A Run records one measured generation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .reference import Reference
 from .settings import (
@@ -34,6 +34,7 @@ class Config:
     mode: str  # target | speculative | lookup
     draft_len: int = 0  # 0 for target only, and for auto (which chooses it round by round)
     drafter: str = ""  # speculative: model | ngram | tree | auto ("" means model)
+    rollback: float = 0.0  # BiLD's rollback threshold; above 0 the output is lossy
 
     @property
     def kind(self) -> str:
@@ -57,6 +58,8 @@ class Config:
             what = f"tree, depth {self.draft_len}"
         else:
             what = f"draft length {self.draft_len}"
+        if self.rollback > 0:
+            what += f", rollback {self.rollback:g} (lossy)"
         return f"{self.engine}: {what}"
 
     @property
@@ -102,10 +105,14 @@ class Run:
     strategy_notes: list[str] | None = None  # the strategy's own account: what it chose and why
     seed: int | None = None  # the sampling seed (None: greedy)
     drafters_off: list[str] | None = None  # auto only: why it left a drafter out (also among strategy_notes)
+    rollback: float = 0.0  # see Config.rollback
+    # lossy runs under greedy decoding: the first token where the output parts from the target
+    # alone's (None: the same text); output_check is then "lossy"
+    departs_at: int | None = None
 
     @property
     def config(self) -> Config:
-        return Config(self.engine, self.mode, self.draft_len, self.drafter)
+        return Config(self.engine, self.mode, self.draft_len, self.drafter, self.rollback)
 
 
 def configurations(settings: BenchSettings, reference: Reference | None, lookup: bool, draft_model: bool = True) -> list[Config]:
@@ -120,6 +127,12 @@ def configurations(settings: BenchSettings, reference: Reference | None, lookup:
             configs.append(Config(SPEC, SPECULATIVE, 0, AUTO))
         else:
             configs += [Config(SPEC, SPECULATIVE, g, d) for g in settings.draft_lens]
+    if settings.rollback_thresholds:
+        configs = [
+            replace(c, rollback=rb) if c.mode == SPECULATIVE else c
+            for c in configs
+            for rb in (settings.rollback_thresholds if c.mode == SPECULATIVE else (0.0,))
+        ]
     if reference is not None:
         if reference.plain is not None:
             configs.append(Config(LLAMA_CPP, TARGET))

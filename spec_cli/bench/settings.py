@@ -40,6 +40,9 @@ class BenchSettings:
     control: bool = True  # also run the target alone twice, to show the noise floor
     sampling: SamplingParams = GREEDY  # greedy unless --temp > 0
     seed: int = 0  # base seed under sampling; each (prompt, repeat) gets its own from it (run_seed)
+    # --rollback-threshold: every spec speculative configuration runs once per threshold (BiLD's
+    # lossy rollback, 0 = the lossless rule); empty, the default, is the lossless rule only
+    rollback_thresholds: tuple[float, ...] = ()
 
     def check(self) -> None:
         try:
@@ -60,6 +63,11 @@ class BenchSettings:
             raise SpecError(f"--limit must be at least 1, got {self.limit}")
         if not self.draft_lens:
             raise SpecError("--draft-lens needs at least one draft length")
+        for rb in self.rollback_thresholds:
+            if not (np.isfinite(rb) and rb >= 0):
+                raise SpecError(f"--rollback-threshold must be a number >= 0, got {rb}")
+        if any(self.rollback_thresholds) and TREE in self.drafters:
+            raise SpecError("--rollback-threshold applies to a chain of drafts, not to a token tree (--drafter tree)")
         for g in self.draft_lens:
             if not 1 <= g <= MAX_DRAFT_LEN:
                 raise SpecError(f"draft lengths must be between 1 and {MAX_DRAFT_LEN}, got {g}")
@@ -98,3 +106,16 @@ def parse_draft_lens(text: str) -> tuple[int, ...]:
     if not values:
         raise SpecError("--draft-lens needs at least one draft length")
     return tuple(values)
+
+
+def parse_thresholds(text: str | None) -> tuple[float, ...]:
+    """--rollback-threshold 0,0.5,2: the thresholds to sweep, in the order given (0: the lossless rule)."""
+    if text is None:
+        return ()
+    try:
+        values = [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise SpecError(f"--rollback-threshold takes comma-separated numbers such as 0,0.5,2, got {text!r}") from None
+    if not values:
+        raise SpecError("--rollback-threshold needs at least one number")
+    return tuple(dict.fromkeys(values))

@@ -46,6 +46,9 @@ class ConfigSummary:
     rounds_by_drafter: dict[str, int] | None = None  # summed over runs (spec speculative only)
     lengths_used: dict[int, int] | None = None
     strategy_notes: list[str] = field(default_factory=list)  # distinct Run.drafters_off: why auto left a drafter out
+    rollback: float = 0.0  # BiLD's rollback threshold (lossy above 0): never recommended
+    departed: float | None = None  # lossy, greedy: share of the runs whose output parts from the target alone's
+    first_departure: float | None = None  # and the median token position where those part
 
 
 Rates = dict[tuple[str, int], list[float]]  # (prompt id, repeat) -> tok/s of the runs there
@@ -102,7 +105,16 @@ def _summarize(cfg: Config, runs: Sequence[Run], cost: CostCurve) -> ConfigSumma
         rounds_by_drafter=_sum_counts([r.rounds_by_drafter for r in mine]),
         lengths_used=_sum_counts([r.lengths_used for r in mine]),
         strategy_notes=list(dict.fromkeys(n for r in mine for n in (r.drafters_off or []))),
+        rollback=cfg.rollback, **_departure(mine),
     )  # fmt: skip
+
+
+def _departure(mine: Sequence[Run]) -> dict:
+    lossy = [r for r in mine if r.output_check == "lossy"]
+    if not lossy:
+        return {}
+    parted = [r.departs_at for r in lossy if r.departs_at is not None]
+    return {"departed": len(parted) / len(lossy), "first_departure": float(np.median(parted)) if parted else None}
 
 
 def _by_prompt(mine: Sequence[Run], here: Rates, base: Rates) -> dict[str, float]:
@@ -174,7 +186,7 @@ def best_predicted(summary: Sequence[ConfigSummary]) -> dict | None:
     """How the prediction did on the draft-model rows: the length it ranks first (with its
     predicted and measured speedups) and its largest error. Only a check on the model: what to
     use comes from the measurements alone (recommend_overall)."""
-    rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == MODEL
+    rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == MODEL and not s.rollback
             and s.predicted is not None and s.speedup is not None and np.isfinite(s.speedup) and s.speedup > 0]  # fmt: skip
     if not rows:
         return None
@@ -191,7 +203,7 @@ def best_per_drafter(summary: Sequence[ConfigSummary]) -> list[ConfigSummary]:
     out = [s for s in summary if s.engine == SPEC and s.drafter == CONTROL]
     for kind in (MODEL, NGRAM, TREE, AUTO):
         rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE and (s.drafter or MODEL) == kind
-                and s.speedup is not None and np.isfinite(s.speedup)]  # fmt: skip
+                and not s.rollback and s.speedup is not None and np.isfinite(s.speedup)]  # fmt: skip
         if rows:
             out.append(max(rows, key=lambda s: (s.speedup, -s.draft_len)))
     return out
@@ -220,7 +232,7 @@ def recommend_overall(summary: Sequence[ConfigSummary]) -> dict:
     auto is preferred when it comes within AUTO_FLOOR of it: it adapts to the text, where
     a fixed choice was only best on these prompts.
     """
-    spec_rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE]
+    spec_rows = [s for s in summary if s.engine == SPEC and s.mode == SPECULATIVE and not s.rollback]  # lossless only
     model = {s.draft_len: s.speedup for s in spec_rows if (s.drafter or MODEL) == MODEL}
     model_rec = speedup.recommend(model) if model else None
     cands = [s for s in spec_rows if s.speedup is not None and np.isfinite(s.speedup)]

@@ -34,6 +34,7 @@ from ..bench import (
     load_suite,
     parse_draft_lens,
     parse_drafters,
+    parse_thresholds,
     require_lossless,
     run_bench,
     write_outputs,
@@ -126,6 +127,13 @@ def bench_cmd(
     ngl_draft: NglDraft = None,
     rpc: Rpc = None,
     rpc_draft: RpcDraft = False,
+    rollback_threshold: Annotated[
+        Optional[str],
+        typer.Option(
+            "--rollback-threshold",
+            help="LOSSY, off by default: also sweep BiLD's rollback at these thresholds, comma-separated (0 = the lossless rule); each speculative row runs once per threshold, labelled rb=X, and reports how often its output departs from the target alone's.",
+        ),
+    ] = None,
 ) -> None:
     """Target alone against speculative decoding over a sweep of draft lengths, interleaved; greedy unless --temp > 0."""
     drafters = parse_drafters(drafter)
@@ -136,6 +144,7 @@ def bench_cmd(
         draft_lens=parse_draft_lens(draft_lens), repeats=repeats, max_tokens=max_tokens, warmup=warmup,
         limit=default_limit(limit, prompts is None), reference=reference, lookup=lookup, drafters=drafters,
         control=control, sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p), seed=0 if seed is None else seed,
+        rollback_thresholds=parse_thresholds(rollback_threshold),
     )  # fmt: skip
     settings.check()
     suite = load_prompts_file(prompts) if prompts is not None else load_suite()
@@ -185,6 +194,8 @@ def _short(s) -> str:
         what = f"{s.drafter} g={s.draft_len}"
     else:
         what = f"g={s.draft_len}"
+    if s.rollback:
+        what += f" rb={s.rollback:g}"
     return f"{_SHORT_ENGINE.get(s.engine, s.engine + ' ')}{what}"
 
 
@@ -265,6 +276,7 @@ def render(result: BenchResult) -> None:
                 ui.line(f"auto: {n}")
     for line in checks:
         ui.line(f"greedy check: {line}")
+    _render_lossy(result)
     for note in result.notes:
         ui.line(f"note: {note}")
     rec = result.recommendation
@@ -293,3 +305,17 @@ def _render_by_prompt(result: BenchResult) -> None:
         rows.append(row)
     rows.append(["slowest", "", ""] + [_f(s.worst_prompt, ".2f", "x") for s in heads])
     ui.table("speedup by prompt (median over repeats; the best draft length of each drafter)", cols, rows, right_from=2)
+
+
+def _render_lossy(result: BenchResult) -> None:
+    """The rows with a rollback threshold: lossy, so say how far their text strays from the target alone's."""
+    lossy = [s for s in result.summary if s.rollback]
+    if not lossy:
+        return
+    ui.line("rb=X: BiLD's rollback at threshold X, LOSSY (the text is no longer the target's own; never recommended)")
+    for s in lossy:
+        if s.departed is None:
+            ui.line(f"lossy {_short(s)}: outputs not compared with the target alone's (sampling)")
+            continue
+        at = f", first at token {s.first_departure:g} (median)" if s.first_departure is not None else ""
+        ui.line(f"lossy {_short(s)}: {100 * s.departed:.0f}% of outputs depart from the target alone's{at}")

@@ -32,6 +32,7 @@ from .options import (
     NglDraft,
     NoSpec,
     Preset,
+    RollbackThreshold,
     Rpc,
     RpcDraft,
     Seed,
@@ -71,6 +72,7 @@ def chat_cmd(
     rpc_draft: RpcDraft = False,
     no_spec: NoSpec = False,
     show_drafts: ShowDrafts = False,
+    rollback_threshold: RollbackThreshold = None,
 ) -> None:
     """Chat with the target model (default: the `chat` preset); /help lists the commands."""
     options = ModelOptions(
@@ -78,7 +80,9 @@ def chat_cmd(
         drafter=drafter, rpc=rpc, rpc_draft=rpc_draft, draft_len=draft_len,
     )  # fmt: skip
     first_len = options.first_draft_len()
-    opts = generate_options(max_tokens, temp, top_k, top_p, seed, first_len)
+    opts = generate_options(max_tokens, temp, top_k, top_p, seed, first_len, rollback_threshold=rollback_threshold)
+    if rollback_threshold:
+        ui.info(f"lossy: rollback threshold {rollback_threshold:g}; the replies are not the target's own")
     system = user_text(system, "--system") if system is not None else None
     saved = Conversation.load(load) if load is not None else None  # before the models: a bad file fails fast
     options.check()
@@ -317,6 +321,7 @@ class Repl:
             f"prompt tokens evaluated per turn: {', '.join(map(str, t.history)) or '-'}; "
             f"{len(s.conversation.messages)} messages, context {s.context_used}/{s.target.n_ctx} tokens; "
             f"{_drafting(s)}, temperature {s.opts.sampling.temperature:g}"
+            + (f"; lossy, rollback threshold {s.opts.rollback_threshold:g}" if s.opts.rollback_threshold else "")
         )
 
     # --- readline ------------------------------------------------------------------------

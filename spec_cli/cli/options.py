@@ -75,4 +75,11 @@ ShowDrafts = Annotated[
         help="Colour the text that came from accepted drafts (on a terminal; pipes and --json are unchanged).",
     ),
 ]
+RollbackThreshold = Annotated[
+    Optional[float],
+    typer.Option(
+        "--rollback-threshold",
+        help="LOSSY, off by default: BiLD's rollback. Keep a draft the target would reject while the target's -log p(draft) is at most this (0 = the lossless rule). Faster; the output is no longer the target's own.",
+    ),
+]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]

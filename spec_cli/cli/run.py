@@ -25,6 +25,7 @@ from .options import (
     NglDraft,
     NoSpec,
     Preset,
+    RollbackThreshold,
     Rpc,
     RpcDraft,
     Seed,
@@ -81,6 +82,7 @@ def run_cmd(
     rpc: Rpc = None,
     rpc_draft: RpcDraft = False,
     stop: Stop = None,
+    rollback_threshold: RollbackThreshold = None,
     no_spec: NoSpec = False,
     show_drafts: ShowDrafts = False,
     as_json: Annotated[
@@ -93,7 +95,16 @@ def run_cmd(
         drafter=drafter, rpc=rpc, rpc_draft=rpc_draft, draft_len=draft_len, draft_min_p=draft_min_p,
     )  # fmt: skip
     first_len = options.first_draft_len()
-    opts = generate_options(max_tokens, temp, top_k, top_p, seed, first_len, stop=[check_stop(s) for s in stop or ()])
+    opts = generate_options(
+        max_tokens,
+        temp,
+        top_k,
+        top_p,
+        seed,
+        first_len,
+        stop=[check_stop(s) for s in stop or ()],
+        rollback_threshold=rollback_threshold,
+    )
     text = read_prompt(prompt)
     options.check()
     check_room(max_tokens, ctx)

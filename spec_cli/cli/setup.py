@@ -38,7 +38,14 @@ class ModelOptions(ModelChoice):
 
 
 def generate_options(
-    max_tokens: int, temp: float, top_k: int, top_p: float, seed: int | None, draft_len: int | None = 0, stop=()
+    max_tokens: int,
+    temp: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    draft_len: int | None = 0,
+    stop=(),
+    rollback_threshold: float | None = None,
 ) -> GenerateOptions:
     """The generation settings, checked (draft_len None: auto, which the strategy decides)."""
     opts = GenerateOptions(
@@ -47,6 +54,7 @@ def generate_options(
         sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p),
         seed=seed,
         stop=tuple(stop),
+        rollback_threshold=rollback_threshold,
     )
     opts.check()
     return opts

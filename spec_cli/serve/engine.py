@@ -130,6 +130,7 @@ class ServedPair:
             ),
             seed=req.seed,
             stop=stop,
+            rollback_threshold=req.spec.rollback_threshold,
         )
         try:
             opts.check()
@@ -167,6 +168,7 @@ class ServedPair:
             t_target=target.decode_seconds - t_target,
             t_draft=(draft.decode_seconds - t_draft) if draft is not None else 0.0,
             interrupted=s.stop_reason == "interrupted",
+            rollback_threshold=s.rollback_threshold,
         )
 
     def _strategy(self, drafter: str, draft_len: int | None):

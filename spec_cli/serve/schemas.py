@@ -53,6 +53,7 @@ MAX_DRAFT_LEN = 64
 class Speculation:
     drafter: str | None = None  # None: the command line's
     draft_len: int | None | str = "default"  # "default": the command line's; None: auto; n: fixed
+    rollback_threshold: float | None = None  # BiLD's lossy rollback (decode.GenerateOptions); None: lossless
 
 
 @dataclass
@@ -205,8 +206,10 @@ def _speculation(value: Any) -> Speculation:
     if not isinstance(value, dict):
         raise invalid(EXTENSION, f'expected an object such as {{"drafter": "auto", "draft_len": 4}}, got {_json_type(value)}')
     for key in value:
-        if key not in ("drafter", "draft_len"):
-            raise unsupported(f"{EXTENSION}.{key}", "unknown speculation setting; spec takes drafter and draft_len")
+        if key not in ("drafter", "draft_len", "rollback_threshold"):
+            raise unsupported(
+                f"{EXTENSION}.{key}", "unknown speculation setting; spec takes drafter, draft_len and rollback_threshold"
+            )
     drafter = value.get("drafter")
     if drafter is not None and not isinstance(drafter, str):
         raise invalid(f"{EXTENSION}.drafter", f"expected a drafter's name, got {_json_type(drafter)}")
@@ -221,6 +224,11 @@ def _speculation(value: Any) -> Speculation:
             raise invalid(
                 f"{EXTENSION}.draft_len", f'expected "auto" or a whole number from 0 to {MAX_DRAFT_LEN}, got {json.dumps(n)[:40]}'
             )
+    rb = value.get("rollback_threshold")
+    if rb is not None:
+        if isinstance(rb, bool) or not isinstance(rb, (int, float)) or not math.isfinite(rb) or rb < 0:
+            raise invalid(f"{EXTENSION}.rollback_threshold", f"expected a number >= 0 (lossy above 0), got {json.dumps(rb)[:40]}")
+        spec.rollback_threshold = float(rb)
     return spec
 
 
@@ -330,6 +338,7 @@ class Outcome:
     t_target: float  # in the target's passes
     t_draft: float  # in the draft model's passes
     interrupted: bool = False  # stopped for a client gone or a server shutting down
+    rollback_threshold: float | None = None  # lossy above 0: said in the timings
 
     def usage(self) -> dict:
         return {
@@ -358,6 +367,7 @@ class Outcome:
             "draft_prompt_n": self.draft_prompt_evaluated,
             "target_ms": ms(self.t_target),
             "draft_ms": ms(self.t_draft),
+            **({"lossy": True, "rollback_threshold": self.rollback_threshold} if self.rollback_threshold else {}),
         }
 
 
