@@ -8,10 +8,11 @@ from __future__ import annotations
 from .errors import SpecError
 
 # --drafter: who proposes the drafts. auto (spec run's default) chooses drafter and length round
-# by round; model, ngram and tree draft a fixed length. The names are also words of the bench's
-# JSON and CSV files, so they do not change lightly.
-MODEL, NGRAM, TREE, AUTO = "model", "ngram", "tree", "auto"
-DRAFTERS = (MODEL, NGRAM, TREE, AUTO)
+# by round; model, ngram and tree draft a fixed length; self is the model drafter over a draft cut
+# from the target's own blocks (selfdraft.py). The names are also words of the bench's JSON and CSV
+# files, so they do not change lightly.
+MODEL, NGRAM, TREE, AUTO, SELF = "model", "ngram", "tree", "auto", "self"
+DRAFTERS = (MODEL, NGRAM, TREE, AUTO, SELF)
 
 # --drafter tree: the target verifies up to this many branches at once, each in its own
 # llama.cpp sequence beside seq 0; and the tree's depth when --draft-len is auto.

@@ -55,8 +55,8 @@ def resolve_refs(choice: ModelChoice, default_preset: str) -> tuple[str, str | N
             if p["target"] == target and p.get("draft"):
                 draft = p["draft"]
                 break
-    if choice.no_spec or choice.drafter == "ngram":
-        return target, None  # the n-gram drafter needs no draft model
+    if choice.no_spec or choice.drafter in ("ngram", "self"):
+        return target, None  # the n-gram drafter needs no draft model; self cuts one from the target
     if draft is None and choice.drafter == "auto" and choice.target is not None:
         return target, None  # auto without a draft model: n-gram lookup only
     if draft is None:
@@ -105,6 +105,12 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
         # the servers), full logit rows one read: verifying 8 tokens at 5 ms of round-trip time,
         # 239 ms against 127 ms (docs/benchmark-log.md).
         target.use_backend_sampling(False)
+    if choice.drafter == "self" or (choice.drafter == "auto" and draft_path is None and not choice.no_spec):
+        try:
+            draft_path = _self_draft(target, target_path, choice.drafter == "self", notify)
+        except BaseException:
+            target.close()
+            raise
     draft = None
     cross_vocab = False
     if draft_path is not None:
@@ -137,6 +143,13 @@ def load_pair(choice: ModelChoice, default_preset: str = "default", notify: Noti
                 draft.close()
             raise
     return LoadedPair(target, draft, target_path, draft_path, cross_vocab=cross_vocab)
+
+
+def _self_draft(target: Model, target_path: Path, search: bool, notify: Notify) -> Path | None:
+    """--drafter self: the draft cut from the target (searched once); auto: one only where a cached search found it pays."""
+    from . import selfdraft
+
+    return selfdraft.choose(target, target_path, notify)[0] if search else selfdraft.cached_choice(target, target_path)
 
 
 def rpc_servers(choice: ModelChoice, default_preset: str) -> list[str]:

@@ -31,6 +31,7 @@ look several times dearer than it is and switch it off where it pays.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -440,6 +441,8 @@ def build_strategy(
 
     if choice.no_spec or draft_len == 0:
         return None
+    if choice.drafter == "self":
+        choice = dataclasses.replace(choice, drafter="model")  # the cut draft is a draft model of the target's vocabulary
     if not 0.0 <= draft_min_p < 1.0:
         raise SpecError(f"--draft-min-p must be in [0, 1), got {draft_min_p}")
     model = None

@@ -59,6 +59,7 @@ from .options import (
     TopK,
     TopP,
 )
+from .selfdraft import render_search
 
 
 @app.command("bench")
@@ -80,7 +81,7 @@ def bench_cmd(
         str,
         typer.Option(
             "--drafter",
-            help="Drafters to measure, comma-separated: model, ngram and tree are swept over --draft-lens; auto (spec run's default) chooses drafter and length itself.",
+            help="Drafters to measure, comma-separated: model, ngram and tree (self: the model rows with a draft cut from the target) are swept over --draft-lens; auto (spec run's default) chooses drafter and length itself.",
         ),
     ] = ",".join(DEFAULT_DRAFTERS),
     draft_lens: Annotated[str, typer.Option("--draft-lens", help="Draft lengths to sweep, comma-separated.")] = ",".join(
@@ -136,7 +137,9 @@ def bench_cmd(
     ] = None,
 ) -> None:
     """Target alone against speculative decoding over a sweep of draft lengths, interleaved; greedy unless --temp > 0."""
-    drafters = parse_drafters(drafter)
+    # self: the draft model rows, measured with the draft cut from the target (selfdraft.py)
+    self_draft = "self" in [d.strip().lower() for d in drafter.split(",")]
+    drafters = parse_drafters(",".join("model" if d.strip().lower() == "self" else d for d in drafter.split(",")))
     if reference is not None and rpc is not None:
         ui.info("--reference skipped: llama.cpp's programs would run the target on this machine, not over --rpc")
         reference = None
@@ -151,7 +154,7 @@ def bench_cmd(
     check_paths(json_path, csv_path, plot_path)
     choice = ModelChoice(
         target=target, draft=draft, preset=preset, ctx=ctx, threads=threads, ngl=ngl, ngl_draft=ngl_draft,
-        drafter=load_as(drafters), rpc=rpc, rpc_draft=rpc_draft,
+        drafter="self" if self_draft else load_as(drafters), rpc=rpc, rpc_draft=rpc_draft,
     )  # fmt: skip
     with ui.status("loading models"):
         pair = load_pair(choice, "default", notify=ui.info)
@@ -163,6 +166,8 @@ def bench_cmd(
     finally:
         pair.close()
     render(result)
+    if self_draft:
+        render_search(pair.target, pair.target_path)
     for path in write_outputs(result, json_path, csv_path, plot_path):
         ui.info(f"wrote {path}")
     require_lossless(result)

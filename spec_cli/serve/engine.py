@@ -91,6 +91,12 @@ class ServedPair:
                 param="spec.drafter",
                 code="invalid_value",
             )
+        if drafter == "self" and self.choice.drafter != "self":
+            raise ApiError(
+                400,
+                "spec.drafter: self needs the draft cut from the target, loaded at start: run spec serve --drafter self",
+                param="spec.drafter",
+            )
         wants_drafts = drafter is not None or req.spec.draft_len not in ("default", 0)
         if self.choice.no_spec and wants_drafts:
             raise ApiError(
