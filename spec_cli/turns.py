@@ -29,6 +29,44 @@ from .strategy import FixedStrategy, Strategy
 StrategyFactory = Callable[[int | None], Strategy | None]
 
 
+class ChatPrompts:
+    """The target's chat template, and the exact tokens of the last prompt plus its reply.
+
+    Shared by the chat's turns and the server's chat completions: a new rendering that extends
+    the remembered text keeps the remembered tokens and tokenizes only the rest.
+    """
+
+    def __init__(self, target: Model):
+        self.target = target
+        info = target.vocab_info()
+        self._bos_text = special_text(target, info.bos)
+        self._add_bos = info.add_bos
+        self.template = ChatTemplate(target.chat_template(), self._bos_text, special_text(target, info.eos))
+        self._known: tuple[str, list[int]] | None = None  # (rendered text, its exact tokens)
+
+    def render(self, messages: list[dict]) -> str:
+        return self.template.render(messages, add_generation_prompt=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        known = self._known
+        if known is not None and text.startswith(known[0]):
+            return known[1] + self.target.tokenize(text[len(known[0]) :], add_bos=False, special=True)
+        # Most templates write the BOS token themselves; add it only when the text lacks it.
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        return self.target.tokenize(text, add_bos=add_bos, special=True)
+
+    def remember(self, text: str, prompt: list[int], reply_text: str, reply_tokens: list[int]) -> None:
+        """After a reply: the prompt and reply as the caches hold them, for the next prompt."""
+        if self.target.detokenize(reply_tokens) == reply_text:
+            self._known = (text + reply_text, prompt + reply_tokens)
+        else:  # a stop string cut the text inside the tokens: the next prompt is tokenized afresh
+            self._known = None
+
+    def forget(self) -> None:
+        """The conversation changed, or the caches may hold anything: tokenize the next prompt afresh."""
+        self._known = None
+
+
 @dataclass
 class TurnResult:
     text: str
@@ -87,18 +125,14 @@ class TurnEngine:
     ):
         self.target = target
         self.draft = draft
-        info = target.vocab_info()
-        self._bos_text = special_text(target, info.bos)
-        self._add_bos = info.add_bos
-        self.template = ChatTemplate(target.chat_template(), self._bos_text, special_text(target, info.eos))
+        self.prompts = ChatPrompts(target)
+        self.template = self.prompts.template
         self.opts = dataclasses.replace(opts, stop=(*opts.stop, *self.template.stop))
         self._strategy_for = strategy_for or fixed_strategies(target, draft)
         self._strategies: dict[int | None, Strategy | None] = {}
         self.draft_len = draft_len
         self.engine = Engine(target, strategy=self._strategy(draft_len))
         self.conversation = Conversation(system=system or None)
-        # (rendered text, its exact tokens) for the last prompt plus its reply
-        self._known: tuple[str, list[int]] | None = None
         self.last: TurnResult | None = None
         self.totals = Totals()
 
@@ -135,15 +169,10 @@ class TurnEngine:
     # --- prompt building ------------------------------------------------------
 
     def render(self, messages: list[dict]) -> str:
-        return self.template.render(messages, add_generation_prompt=True)
+        return self.prompts.render(messages)
 
     def tokenize_prompt(self, text: str) -> list[int]:
-        known = self._known
-        if known is not None and text.startswith(known[0]):
-            return known[1] + self.target.tokenize(text[len(known[0]) :], add_bos=False, special=True)
-        # Most templates write the BOS token themselves; add it only when the text lacks it.
-        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        return self.target.tokenize(text, add_bos=add_bos, special=True)
+        return self.prompts.tokenize(text)
 
     @property
     def reply_room(self) -> int:
@@ -182,10 +211,7 @@ class TurnEngine:
         if kept:
             # A stopped reply stays in the conversation as far as it got: the caches hold it.
             self.conversation.messages += [user, {"role": "assistant", "content": gen.text}]
-            if self.target.detokenize(gen.tokens) == gen.text:
-                self._known = (text + gen.text, prompt + gen.tokens)
-            else:  # a stop string cut the text inside the tokens: let the next turn re-tokenize
-                self._known = None
+            self.prompts.remember(text, prompt, gen.text, gen.tokens)
         result = TurnResult(
             text=gen.text,
             tokens=gen.tokens,
@@ -206,15 +232,15 @@ class TurnEngine:
     def reset(self) -> None:
         """Forget the turns. The caches stay: the next prompt reuses the system prompt's tokens."""
         self.conversation.messages.clear()
-        self._known = None
+        self.prompts.forget()
 
     def set_system(self, text: str | None) -> None:
         self.conversation.system = text or None
-        self._known = None
+        self.prompts.forget()
 
     def replace(self, conversation: Conversation) -> None:
         self.conversation = conversation
-        self._known = None
+        self.prompts.forget()
 
     @property
     def context_used(self) -> int:

@@ -218,6 +218,15 @@ def test_cli_bench_sweeps_thresholds_and_measures_departures(monkeypatch, capsys
     assert by[(4, 0.0)]["departed"] is None and by[(4, 0.0)]["mismatches"] == 0
     lossy_runs = [r for r in data["runs"] if r["rollback"]]
     assert lossy_runs and {r["output_check"] for r in lossy_runs} == {"lossy"}
+    # the target scores every text: its own (lossless) one is the yardstick, the lossy one is less likely to it
+    assert by[(4, 0.0)]["logprob_gap"] == 0.0 and by[(4, 12.0)]["logprob_gap"] < -1.0
+    assert all(
+        r["logprob"] is not None and r["logprob"] <= 0
+        for r in data["runs"]
+        if r["engine"] == "spec" and r["drafter"] != "control"
+    )
+    assert "lossless g=4: the target's mean log-likelihood per token" in out and "+0.000 against" in out
+    assert "(perplexity x" in out.split("lossy g=4 rb=12:")[1].splitlines()[0]
     assert data["recommendation"]["drafter"] is None or "rb" not in str(data["recommendation"])
 
 

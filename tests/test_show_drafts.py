@@ -60,21 +60,12 @@ def test_stream_spans_follow_characters_across_split_bytes_and_held_back_stops()
 
 
 runner = CliRunner()
+# a short run whose drafts the target accepts in part: a list continues predictably
+RUN_ARGS = ["-n", "24", "--ctx", "512", "--draft-len", "3", "--drafter", "model", "Here is a list of fruits:\n1. Apple\n2."]
 
 
 def test_json_carries_one_origin_per_token_and_show_drafts_leaves_pipes_alone(gemma_q2k_path):
-    args = [
-        "run",
-        "-n",
-        "24",
-        "--ctx",
-        "512",
-        "--draft-len",
-        "3",
-        "--drafter",
-        "model",
-        "Here is a list of fruits:\n1. Apple\n2.",
-    ]
+    args = ["run", *RUN_ARGS]
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout.strip().splitlines()[-1])
@@ -92,20 +83,7 @@ def test_json_carries_one_origin_per_token_and_show_drafts_leaves_pipes_alone(ge
 
 def test_show_drafts_colours_accepted_drafts_on_a_terminal(gemma_q2k_path):
     pexpect = pytest.importorskip("pexpect")
-    args = [
-        "-m",
-        "spec_cli",
-        "run",
-        "-n",
-        "24",
-        "--ctx",
-        "512",
-        "--draft-len",
-        "3",
-        "--drafter",
-        "model",
-        "Here is a list of fruits:\n1. Apple\n2.",
-    ]
+    args = ["-m", "spec_cli", "run", *RUN_ARGS]
     env = {**os.environ, "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
 

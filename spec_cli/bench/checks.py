@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..verify import token_nll
 from .schedule import Run
 from .settings import CONTROL, SPEC, TARGET, BenchSettings
 
@@ -97,6 +98,23 @@ def top_two_gap(row: np.ndarray) -> float:
     """Difference between the best and the second-best logit."""
     top = np.partition(np.asarray(row, dtype=np.float32), -2)[-2:]
     return float(top[1] - top[0])
+
+
+def mean_logprob(target, prompt: Sequence[int], generated: Sequence[int]) -> float | None:
+    """The target's own mean log-likelihood per token of `generated` after `prompt`, at temperature 1.
+
+    What a lossy mode costs in quality: the target scores the text it was given, in one pass
+    over prompt + generated, and the mean of log p(token | everything before it) is compared
+    with that of the target alone's own text (the gap; exp(-gap) is the perplexity ratio).
+    None for an empty text.
+    """
+    if not generated or not prompt:
+        return None
+    target.reset()
+    target.sync(list(prompt)[:-1], logits="none")
+    rows = target.eval([prompt[-1], *generated[:-1]], logits="all")
+    target.reset()
+    return float(-token_nll(rows, generated).mean())
 
 
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:

@@ -37,10 +37,11 @@ from ..loading import LoadedPair, ModelChoice
 from ..stats import Stats
 from ..strategy import AUTO_MAX_DRAFT, AdaptiveStrategy, build_strategy
 from . import reference as ref_mod
-from .checks import TIE_TOLERANCE, check_outputs, first_difference, sampling_note
+from .checks import TIE_TOLERANCE, check_outputs, first_difference, mean_logprob, sampling_note
 from .schedule import Config, Run, configurations, schedule
 from .settings import (
     AUTO,
+    CONTROL,
     DRAFTERS,
     LLAMA_CPP,
     MODEL,
@@ -147,6 +148,8 @@ def run_bench(
     plan = schedule(len(prompts), configs, settings.repeats)
     warm = configs if settings.warmup else []
     bench.total = len(plan) + len(warm) + settings.repeats * len(prompts) + 1
+    if settings.rollback_thresholds:  # the target scores the text of each of spec's runs afterwards
+        bench.total += sum(1 for _, _, cfg in plan if cfg.engine == SPEC and cfg.drafter != CONTROL)
     try:
         bench.warm_up(warm)
         runs, cost = bench.measure(plan, costs, max(COST_CURVE_MAX_K, _longest_draft(settings) + 1))
@@ -159,6 +162,8 @@ def run_bench(
     else:
         for run in runs:
             run.output_check = "not-checked"
+    if settings.rollback_thresholds:
+        _likelihoods(pair.target, prompts, tokenized, runs, lambda label: progress(bench.total, label))
     summary = summarize(runs, cost)
     notes += _mismatch_notes(summary)
     return BenchResult(
@@ -273,6 +278,17 @@ def _departures(runs: Sequence[Run]) -> None:
         if r.rollback and r.error is None and r.tokens is not None and r.prompt_id in base:
             r.output_check = "lossy"
             r.departs_at = first_difference(base[r.prompt_id], r.tokens)
+
+
+def _likelihoods(target, prompts: Sequence[BenchPrompt], tokenized: Sequence[Sequence[int]], runs: Sequence[Run],
+                 step: Callable[[str], None]) -> None:  # fmt: skip
+    """With a rollback sweep: the target scores the text of each of spec's runs (what the lossy rows cost)."""
+    tokens_of = {p.id: t for p, t in zip(prompts, tokenized)}
+    for r in runs:
+        if r.engine == SPEC and r.drafter != CONTROL:
+            step(f"the target scores {r.config.label} · {r.prompt_id}")
+            if r.error is None and r.tokens:
+                r.logprob = mean_logprob(target, tokens_of[r.prompt_id], r.tokens)
 
 
 def _mismatch_notes(summary: Sequence[ConfigSummary]) -> list[str]:

@@ -22,7 +22,7 @@ CSV_FIELDS = [
     "engine", "mode", "drafter", "draft_len", "prompt_id", "category", "repeat", "order", "generated", "seconds",
     "tokens_per_second", "drafted", "accepted", "target_passes", "accept_hist", "t_target_decode", "t_draft",
     "t_draft_decode", "t_outside_decode", "stop_reason", "output_check", "tie_gap", "rounds_by_drafter",
-    "lengths_used", "seed", "error", "rollback", "departs_at",
+    "lengths_used", "seed", "error", "rollback", "departs_at", "logprob",
 ]  # fmt: skip
 
 

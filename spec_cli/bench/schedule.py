@@ -109,6 +109,9 @@ class Run:
     # lossy runs under greedy decoding: the first token where the output parts from the target
     # alone's (None: the same text); output_check is then "lossy"
     departs_at: int | None = None
+    # with a rollback sweep, spec's runs: the target's mean log-likelihood per token of the text
+    # (checks.mean_logprob), to compare a lossy row's text with the target alone's
+    logprob: float | None = None
 
     @property
     def config(self) -> Config:

@@ -49,6 +49,12 @@ class ConfigSummary:
     rollback: float = 0.0  # BiLD's rollback threshold (lossy above 0): never recommended
     departed: float | None = None  # lossy, greedy: share of the runs whose output parts from the target alone's
     first_departure: float | None = None  # and the median token position where those part
+    # with a rollback sweep: the target's mean log-likelihood per token of this row's text, and
+    # its mean difference from the target alone's on the same prompt and repeat (0 for lossless
+    # greedy rows; below 0 where the text is one the target finds less likely: exp(-gap) is the
+    # perplexity ratio)
+    logprob: float | None = None
+    logprob_gap: float | None = None
 
 
 Rates = dict[tuple[str, int], list[float]]  # (prompt id, repeat) -> tok/s of the runs there
@@ -105,7 +111,7 @@ def _summarize(cfg: Config, runs: Sequence[Run], cost: CostCurve) -> ConfigSumma
         rounds_by_drafter=_sum_counts([r.rounds_by_drafter for r in mine]),
         lengths_used=_sum_counts([r.lengths_used for r in mine]),
         strategy_notes=list(dict.fromkeys(n for r in mine for n in (r.drafters_off or []))),
-        rollback=cfg.rollback, **_departure(mine),
+        rollback=cfg.rollback, **_departure(mine), **_likelihood(mine, runs, cfg),
     )  # fmt: skip
 
 
@@ -115,6 +121,15 @@ def _departure(mine: Sequence[Run]) -> dict:
         return {}
     parted = [r.departs_at for r in lossy if r.departs_at is not None]
     return {"departed": len(parted) / len(lossy), "first_departure": float(np.median(parted)) if parted else None}
+
+
+def _likelihood(mine: Sequence[Run], runs: Sequence[Run], cfg: Config) -> dict:
+    scored = [r for r in mine if r.logprob is not None]
+    if not scored:
+        return {}
+    base = {(r.prompt_id, r.repeat): r.logprob for r in runs if r.config == cfg.baseline and r.logprob is not None}
+    gaps = [r.logprob - base[r.prompt_id, r.repeat] for r in scored if (r.prompt_id, r.repeat) in base]
+    return {"logprob": float(np.mean([r.logprob for r in scored])), "logprob_gap": float(np.mean(gaps)) if gaps else None}
 
 
 def _by_prompt(mine: Sequence[Run], here: Rates, base: Rates) -> dict[str, float]:

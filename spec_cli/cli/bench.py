@@ -320,7 +320,20 @@ def _render_lossy(result: BenchResult) -> None:
     ui.line("rb=X: BiLD's rollback at threshold X, LOSSY (the text is no longer the target's own; never recommended)")
     for s in lossy:
         if s.departed is None:
-            ui.line(f"lossy {_short(s)}: outputs not compared with the target alone's (sampling)")
-            continue
-        at = f", first at token {s.first_departure:g} (median)" if s.first_departure is not None else ""
-        ui.line(f"lossy {_short(s)}: {100 * s.departed:.0f}% of outputs depart from the target alone's{at}")
+            departs = "outputs not compared token by token with the target alone's (sampling)"
+        else:
+            at = f", first at token {s.first_departure:g} (median)" if s.first_departure is not None else ""
+            departs = f"{100 * s.departed:.0f}% of outputs depart from the target alone's{at}"
+        ui.line(f"lossy {_short(s)}: {departs}{_likelihood_text(s)}")
+    lossless = [s for s in result.summary if not s.rollback and s.logprob_gap is not None and s.mode != "target"]
+    for s in lossless:  # the same measure on the lossless rows: the yardstick (0 under greedy decoding)
+        ui.line(f"lossless {_short(s)}:{_likelihood_text(s)[1:]}")
+
+
+def _likelihood_text(s) -> str:
+    if s.logprob is None or s.logprob_gap is None:
+        return ""
+    return (
+        f"; the target's mean log-likelihood per token {s.logprob:.3f}, {s.logprob_gap:+.3f} against the target alone's "
+        f"text (perplexity x{math.exp(-s.logprob_gap):.2f})"
+    )

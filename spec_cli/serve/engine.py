@@ -22,14 +22,13 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from ..conversation import ChatTemplate
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..limits import DRAFTERS
 from ..loading import LoadedPair, ModelChoice, load_pair
 from ..sampling import SamplingParams
 from ..strategy import build_strategy, parse_draft_len
-from ..turns import special_text
+from ..turns import ChatPrompts
 from .schemas import ApiError, GenRequest, Outcome
 
 # The pair `spec serve` loads with no model options: the chat pair, as `spec chat` does.
@@ -61,13 +60,9 @@ class ServedPair:
         self.model_id = model_id
         self.aliases = {model_id, pair.target_path.name, pair.target_path.stem}
         self.n_ctx = target.n_ctx
-        info = target.vocab_info()
-        self._bos_text = special_text(target, info.bos)
-        self._add_bos = info.add_bos
-        self.template = ChatTemplate(target.chat_template(), self._bos_text, special_text(target, info.eos))
+        self.prompts = ChatPrompts(target)
+        self.template = self.prompts.template
         self._strategies: dict[tuple[str, int | None], object | None] = {}
-        # (rendered chat text, its exact tokens) of the last chat prompt plus its reply
-        self._known: tuple[str, list[int]] | None = None
         self._strategy(choice.drafter, self.draft_len)  # auto's cost curve now, not in the first request
 
     def describe(self) -> dict:
@@ -113,7 +108,7 @@ class ServedPair:
         strategy = self._strategy(drafter, draft_len)
         if req.kind == "chat":
             text = self._render(req.messages)
-            prompt = self._chat_tokens(text)
+            prompt = self.prompts.tokenize(text)
             stop = (*req.stop, *self.template.stop)
         else:
             text, prompt, stop = req.prompt, self.pair.target.tokenize(req.prompt), req.stop
@@ -149,15 +144,13 @@ class ServedPair:
         try:
             gen = engine.generate(prompt, opts, on_text=lambda t: post("text", t), should_stop=should_stop)
         except SpecError as e:
-            self._known = None
+            self.prompts.forget()
             raise ApiError(400, str(e)) from None
         except BaseException:
-            self._known = None  # the caches may hold anything: the next prompt is tokenized afresh, sync keeps what matches
+            self.prompts.forget()  # the caches may hold anything: the next prompt is tokenized afresh, sync keeps what matches
             raise
-        if req.kind == "chat" and target.detokenize(gen.tokens) == gen.text:
-            self._known = (text + gen.text, prompt + gen.tokens)
-        elif req.kind == "chat":
-            self._known = None  # a stop string cut the text inside the tokens: the next turn re-tokenizes
+        if req.kind == "chat":
+            self.prompts.remember(text, prompt, gen.text, gen.tokens)
         s = gen.stats
         return Outcome(
             text=gen.text,
@@ -191,17 +184,9 @@ class ServedPair:
 
     def _render(self, messages: list[dict]) -> str:
         try:
-            return self.template.render(messages, add_generation_prompt=True)
+            return self.prompts.render(messages)
         except SpecError as e:
             raise ApiError(400, str(e), param="messages") from None
-
-    def _chat_tokens(self, text: str) -> list[int]:
-        """As ChatSession.tokenize_prompt: the known prefix keeps its exact tokens."""
-        target, known = self.pair.target, self._known
-        if known is not None and text.startswith(known[0]):
-            return known[1] + target.tokenize(text[len(known[0]) :], add_bos=False, special=True)
-        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        return target.tokenize(text, add_bos=add_bos, special=True)
 
     def close(self) -> None:
         self.pair.close()
