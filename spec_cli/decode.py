@@ -9,7 +9,8 @@ becomes the new last token. With no drafts the same loop is plain decoding,
 which is what --no-spec runs, so both modes share one code path.
 
 A round has three steps: propose (the strategy's drafter), verify (a chain, or a
-token tree whose branches the target evaluates in the same single pass), emit
+token tree whose branches the target evaluates in the same single pass; both
+greedy and sampled, lossless either way), emit
 (the accepted drafts and the target's own token, up to a stop condition).
 Verification only asks the target for what the acceptance rule reads: a token
 id per row under greedy decoding, the top-k candidates per row under top-k
@@ -32,7 +33,7 @@ from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
 from .strategy import Strategy
 from .textstream import TextStream
-from .tokentree import accept_tree_greedy, prune
+from .tokentree import accept_tree_greedy, accept_tree_sampled, prune_nodes
 from .verify import accept_greedy, accept_greedy_rollback, accept_sampled, accept_sampled_rollback, token_nll
 
 # Where an emitted token came from: a draft the target accepted, or the target's own pick.
@@ -132,10 +133,27 @@ def verify_chain(
     return Verdict(drafts[:n_acc], extra)
 
 
-def verify_tree(target: Model, context: Sequence[int], drafts: list[int], parents: list[int]) -> Verdict:
-    """Evaluate the last token with a tree of drafts below it in one pass; keep the longest accepted branch."""
+def verify_tree(
+    target: Model,
+    context: Sequence[int],
+    drafts: list[int],
+    parents: list[int],
+    q: list[Dist] | None = None,
+    params: SamplingParams | None = None,
+    rng: np.random.Generator | None = None,
+) -> Verdict:
+    """Evaluate the last token with a tree of drafts below it in one pass and walk the accepted branch.
+
+    Greedy (no params, or temperature 0): the branch of the target's argmax. Under sampling,
+    tokentree's lossless rule, with q[i] the draft distribution node i was drawn from and the
+    target's rows shaped by `params` only where the walk reaches them.
+    """
     rows = target.eval_tree(context[-1], drafts, parents)
-    path, extra = accept_tree_greedy(drafts, parents, rows.argmax(axis=1))
+    if params is None or params.greedy:
+        path, extra = accept_tree_greedy(drafts, parents, rows.argmax(axis=1))
+    else:
+        assert q is not None and rng is not None, "a sampled tree needs its draft distributions and an rng"
+        path, extra = accept_tree_sampled(drafts, parents, q, lambda node: shape(rows[node + 1], params), rng)
     target.keep_branch(path)  # seq 0 continues along the accepted branch; the others are dropped
     return Verdict([drafts[i] for i in path], extra, path)
 
@@ -254,15 +272,18 @@ class Engine:
 
     def _verify(self, run: _Run, prop: Proposal, cap: int, room: int) -> Verdict:
         if prop.parents is not None and prop.tokens:
-            if not run.opts.sampling.greedy:
-                raise SpecError("token trees are verified greedily only; draft a chain when sampling")
+            sampling = run.opts.sampling
             if run.opts.rollback_threshold:
                 raise SpecError("--rollback-threshold applies to a chain of drafts, not to a token tree (--drafter tree)")
+            if not sampling.greedy and (prop.q is None or len(prop.q) != len(prop.tokens)):
+                raise SpecError("a token tree under sampling needs the draft distribution of every node")
             # A tree takes one cache cell per node, so its size is bounded by the room left.
-            drafts, parents = prune(prop.tokens, prop.parents, max(cap, 0), max(room, 0))
-            if drafts:
+            kept, parents = prune_nodes(prop.parents, max(cap, 0), max(room, 0))
+            if kept:
+                drafts = [prop.tokens[i] for i in kept]
+                q = None if sampling.greedy else [prop.q[i] for i in kept]
                 run.drafted = len(drafts)
-                return verify_tree(self.target, run.context, drafts, parents)
+                return verify_tree(self.target, run.context, drafts, parents, q, sampling, run.rng)
             run.drafted = 0
             return verify_chain(self.target, run.context, [], [], run.opts.sampling, run.rng)
         drafts = prop.tokens[: max(cap, 0)]

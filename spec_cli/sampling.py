@@ -195,9 +195,23 @@ def residual(p: Dist, q: Dist) -> Dist:
     everywhere (p == q) a rejection has probability zero; p itself is returned
     so a caller never divides by zero.
     """
+    if len(q.ids) == 0:
+        return p
     diff = np.maximum(p.probs - q.probs_at(p.ids), 0.0)
     total = diff.sum()
     if total <= 1e-12:
         return p
     keep = diff > 0
     return Dist(p.ids[keep], diff[keep] / total)
+
+
+def without(q: Dist, token: int) -> Dist:
+    """q with `token` taken out and the rest renormalized: what a draw without replacement draws from next.
+
+    Tokens of probability 0 are dropped too; when nothing with mass is left, the result has no ids.
+    """
+    keep = (q.ids != token) & (q.probs > 0)
+    if keep.all():
+        return q
+    rest = q.probs[keep]
+    return Dist(q.ids[keep], rest / rest.sum() if len(rest) else rest)

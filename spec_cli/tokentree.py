@@ -13,13 +13,50 @@ the current node, until no child matches. Every token on that walk is what plain
 greedy decoding would have produced after the tokens before it, so the rule is
 lossless; siblings carry distinct tokens, so the walk is unique and it ends on
 the longest accepted branch.
+
+Sampling (SpecInfer's multi-candidate rule, in the without-replacement form of
+recursive rejection sampling, Jeon et al. 2024): at a node, p is the target's
+distribution after it and q the draft's, both shaped by the same sampling
+parameters, and the node's children x_1..x_k were drawn from q one after another
+without replacement (each from q less its earlier siblings, renormalized: q_i).
+The children are tested in node order: x_i is accepted with probability
+min(1, p_i(x_i) / q_i(x_i)); on rejection p_{i+1} = normalize(max(p_i - q_i, 0))
+and q_{i+1} = q_i without x_i; when every child is rejected the token is drawn
+from p_{k+1}. An accepted child is where the walk goes on, by the same rule with
+that node's p and q; a node without children (an accepted leaf) draws the bonus
+token from its p.
+
+Why the emitted token is distributed as p exactly. Claim: if, given everything
+before it, candidate x_i is distributed as q_i, the rule emits y with probability
+p_i(y). With no candidate left it draws from p_i. Otherwise it accepts y with
+probability q_i(y) min(1, p_i(y) / q_i(y)) = min(p_i(y), q_i(y)), rejects with
+probability b = sum max(p_i - q_i, 0), and whatever x_i was, by the claim one step
+on, what follows a rejection emits p_{i+1} = max(p_i - q_i, 0) / b; in all,
+min(p_i, q_i)(y) + max(p_i - q_i, 0)(y) = p_i(y). Taking x_i out of q loses
+nothing: it is rejected only where p_i(x_i) < q_i(x_i), so p_{i+1}(x_i) = 0. What
+the drafter must honour: each child is drawn from q less its earlier siblings, and
+whether a child exists may depend on anything drawn before it (budgets, the
+draft's probabilities so far), never on its own token. Below an accepted child
+the children were drawn from the draft after it, independently of the coins
+above, so the claim holds there too, and by induction every emitted token
+follows the target's distribution after the ones before it.
+
+Repeated siblings (children drawn i.i.d., with replacement) are merged into their
+first occurrence: the rule skips a sibling whose token it has already tested. The
+first occurrences of i.i.d. draws from q are draws without replacement (given the
+tokens seen, the next new one is q restricted to the rest), and whether a new
+one turns up depends only on those already seen, so the claim covers them. (Testing
+a repeat again would move p once more by the rejected token's q and bias it.)
+A chain, one child per node, is accept_sampled, uniform for uniform.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from .sampling import Dist, residual, without
 
 
 def check_tree(tokens: Sequence[int], parents: Sequence[int]) -> None:
@@ -115,19 +152,107 @@ def prune(tokens: Sequence[int], parents: Sequence[int], max_depth: int, max_nod
     A dropped node takes its descendants with it; the kept nodes are renumbered
     so that parents still come first.
     """
+    kept, out_parents = prune_nodes(parents, max_depth, max_nodes)
+    return [int(tokens[i]) for i in kept], out_parents
+
+
+def prune_nodes(parents: Sequence[int], max_depth: int, max_nodes: int) -> tuple[list[int], list[int]]:
+    """`prune` as (the kept nodes' old indices, their new parents), to carry per-node data along.
+
+    Under sampling the cut stays exact: it keeps a node by its depth and its place in
+    node order, both fixed before its token was drawn, and a node's earlier siblings
+    come before it, so each node keeps a prefix of its children in drawing order.
+    """
     new_index: dict[int, int] = {-1: -1}
-    out_tokens: list[int] = []
+    kept: list[int] = []
     out_parents: list[int] = []
     d = depths(parents)
-    for i, (t, p) in enumerate(zip(tokens, parents)):
-        if len(out_tokens) >= max_nodes:
+    for i, p in enumerate(parents):
+        if len(kept) >= max_nodes:
             break
         if d[i] > max_depth or p not in new_index:
             continue
-        new_index[i] = len(out_tokens)
-        out_tokens.append(int(t))
+        new_index[i] = len(kept)
+        kept.append(i)
         out_parents.append(new_index[p])
-    return out_tokens, out_parents
+    return kept, out_parents
+
+
+def children_of(parents: Sequence[int]) -> dict[int, list[int]]:
+    """parent -> its children in node order (-1: the root's)."""
+    kids: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        kids.setdefault(int(p), []).append(i)
+    return kids
+
+
+def sibling_outcomes(p: Dist, q: Dist, tokens: Sequence[int]) -> tuple[list[float], Dist]:
+    """The sampling rule at one node, as probabilities (see the module's docstring).
+
+    `tokens` are the node's children in drawing order, drawn from q; p is the target's
+    distribution at the node. Returns (for each child, the probability that the rule
+    accepts it; the distribution drawn from when every child is rejected). A repeated
+    token is merged into its first occurrence (probability 0).
+    """
+    accept: list[float] = []
+    reach = 1.0
+    seen: set[int] = set()
+    for x in tokens:
+        x = int(x)
+        if x in seen or len(q.ids) == 0:
+            accept.append(0.0)
+            continue
+        seen.add(x)
+        qx, px = q.prob(x), p.prob(x)
+        a = min(1.0, px / qx) if qx > 0 else 0.0
+        accept.append(reach * a)
+        reach *= 1.0 - a
+        p, q = residual(p, q), without(q, x)
+    return accept, p
+
+
+def accept_tree_sampled(
+    tokens: Sequence[int],
+    parents: Sequence[int],
+    q: Sequence[Dist],
+    p_at: Callable[[int], Dist],
+    rng: np.random.Generator,
+) -> tuple[list[int], int]:
+    """Lossless acceptance on a tree under sampling (the rule of the module's docstring).
+
+    q[i] is the draft distribution node i was drawn from: the draft's at its parent,
+    before its earlier siblings were taken out (all siblings share it). p_at(node) is
+    the target's distribution after `node` (-1: the root), asked only for the nodes
+    the walk reaches. Returns (accepted path from the root down, the token drawn after
+    it: from the residual where every child was rejected, else the bonus from p at the
+    accepted leaf). One uniform per tested child and one per drawn token, as
+    accept_sampled spends them on a chain.
+    """
+    assert len(q) == len(tokens) == len(parents)
+    kids = children_of(parents)
+    path: list[int] = []
+    node = -1
+    while True:
+        p = p_at(node)
+        below = kids.get(node, [])
+        nxt = None
+        if below:
+            qd = q[below[0]]
+            seen: set[int] = set()
+            for c in below:
+                x = int(tokens[c])
+                if x in seen or len(qd.ids) == 0:
+                    continue  # a repeat is merged into its first occurrence
+                seen.add(x)
+                qx = qd.prob(x)
+                if qx > 0 and rng.random() * qx < p.prob(x):  # u < p/q without dividing
+                    nxt = c
+                    break
+                p, qd = residual(p, qd), without(qd, x)
+        if nxt is None:
+            return path, p.sample(rng)
+        path.append(nxt)
+        node = nxt
 
 
 def on_first_branch(parents: Sequence[int], path: Sequence[int]) -> bool:

@@ -11,7 +11,7 @@ from spec_cli.drafters.tree import TreeDrafter, top_two
 from spec_cli.sampling import SamplingParams
 from spec_cli.strategy import FixedStrategy
 from spec_cli.tokentree import check_tree, depths, leaves
-from tests.fakes import FakeModel, table_lm
+from tests.fakes import FakeModel, soft_lm, table_lm
 
 V = 16
 CYCLE = {i: i % 9 + 1 for i in range(1, 10)}  # the target: 1 -> 2 -> ... -> 9 -> 1
@@ -114,20 +114,63 @@ def test_tree_near_the_end_of_the_context_is_cut_to_fit():
     assert res.stats.stop_reason == ref.stats.stop_reason == "context"
 
 
-def test_sampling_drafts_chains_not_trees():
+def test_sampling_drafts_random_trees_and_verifies_them():
     t = FakeModel(table_lm(CYCLE, V), V)
     d = FakeModel(hesitant_lm(WRONG_AFTER_2, RUNNER_UP), V)
-
-    def no_trees(*a, **k):
-        raise AssertionError("a tree was verified under sampling")
-
-    t.eval_tree = no_trees
     drafter = TreeDrafter(d)
     strategy = FixedStrategy(drafter, 4)
-    opts = GenerateOptions(max_tokens=20, sampling=SamplingParams(temperature=1.0), seed=3)
+    opts = GenerateOptions(max_tokens=30, sampling=SamplingParams(temperature=1.0), seed=3)
     res = Engine(t, strategy=strategy).generate([1], opts)
-    assert res.stats.drafted > 0 and drafter.trees == 0 and drafter.sampled_rounds > 0
-    assert any("greedy-only" in line for line in strategy.describe())
+    assert res.stats.drafted > 0 and drafter.sampled_trees == drafter.trees > 0
+    assert drafter.branches > drafter.trees, "no tree branched"
+    assert any("drawn at random" in line for line in strategy.describe())
+    assert t.tokens == ([1] + res.tokens)[:-1]
+
+
+def test_sampled_tree_draws_siblings_without_replacement_from_q():
+    d = FakeModel(soft_lm(V, seed=5), V)
+    drafter = TreeDrafter(d, threshold=0.05, max_branches=4, max_nodes=12)
+    params = SamplingParams(temperature=1.5, top_k=6)
+    for seed in range(20):
+        prop = drafter.propose([1, 2, 3], 4, params, np.random.default_rng(seed))
+        check_tree(prop.tokens, prop.parents)  # distinct siblings
+        assert len(prop.q) == len(prop.tokens)
+        for i, (tok, par) in enumerate(zip(prop.tokens, prop.parents)):
+            assert prop.q[i].prob(tok) > 0  # drawn from its q
+            assert all(prop.q[j] is prop.q[i] for j, p in enumerate(prop.parents) if p == par)
+        assert depths(prop.parents).max() <= 4 and len(prop.tokens) <= 12
+    assert drafter.branches > drafter.trees
+
+
+def test_sampled_tree_keeps_the_target_distribution_through_the_loop():
+    """The loop on fakes: the first two tokens, drafted as random trees, against the target's own."""
+    n = 5
+    tlm, dlm = soft_lm(n, seed=11), soft_lm(n, seed=12, temperature=0.5)
+    params = SamplingParams(temperature=1.0, top_k=0)
+    t, d = FakeModel(tlm, n), FakeModel(dlm, n)
+    drafter = TreeDrafter(d, threshold=0.1)
+    engine = Engine(t, FixedStrategy(drafter, 3))
+    runs = 3000
+    counts = np.zeros(n * n)
+    for seed in range(runs):
+        t.reset()
+        d.reset()
+        out = engine.generate([0], GenerateOptions(max_tokens=2, draft_len=3, seed=seed, sampling=params)).tokens
+        counts[out[0] * n + out[1]] += 1
+    assert drafter.branches > drafter.trees
+    from spec_cli.sampling import shape
+
+    def p(history):
+        return shape(tlm(history), params)
+
+    want = np.array([p([0]).prob(a) * p([0, a]).prob(b) for a in range(n) for b in range(n)]) * runs
+    cells = want > 5
+    chi2 = ((counts[cells] - want[cells]) ** 2 / want[cells]).sum()
+    assert chi2 < 52.6, chi2  # 99.9 % quantile of chi-square with <= 24 degrees of freedom
+    qd = [shape(dlm(h), params) for h in ([0],)]
+    draft_joint = np.array([qd[0].prob(a) * shape(dlm([0, a]), params).prob(b) for a in range(n) for b in range(n)]) * runs
+    cq = draft_joint > 5
+    assert ((counts[cq] - draft_joint[cq]) ** 2 / draft_joint[cq]).sum() > 52.6  # the draft's own fails it
 
 
 def test_tree_rows_follow_their_own_branch():

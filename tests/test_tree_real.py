@@ -12,8 +12,10 @@ from spec_cli.cli import app
 from spec_cli.decode import Engine, GenerateOptions
 from spec_cli.drafters.tree import TreeDrafter
 from spec_cli.llama import Model
+from spec_cli.sampling import SamplingParams, shape
 from spec_cli.strategy import FixedStrategy
 from spec_cli.tokentree import leaves, path_to
+from tests.chisquare import first_token_chi2
 from tests.neartie import assert_same_or_near_tie
 
 # Batched evaluation is not bit-identical to other batch shapes: the same chain evaluated
@@ -138,6 +140,43 @@ def test_greedy_tree_equals_target_only(tree_target, draft, target, baselines, p
     assert_same_or_near_tie(target, toks, reference, res.tokens)
 
 
+def test_first_sampled_token_of_a_random_tree_keeps_the_target_distribution(tree_target, draft):
+    """Chi-square: with random trees drafted (several children at the root), the first token
+    follows the target's shaped distribution; the draft's own distribution fails the same test."""
+    params = SamplingParams(temperature=1.0, top_k=8)
+    target = tree_target
+    target.reset()
+    prompt = target.tokenize("The capital of France is")
+    p = shape(target.sync(prompt)[1].copy(), params)
+    q = shape(draft.sync(prompt)[1].copy(), params)
+    ids = np.union1d(p.ids, q.ids)
+    assert 0.5 * np.abs(p.probs_at(ids) - q.probs_at(ids)).sum() > 0.2, "draft and target too alike for the power check"
+
+    drafter = TreeDrafter(draft, threshold=0.05)
+    propose = drafter.propose
+    wide = []  # per round: children at the root
+
+    def record(*a, **k):
+        prop = propose(*a, **k)
+        wide.append(sum(1 for par in prop.parents or [] if par == -1))
+        return prop
+
+    drafter.propose = record
+    engine = Engine(target, FixedStrategy(drafter, 2))
+    runs = 500
+    firsts = []
+    for seed in range(runs):
+        res = engine.generate(prompt, GenerateOptions(max_tokens=3, draft_len=2, seed=seed, sampling=params))
+        firsts.append(res.tokens[0])
+    assert sum(w >= 2 for w in wide) > runs / 4, "the root rarely branched: the test did not exercise siblings"
+    firsts = np.array(firsts)
+    assert not np.isin(firsts, p.ids, invert=True).any(), "emitted a token outside the target's top-k"
+    chi2, obs, exp = first_token_chi2(firsts, p, runs)
+    assert chi2 < 26.2, (chi2, obs, exp)  # 99.9 % quantile of chi-square with <= 8 degrees of freedom
+    chi2_q, _, _ = first_token_chi2(firsts, q, runs)
+    assert chi2_q > 26.2, (chi2_q, obs)  # power: the draft's distribution is told apart
+
+
 runner = CliRunner()
 
 
@@ -173,4 +212,4 @@ def test_cli_drafter_tree(gemma_q2k_path):
     assert res.exit_code == 0, res.output
     st = json.loads(res.stdout.strip().splitlines()[-1])["stats"]
     assert st["drafted"] > 0
-    assert any("greedy-only" in n for n in st["notes"])
+    assert any(n.startswith("token tree:") and "drawn at random" in n for n in st["notes"])

@@ -205,17 +205,10 @@ def require_lossless(result: BenchResult) -> None:
 
 
 def _for_sampling(settings: BenchSettings, notes: list[str], notify: Notify) -> BenchSettings:
-    """Under sampling: say that outputs are not compared, and measure tree as the draft model's chain."""
-    if settings.sampling.greedy:
-        return settings
-    notes.append(sampling_note(settings))
-    if TREE not in settings.drafters:
-        return settings
-    why = ("tree not measured under sampling: token trees are verified greedily only, and when sampling, --drafter "
-           "tree drafts the draft model's plain chain, which the model rows measure")  # fmt: skip
-    notes.append(why)
-    notify(f"note: {why}")
-    return replace(settings, drafters=tuple(dict.fromkeys(MODEL if d == TREE else d for d in settings.drafters)))
+    """Under sampling: say that outputs are not compared."""
+    if not settings.sampling.greedy:
+        notes.append(sampling_note(settings))
+    return settings
 
 
 def _require_draft_model(pair: LoadedPair, settings: BenchSettings) -> None:

@@ -41,7 +41,7 @@ Drafter = Annotated[
     str,
     typer.Option(
         "--drafter",
-        help="auto (n-gram lookup, then the draft model), model, ngram (no draft model needed), tree (the draft model's top two where it hesitates; greedy only, a chain when sampling), or self (a draft cut from the target's own blocks, chosen by measurement once).",
+        help="auto (n-gram lookup, then the draft model), model, ngram (no draft model needed), tree (several branches where the draft hesitates: its top two when greedy, random draws when sampling), or self (a draft cut from the target's own blocks, chosen by measurement once).",
     ),
 ]
 Temp = Annotated[float, typer.Option("--temp", help="Sampling temperature; 0 is greedy.")]

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 @dataclass
 class Proposal:
     tokens: list[int] = field(default_factory=list)
-    # q[i] is the distribution tokens[i] was drawn from. None means the drafter is
+    # q[i] is the distribution tokens[i] was drawn from (for a tree: the draft's at the
+    # node's parent, before its earlier siblings were taken out). None means the drafter is
     # deterministic (greedy draft, n-gram lookup): each q[i] is a point mass on tokens[i],
     # which the acceptance rule handles without loss.
     q: list[Dist] | None = None
@@ -29,7 +30,7 @@ class Proposal:
     # which drafter made it (set by the strategy; a combined drafter has several)
     source: str | None = None
     # None for a chain. For a token tree (see tokentree): parents[i] is the node that
-    # tokens[i] follows, -1 for the root (the context's last token). Greedy only.
+    # tokens[i] follows, -1 for the root (the context's last token).
     parents: list[int] | None = None
     # What making it cost a drafter that runs a model: `steps` one-token draft passes
     # that took `step_seconds` (the per-token price of drafting), and `decode_seconds`
