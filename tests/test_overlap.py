@@ -186,3 +186,13 @@ def test_sampled_output_keeps_the_target_distribution():
                 wrong[a, b, c] = q([1])[a] * q([1, a])[b] * q([1, a, b])[c]
     chi2_q, _ = masked_chi2(counts, wrong * runs)
     assert chi2_q > dof + 4.5 * np.sqrt(2 * dof) + 10, chi2_q
+
+
+@pytest.mark.parametrize("command", [["run", "hello"], ["bench"]])
+def test_a_bad_overlap_value_is_a_one_line_error(command):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "spec_cli", *command, "--overlap", "sometimes"], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "--overlap takes off, on, auto" in res.stderr and "Traceback" not in res.stderr
