@@ -29,6 +29,7 @@ from .drafters.base import Proposal, RoundOutcome
 from .errors import SpecError
 from .limits import MAX_DRAFT_LEN, check_prompt_fits, check_seed
 from .llama import Model
+from .pipeline import AUTO, OFF, ON, Pipeline, learned_choice, overlap_drafter, parse_overlap, separate_hardware
 from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
 from .strategy import Strategy
@@ -183,9 +184,40 @@ class Engine:
     drafter and the length round by round.
     """
 
-    def __init__(self, target: Model, strategy: Strategy | None = None):
+    def __init__(self, target: Model, strategy: Strategy | None = None, overlap: str = OFF):
+        """overlap: --overlap (pipeline.py): draft the next round while the target verifies (on),
+        not (off), or as measured (auto)."""
         self.target = target
         self.strategy = strategy
+        self.overlap = parse_overlap(overlap)
+        if self.overlap == ON and strategy is not None and overlap_drafter(strategy) is None:
+            raise SpecError(
+                "--overlap on drafts ahead with a draft model of the target's vocabulary: use --drafter model or auto with one"
+            )
+
+    def _pipeline(self, run: _Run) -> Pipeline | None:
+        """The worker that drafts ahead, where --overlap may use it; None where it may not."""
+        drafter = overlap_drafter(run.strategy)
+        if self.overlap == OFF or drafter is None:
+            return None
+        greedy = run.opts.sampling.greedy
+        choice = learned_choice(self.target, drafter.model, run.strategy.draft_len, greedy) if self.overlap == AUTO else None
+        shared = self.overlap == AUTO and not separate_hardware(self.target, drafter.model)
+        run.stats.overlap = self.overlap
+        return Pipeline(drafter, self.overlap, run.stats.seed or 0, choice, shared)
+
+    def _ahead(self, run: _Run, pipe: Pipeline, prop: Proposal, cap: int) -> None:
+        """Have the pipeline draft the round after this one, as it would be if all of this round is accepted."""
+        if prop.ahead:
+            pipe.used += 1
+        drafts = prop.tokens[: max(cap, 0)] if prop.parents is None else []
+        after = len(run.context) + len(drafts) + 1  # the context then, and the output
+        out_after = len(run.out) + len(drafts) + 1
+        n_next = 0
+        if out_after < run.opts.max_tokens:
+            g = run.strategy.draft_len or len(prop.tokens)
+            n_next = min(g, self.target.n_ctx - after, run.opts.max_tokens - out_after - 1)
+        pipe.begin(run.context, prop, drafts, n_next, run.opts.sampling, self.target.is_eog)
 
     def generate(
         self,
@@ -202,29 +234,48 @@ class Engine:
         """
         run = self._start(prompt, opts)
         target = self.target
+        pipe = self._pipeline(run)
         t_start, target_t0 = time.perf_counter(), target.decode_seconds
-        while not run.done:
-            if should_stop is not None and should_stop():
-                run.stats.stop_reason = "interrupted"
-                break
-            room = target.n_ctx - len(run.context)  # drafts that still fit beside the last token
-            if room < 0:
-                run.stats.stop_reason = "context"
-                run.stats.notes.append(f"stopped: the context of {target.n_ctx} tokens is full")
-                break
-            cap = min(room, opts.max_tokens - len(run.out) - 1)
-            prop, t_draft = self._propose(run, cap)
-            t_pass, t0 = target.decode_seconds, time.perf_counter()
-            verdict = self._verify(run, prop, cap, room)
-            t_pass = target.decode_seconds - t_pass
-            t1 = time.perf_counter()
-            run.stats.t_verify_other += t1 - t0 - t_pass
-            self._observe(run, prop, verdict, t_pass, t_draft)
-            t2 = time.perf_counter()
-            self._emit(run, verdict, on_text, on_span)
-            run.stats.t_emit += time.perf_counter() - t2
+        try:
+            while not run.done:
+                if should_stop is not None and should_stop():
+                    run.stats.stop_reason = "interrupted"
+                    break
+                room = target.n_ctx - len(run.context)  # drafts that still fit beside the last token
+                if room < 0:
+                    run.stats.stop_reason = "context"
+                    run.stats.notes.append(f"stopped: the context of {target.n_ctx} tokens is full")
+                    break
+                cap = min(room, opts.max_tokens - len(run.out) - 1)
+                prop, t_draft = self._propose(run, cap)
+                if pipe is not None:
+                    pipe.proposed()
+                    self._ahead(run, pipe, prop, cap)
+                t_pass, t0 = target.decode_seconds, time.perf_counter()
+                verdict = self._verify(run, prop, cap, room)
+                t_pass = target.decode_seconds - t_pass
+                t1 = time.perf_counter()
+                run.stats.t_verify_other += t1 - t0 - t_pass
+                if pipe is not None:
+                    waited = pipe.t_wait
+                    pipe.join()  # the draft model is the loop's again
+                    waited = pipe.t_wait - waited
+                    t_draft += waited
+                    run.stats.t_draft += waited
+                    run.stats.t_draft_decode += waited
+                self._observe(run, prop, verdict, t_pass, t_draft)
+                t2 = time.perf_counter()
+                self._emit(run, verdict, on_text, on_span)
+                run.stats.t_emit += time.perf_counter() - t2
+        finally:
+            if pipe is not None:
+                pipe.close()
         self._release(run, run.stream.flush(), on_text, on_span)
         stats = run.stats
+        if pipe is not None:
+            stats.overlap_rounds, stats.overlap_used = pipe.started, pipe.used
+            stats.t_overlap_wait, stats.t_overlap_hidden = pipe.t_wait, pipe.t_hidden
+            stats.notes.extend(pipe.describe())
         stats.t_total = time.perf_counter() - t_start
         stats.t_target = target.decode_seconds - target_t0
         stats.generated = len(run.out)
@@ -267,7 +318,8 @@ class Engine:
         prop = run.strategy.propose(run.context, cap, run.opts.sampling, run.rng)
         t_draft = time.perf_counter() - t0
         run.stats.t_draft += t_draft
-        run.stats.t_draft_decode += prop.decode_seconds
+        if not prop.ahead:  # a proposal drafted ahead spent its passes beside the target's (Stats.t_overlap_hidden)
+            run.stats.t_draft_decode += prop.decode_seconds
         return prop, t_draft
 
     def _verify(self, run: _Run, prop: Proposal, cap: int, room: int) -> Verdict:

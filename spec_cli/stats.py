@@ -30,6 +30,14 @@ class Stats:
     seed: int | None = None
     # BiLD's rollback threshold (None: the lossless rule); with one the output is not the target's own
     rollback_threshold: float | None = None
+    # --overlap (pipeline.py): the mode ("" where it did not apply), rounds drafted ahead during
+    # the target's pass, how many of those were used, the wait for them after the passes, and
+    # the draft's passes they took (beside the target's; not part of t_draft_decode)
+    overlap: str = ""
+    overlap_rounds: int = 0
+    overlap_used: int = 0
+    t_overlap_wait: float = 0.0
+    t_overlap_hidden: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def record_round(self, drafted: int, accepted: int) -> None:

@@ -100,6 +100,10 @@ class Strategy(Protocol):
         """Lines for the run's notes."""
         ...
 
+    def drafters(self) -> list[Drafter]:
+        """The drafters it may draft with."""
+        ...
+
 
 class FixedStrategy:
     """One drafter, the same draft length every round."""
@@ -124,6 +128,9 @@ class FixedStrategy:
     def observe(self, prop: Proposal, outcome: RoundOutcome) -> None:
         self.rounds[prop.source if prop.tokens else "none"] += 1
         self.drafter.observe(prop, outcome)
+
+    def drafters(self) -> list[Drafter]:
+        return [self.drafter]
 
     def describe(self) -> list[str]:
         return [f"fixed draft length {self.draft_len}; rounds by drafter: {_fmt(self.rounds)}", *self.drafter.describe()]
@@ -343,6 +350,9 @@ class AdaptiveStrategy:
         )
         if self.on_curve_off is not None:
             self.on_curve_off(ratio)
+
+    def drafters(self) -> list[Drafter]:
+        return [src.drafter for src in self.sources]
 
     def describe(self) -> list[str]:
         lines = [f"rounds by drafter: {_fmt(self.rounds)}; draft lengths used: {_fmt(self.lengths)}"]

@@ -26,6 +26,7 @@ class FakeModel:
     ):
         self.logits_fn = logits_fn
         self.rpc_servers: tuple[str, ...] = ()
+        self.n_gpu_layers = 0
         # scripted time of one evaluation of n tokens, added to decode_seconds (0 without)
         self.cost = cost
         self.n_vocab = n_vocab

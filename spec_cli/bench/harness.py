@@ -34,6 +34,7 @@ from ..calibrate import CostCurve, cached_costs, measure_costs
 from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..loading import LoadedPair, ModelChoice
+from ..pipeline import overlap_drafter
 from ..stats import Stats
 from ..strategy import AUTO_MAX_DRAFT, AdaptiveStrategy, build_strategy
 from . import reference as ref_mod
@@ -489,8 +490,9 @@ class EngineRunner:
     on an earlier run carries over.
     """
 
-    def __init__(self, pair: LoadedPair):
+    def __init__(self, pair: LoadedPair, overlap: str = "off"):
         self.pair = pair
+        self.overlap = overlap  # --overlap for the rows with a draft model (pipeline.py)
 
     def run(self, prompt: Sequence[int], drafter: str, opts: GenerateOptions, auto_costs: CostCurve | None = None) -> Run:
         strategy = self._strategy(drafter, opts.draft_len, auto_costs)
@@ -499,7 +501,8 @@ class EngineRunner:
             self.pair.draft.reset()
         # generate() has the draft read the prompt off the clock, as the target does: a
         # prefill is not what a draft length changes.
-        res = Engine(self.pair.target, strategy=strategy).generate(list(prompt), opts)
+        overlap = self.overlap if overlap_drafter(strategy) is not None else "off"
+        res = Engine(self.pair.target, strategy=strategy, overlap=overlap).generate(list(prompt), opts)
         return _spec_run(res.stats, list(res.tokens), strategy, drafter, opts)
 
     def _strategy(self, drafter: str, g: int, auto_costs: CostCurve | None):

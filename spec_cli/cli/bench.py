@@ -41,6 +41,7 @@ from ..bench import (
 )  # fmt: skip
 from ..bench.reference import ENV_VAR
 from ..loading import ModelChoice, load_pair
+from ..pipeline import parse_overlap
 from ..sampling import SamplingParams
 from . import app
 from .options import (
@@ -128,6 +129,13 @@ def bench_cmd(
     ngl_draft: NglDraft = None,
     rpc: Rpc = None,
     rpc_draft: RpcDraft = False,
+    overlap: Annotated[
+        str,
+        typer.Option(
+            "--overlap",
+            help="Draft-model rows: draft the next round while the target verifies (on), not (off, the default here), or as measured (auto).",
+        ),
+    ] = "off",
     rollback_threshold: Annotated[
         Optional[str],
         typer.Option(
@@ -150,6 +158,7 @@ def bench_cmd(
         rollback_thresholds=parse_thresholds(rollback_threshold),
     )  # fmt: skip
     settings.check()
+    overlap = parse_overlap(overlap)
     suite = load_prompts_file(prompts) if prompts is not None else load_suite()
     check_paths(json_path, csv_path, plot_path)
     choice = ModelChoice(
@@ -161,7 +170,7 @@ def bench_cmd(
     try:
         ui.info(describe(suite, settings))
         with ui.progress_bar() as step:
-            result = run_bench(pair, suite, settings, costs=MachineCosts(pair, ui.note), runner=EngineRunner(pair),
+            result = run_bench(pair, suite, settings, costs=MachineCosts(pair, ui.note), runner=EngineRunner(pair, overlap),
                                progress=step, notify=ui.note)  # fmt: skip
     finally:
         pair.close()

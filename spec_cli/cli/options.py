@@ -83,3 +83,10 @@ RollbackThreshold = Annotated[
     ),
 ]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
+Overlap = Annotated[
+    str,
+    typer.Option(
+        "--overlap",
+        help="Draft the next round while the target verifies this one (the draft model drafter): on, off, or auto (on only where measured faster; off where target and draft share this machine's CPU).",
+    ),
+]

@@ -13,6 +13,7 @@ from ..decode import Engine, GenerateOptions, Generation
 from ..errors import SpecError
 from ..limits import check_prompt_fits
 from ..llama import Model
+from ..pipeline import parse_overlap
 from . import app, user_text
 from .options import (
     Ctx,
@@ -24,6 +25,7 @@ from .options import (
     Ngl,
     NglDraft,
     NoSpec,
+    Overlap,
     Preset,
     RollbackThreshold,
     Rpc,
@@ -83,6 +85,7 @@ def run_cmd(
     rpc_draft: RpcDraft = False,
     stop: Stop = None,
     rollback_threshold: RollbackThreshold = None,
+    overlap: Overlap = "auto",
     no_spec: NoSpec = False,
     show_drafts: ShowDrafts = False,
     as_json: Annotated[
@@ -95,6 +98,7 @@ def run_cmd(
         drafter=drafter, rpc=rpc, rpc_draft=rpc_draft, draft_len=draft_len, draft_min_p=draft_min_p,
     )  # fmt: skip
     first_len = options.first_draft_len()
+    overlap = parse_overlap(overlap)
     opts = generate_options(
         max_tokens,
         temp,
@@ -111,7 +115,7 @@ def run_cmd(
     with open_models(options, "default") as models:
         prompt_tokens = tokenize_prompt(models.pair.target, text)
         with ui.status("preparing"):
-            engine = Engine(models.pair.target, strategy=models.strategy(first_len))
+            engine = Engine(models.pair.target, strategy=models.strategy(first_len), overlap=overlap)
         result = generate(engine, prompt_tokens, opts, as_json, show_drafts)
         if as_json:
             ui.write_text(json.dumps(json_payload(text, result, models)) + "\n")

@@ -41,6 +41,9 @@ class Proposal:
     # the part of decode_seconds that this round's drafting cost, for measured rates: all of
     # it but a catch-up on context skipped while the drafter was not used
     round_seconds: float = 0.0
+    # drafted ahead, while the target verified the previous round (pipeline.py): its costs were
+    # paid beside that pass
+    ahead: bool = False
 
     def q_dists(self) -> list[Dist]:
         return self.q if self.q is not None else [Dist.point(t) for t in self.tokens]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..llama import Model
 from ..sampling import Dist, SamplingParams, shape, shape_top_k
 from .base import DrafterBase, Proposal, round_seconds
+
+if TYPE_CHECKING:
+    from ..pipeline import Ahead
 
 
 def top_probability(logits: np.ndarray) -> float:
@@ -33,8 +37,21 @@ class ModelDrafter(DrafterBase):
         # Stop drafting when the draft's probability for its own next token is lower
         # than this (0 = never stop early).
         self.min_confidence = min_confidence
+        # A proposal drafted ahead, during the target's last pass (pipeline.py), and the context
+        # it continues; used once, and only for exactly that context.
+        self.ahead: Ahead | None = None
 
     def propose(self, context: Sequence[int], n: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and n > 0 and ahead.context == list(context):
+            prop = ahead.prop
+            if len(prop.tokens) >= n or prop.stopped is not None:
+                # Drafted from this very context, its q kept: a draft like one made now. Fewer
+                # tokens than drafted are the first of the same chain.
+                prop.tokens = prop.tokens[:n]
+                prop.q = prop.q[:n] if prop.q is not None else None
+                prop.ahead = True
+                return prop
         prop = Proposal(q=None if params.greedy else [])
         if n <= 0:
             return prop
@@ -88,6 +105,16 @@ class ModelDrafter(DrafterBase):
         prop.round_seconds = round_seconds(prop.decode_seconds, sync_seconds, evaluated, usual=2)
         return prop
 
+    def guess(self, context: Sequence[int], params: SamplingParams) -> int:
+        """The draft's most likely token after `context`: its bet on the target's next token."""
+        d = self.model
+        if params.greedy and self.min_confidence <= 0:
+            return d.sync_argmax(context)[1]  # the kind of pass drafting makes: no sampler swap
+        if not params.greedy and 0 < params.top_k < d.n_vocab:
+            ids, z = d.sync_top_k(context, params.top_k)[1]
+            return int(ids[int(np.argmax(z))])
+        return int(np.argmax(d.sync(context)[1]))
+
     def prepare(self, tokens: Sequence[int]) -> int:
         """Evaluate the prompt (less its last token) ahead of the first round, as the target does.
 
@@ -97,4 +124,5 @@ class ModelDrafter(DrafterBase):
         return evaluated
 
     def reset(self) -> None:
+        self.ahead = None
         self.model.reset()
