@@ -22,6 +22,7 @@ from .decode import Engine, GenerateOptions
 from .drafters.crossvocab import drafter_for
 from .errors import SpecError
 from .llama import Model
+from .pipeline import OFF
 from .stats import Stats
 from .strategy import FixedStrategy, Strategy
 
@@ -122,6 +123,7 @@ class TurnEngine:
         draft_len: int | None = 0,
         strategy_for: StrategyFactory | None = None,
         system: str | None = None,
+        overlap: str = OFF,
     ):
         self.target = target
         self.draft = draft
@@ -131,7 +133,7 @@ class TurnEngine:
         self._strategy_for = strategy_for or fixed_strategies(target, draft)
         self._strategies: dict[int | None, Strategy | None] = {}
         self.draft_len = draft_len
-        self.engine = Engine(target, strategy=self._strategy(draft_len))
+        self.engine = Engine(target, strategy=self._strategy(draft_len), overlap=overlap)
         self.conversation = Conversation(system=system or None)
         self.last: TurnResult | None = None
         self.totals = Totals()

@@ -210,3 +210,13 @@ def test_only_a_target_on_another_host_or_a_gpu_counts_as_separate_hardware():
     assert separate_hardware(t, d)
     d.rpc_servers = ("10.0.0.3:50052",)  # the draft is remote too: nothing is on separate hardware
     assert not separate_hardware(t, d)
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_chat_and_serve_refuse_a_bad_overlap_in_one_line(command):
+    from typer.testing import CliRunner
+
+    from spec_cli.cli import app
+
+    res = CliRunner().invoke(app, [command, "--overlap", "sometimes"])
+    assert res.exit_code != 0 and "--overlap takes" in str(res.exception)

@@ -51,3 +51,17 @@ def test_first_sampled_token_with_overlap_keeps_target_distribution(target, draf
     exp_q = q.probs_at(p.ids) * runs
     chi2_q = ((obs - exp_q) ** 2 / np.maximum(exp_q, 1.0)).sum()
     assert chi2_q > chi2  # the draft's own distribution fits worse (the check can tell them apart)
+
+
+def test_a_chat_with_overlap_replies_as_the_target_alone(target, draft):
+    """spec chat's turn engine with --overlap on: each reply is the target alone's after the same prompt."""
+    from spec_cli.turns import TurnEngine
+
+    chat = TurnEngine(target, draft, GenerateOptions(max_tokens=24), draft_len=3, overlap="on")
+    used = 0
+    for message in ("Name three fruits.", "And three vegetables?"):
+        r = chat.reply(message)
+        used += r.stats.overlap_used
+        reference = Engine(target).generate(r.prompt, GenerateOptions(max_tokens=24, stop=chat.opts.stop)).tokens
+        assert_same_or_near_tie(target, r.prompt, reference, r.tokens)
+    assert used > 0  # the pre-drafts were used, not only started

@@ -20,6 +20,7 @@ import typer
 from .. import rpc, ui
 from ..conversation import Command, Conversation, InputAssembler, help_text, is_command, parse_command
 from ..errors import SpecError
+from ..pipeline import parse_overlap
 from ..presets import cache_dir, spec_home
 from ..turns import TurnEngine, TurnResult
 from . import app, user_text
@@ -31,6 +32,7 @@ from .options import (
     Ngl,
     NglDraft,
     NoSpec,
+    Overlap,
     Preset,
     RollbackThreshold,
     Rpc,
@@ -73,6 +75,7 @@ def chat_cmd(
     no_spec: NoSpec = False,
     show_drafts: ShowDrafts = False,
     rollback_threshold: RollbackThreshold = None,
+    overlap: Overlap = "auto",
 ) -> None:
     """Chat with the target model (default: the `chat` preset); /help lists the commands."""
     options = ModelOptions(
@@ -80,6 +83,7 @@ def chat_cmd(
         drafter=drafter, rpc=rpc, rpc_draft=rpc_draft, draft_len=draft_len,
     )  # fmt: skip
     first_len = options.first_draft_len()
+    overlap = parse_overlap(overlap)
     opts = generate_options(max_tokens, temp, top_k, top_p, seed, first_len, rollback_threshold=rollback_threshold)
     if rollback_threshold:
         ui.info(f"lossy: rollback threshold {rollback_threshold:g}; the replies are not the target's own")
@@ -89,7 +93,8 @@ def chat_cmd(
     with open_models(options, "chat") as models:
         pair = models.pair
         with ui.status("preparing"):  # under auto, the cost curve (measured once, then cached)
-            turns = TurnEngine(pair.target, pair.draft, opts, draft_len=first_len, strategy_for=models.strategy, system=system)
+            turns = TurnEngine(pair.target, pair.draft, opts, draft_len=first_len, strategy_for=models.strategy, system=system,
+                               overlap=overlap)  # fmt: skip
         names = pair.target_path.name + (f" + draft {pair.draft_path.name}" if pair.draft_path else " (no speculation)")
         repl = Repl(turns, names, show_drafts=show_drafts)
         if saved is not None:

@@ -10,6 +10,7 @@ import typer
 
 from .. import ui
 from ..errors import SpecError
+from ..pipeline import parse_overlap
 from . import app
 from .options import (
     Ctx,
@@ -20,6 +21,7 @@ from .options import (
     Ngl,
     NglDraft,
     NoSpec,
+    Overlap,
     Preset,
     Rpc,
     RpcDraft,
@@ -72,6 +74,7 @@ def serve_cmd(
     no_spec: NoSpec = False,
     queue: Queue = 32,
     max_body: MaxBody = 2 * 1024 * 1024,
+    overlap: Overlap = "auto",
 ) -> None:
     """Serve the target (default: the `chat` preset) with speculation behind an OpenAI-compatible API."""
     try:
@@ -88,6 +91,7 @@ def serve_cmd(
     key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE) or None
     if key is not None and not key.strip():
         raise SpecError("--api-key is empty; give a key, or leave the option out to serve without one")
+    overlap = parse_overlap(overlap)
     defaults = Defaults(temperature=temp, top_k=top_k, top_p=top_p)
     choice = ModelOptions(
         target=target, draft=draft, preset=preset, no_spec=no_spec, ctx=ctx, threads=threads, ngl=ngl,
@@ -99,7 +103,7 @@ def serve_cmd(
         raise SpecError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     try:
         with ui.status("loading models"):
-            pair = open_pair(choice, draft_len, defaults, draft_min_p=draft_min_p, notify=ui.info)
+            pair = open_pair(choice, draft_len, defaults, draft_min_p=draft_min_p, notify=ui.info, overlap=overlap)
         try:
             web = create_app(pair, api_key=key, max_body=max_body, max_waiting=queue)
             bound_host, bound_port = sock.getsockname()[:2]

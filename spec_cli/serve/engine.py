@@ -26,6 +26,7 @@ from ..decode import Engine, GenerateOptions
 from ..errors import SpecError
 from ..limits import DRAFTERS
 from ..loading import LoadedPair, ModelChoice, load_pair
+from ..pipeline import OFF, ON, overlap_drafter
 from ..sampling import SamplingParams
 from ..strategy import build_strategy, parse_draft_len
 from ..turns import ChatPrompts
@@ -49,12 +50,14 @@ class ServedPair:
     model_id, aliases, n_ctx, describe(), check(req), generate(req, post, should_stop), close()."""
 
     def __init__(self, pair: LoadedPair, choice: ModelChoice, draft_len: int | None, defaults: Defaults,
-                 model_id: str, draft_min_p: float = 0.0, notify: Callable[[str], None] = lambda s: None):  # fmt: skip
+                 model_id: str, draft_min_p: float = 0.0, notify: Callable[[str], None] = lambda s: None,
+                 overlap: str = OFF):  # fmt: skip
         self.pair = pair
         self.choice = choice
         self.draft_len = 0 if choice.no_spec else draft_len  # None: auto
         self.defaults = defaults
         self.draft_min_p = draft_min_p
+        self.overlap = overlap  # --overlap, for the requests whose strategy drafts with the draft model
         self.notify = notify
         target = pair.target
         self.model_id = model_id
@@ -63,7 +66,11 @@ class ServedPair:
         self.prompts = ChatPrompts(target)
         self.template = self.prompts.template
         self._strategies: dict[tuple[str, int | None], object | None] = {}
-        self._strategy(choice.drafter, self.draft_len)  # auto's cost curve now, not in the first request
+        first = self._strategy(choice.drafter, self.draft_len)  # auto's cost curve now, not in the first request
+        if overlap == ON and overlap_drafter(first) is None:
+            raise SpecError(
+                "--overlap on drafts ahead with a draft model of the target's vocabulary: use --drafter model or auto with one"
+            )
 
     def describe(self) -> dict:
         p = self.pair
@@ -138,7 +145,7 @@ class ServedPair:
         except SpecError as e:
             raise ApiError(422, str(e).replace("--", "")) from None
         target, draft = self.pair.target, self.pair.draft
-        engine = Engine(target, strategy=strategy)
+        engine = Engine(target, strategy=strategy, overlap=self.overlap if overlap_drafter(strategy) is not None else OFF)
         t_target, t_draft = target.decode_seconds, draft.decode_seconds if draft is not None else 0.0
         post("start", n)
         try:
@@ -193,14 +200,21 @@ class ServedPair:
 
 
 def open_pair(choice: ModelChoice, draft_len: str, defaults: Defaults, draft_min_p: float = 0.0,
-              notify: Callable[[str], None] = lambda s: None) -> ServedPair:  # fmt: skip
+              notify: Callable[[str], None] = lambda s: None, overlap: str = OFF) -> ServedPair:  # fmt: skip
     """Load the pair the command line names (default: the chat pair) and prepare its strategy."""
     fixed = parse_draft_len(draft_len)  # before loading: a typo fails fast
     choice.check()
     pair = load_pair(choice, DEFAULT_PRESET, notify=notify)
     try:
         return ServedPair(
-            pair, choice, fixed, defaults, model_id=_model_id(choice, pair.target_path), draft_min_p=draft_min_p, notify=notify
+            pair,
+            choice,
+            fixed,
+            defaults,
+            model_id=_model_id(choice, pair.target_path),
+            draft_min_p=draft_min_p,
+            notify=notify,
+            overlap=overlap,
         )
     except ApiError as e:  # the command line's own speculation settings do not suit the pair
         pair.close()
