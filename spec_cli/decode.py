@@ -29,7 +29,7 @@ from .drafters.base import Proposal, RoundOutcome
 from .errors import SpecError
 from .limits import MAX_DRAFT_LEN, check_prompt_fits, check_seed
 from .llama import Model
-from .pipeline import AUTO, OFF, ON, Pipeline, learned_choice, overlap_drafter, parse_overlap, separate_hardware
+from .pipeline import AUTO, OFF, OFF_SHARED_CPU, ON, Pipeline, learned_choice, overlap_drafter, parse_overlap, separate_hardware
 from .sampling import Dist, SamplingParams, sample_top_k, shape, shape_top_k
 from .stats import Stats
 from .strategy import Strategy
@@ -200,11 +200,13 @@ class Engine:
         drafter = overlap_drafter(run.strategy)
         if self.overlap == OFF or drafter is None:
             return None
+        run.stats.overlap = self.overlap
+        if self.overlap == AUTO and not separate_hardware(self.target, drafter.model):
+            run.stats.notes.append(OFF_SHARED_CPU)  # the two would only take turns on the same cores
+            return None
         greedy = run.opts.sampling.greedy
         choice = learned_choice(self.target, drafter.model, run.strategy.draft_len, greedy) if self.overlap == AUTO else None
-        shared = self.overlap == AUTO and not separate_hardware(self.target, drafter.model)
-        run.stats.overlap = self.overlap
-        return Pipeline(drafter, self.overlap, run.stats.seed or 0, choice, shared)
+        return Pipeline(drafter, self.overlap, run.stats.seed or 0, choice)
 
     def _ahead(self, run: _Run, pipe: Pipeline, prop: Proposal, cap: int) -> None:
         """Have the pipeline draft the round after this one, as it would be if all of this round is accepted."""

@@ -51,6 +51,7 @@ from .sampling import SamplingParams
 
 OFF, ON, AUTO = "off", "on", "auto"
 OVERLAP_MODES = (OFF, ON, AUTO)
+OFF_SHARED_CPU = "overlap auto: off (the target runs on the draft's processor; overlapping would only share its cores)"
 # auto: rounds measured each way before it decides, alternating; the window of rounds it keeps per way
 MIN_SAMPLES = 6
 WINDOW = 32
@@ -147,11 +148,11 @@ class Ahead:
 class Pipeline:
     """The worker that drafts ahead, and the choice of the rounds in which it does."""
 
-    def __init__(self, drafter: ModelDrafter, mode: str, seed: int, choice: OverlapChoice | None, shared_cpu: bool):
+    def __init__(self, drafter: ModelDrafter, mode: str, seed: int, choice: OverlapChoice | None):
+        """mode on or auto (off runs no pipeline); choice: auto's measurements (None under on)."""
         self.drafter = drafter
         self.mode = mode
         self.choice = choice
-        self.shared_cpu = shared_cpu  # auto found the target on the draft's processor: never overlaps
         # the pre-drafts' own draws, apart from the loop's generator (which verification uses meanwhile)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x0FF1A9]))
         self.started = self.used = 0
@@ -162,10 +163,6 @@ class Pipeline:
         self._error: BaseException | None = None
         self._round: bool | None = None  # this round's choice while its sample is open
         self._t0 = 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.mode == ON or (self.mode == AUTO and not self.shared_cpu)
 
     # --- auto's measurement -----------------------------------------------------------
 
@@ -191,7 +188,7 @@ class Pipeline:
         n_next: how many tokens round r+1 would draft if every draft is accepted (0: none).
         """
         self._round = None
-        if not self.active or prop.source != self.drafter.name or prop.parents is not None or not drafts or n_next <= 0:
+        if prop.source != self.drafter.name or prop.parents is not None or not drafts or n_next <= 0:
             return
         if any(is_eog(t) for t in drafts):
             return  # the text would end in this round
@@ -242,10 +239,6 @@ class Pipeline:
             self.drafter.ahead = None
 
     def describe(self) -> list[str]:
-        if self.mode == AUTO and self.shared_cpu:
-            return ["overlap auto: off (the target runs on the draft's processor; overlapping would only share its cores)"]
-        if not self.started and self.mode == OFF:
-            return []
         line = (
             f"overlap {self.mode}: {self.started} rounds pre-drafted during the target's pass, {self.used} of them used; "
             f"waited {1000 * self.t_wait:.0f} ms for the draft after the passes"

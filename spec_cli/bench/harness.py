@@ -278,11 +278,15 @@ def _likelihoods(target, prompts: Sequence[BenchPrompt], tokenized: Sequence[Seq
                  step: Callable[[str], None]) -> None:  # fmt: skip
     """With a rollback sweep: the target scores the text of each of spec's runs (what the lossy rows cost)."""
     tokens_of = {p.id: t for p, t in zip(prompts, tokenized)}
+    scored: dict[tuple[str, tuple[int, ...]], float | None] = {}  # equal texts (greedy repeats) are scored once
     for r in runs:
         if r.engine == SPEC and r.drafter != CONTROL:
             step(f"the target scores {r.config.label} · {r.prompt_id}")
             if r.error is None and r.tokens:
-                r.logprob = mean_logprob(target, tokens_of[r.prompt_id], r.tokens)
+                key = (r.prompt_id, tuple(r.tokens))
+                if key not in scored:
+                    scored[key] = mean_logprob(target, tokens_of[r.prompt_id], r.tokens)
+                r.logprob = scored[key]
 
 
 def _mismatch_notes(summary: Sequence[ConfigSummary]) -> list[str]:

@@ -50,6 +50,7 @@ from .options import (
     MaxTokens,
     Ngl,
     NglDraft,
+    Overlap,
     Preset,
     Rpc,
     RpcDraft,
@@ -129,13 +130,7 @@ def bench_cmd(
     ngl_draft: NglDraft = None,
     rpc: Rpc = None,
     rpc_draft: RpcDraft = False,
-    overlap: Annotated[
-        str,
-        typer.Option(
-            "--overlap",
-            help="Draft-model rows: draft the next round while the target verifies (on), not (off, the default here), or as measured (auto).",
-        ),
-    ] = "off",
+    overlap: Overlap = "off",  # for the draft-model rows; off here, so that rows measure one thing
     rollback_threshold: Annotated[
         Optional[str],
         typer.Option(
@@ -333,16 +328,17 @@ def _render_lossy(result: BenchResult) -> None:
         else:
             at = f", first at token {s.first_departure:g} (median)" if s.first_departure is not None else ""
             departs = f"{100 * s.departed:.0f}% of outputs depart from the target alone's{at}"
-        ui.line(f"lossy {_short(s)}: {departs}{_likelihood_text(s)}")
+        likelihood = _likelihood_text(s)
+        ui.line(f"lossy {_short(s)}: {departs}" + (f"; {likelihood}" if likelihood else ""))
     lossless = [s for s in result.summary if not s.rollback and s.logprob_gap is not None and s.mode != "target"]
     for s in lossless:  # the same measure on the lossless rows: the yardstick (0 under greedy decoding)
-        ui.line(f"lossless {_short(s)}:{_likelihood_text(s)[1:]}")
+        ui.line(f"lossless {_short(s)}: {_likelihood_text(s)}")
 
 
 def _likelihood_text(s) -> str:
     if s.logprob is None or s.logprob_gap is None:
         return ""
     return (
-        f"; the target's mean log-likelihood per token {s.logprob:.3f}, {s.logprob_gap:+.3f} against the target alone's "
+        f"the target's mean log-likelihood per token {s.logprob:.3f}, {s.logprob_gap:+.3f} against the target alone's "
         f"text (perplexity x{math.exp(-s.logprob_gap):.2f})"
     )
